@@ -1,0 +1,116 @@
+//! Model configuration: the `[llm]` section of `config/stepwise.toml`.
+//!
+//! One default provider/model, and optional per-role overrides (`[llm.roles.planner]` …) so a
+//! strong planner can sit beside a cheap executor. Keys never live here: `api_key_env` names the
+//! environment variable that holds one.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Which provider speaks to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Chat Completions (OpenAI, vLLM, llama.cpp, Ollama /v1, LM Studio, OpenRouter …).
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Deterministic, offline: replays a script file.
+    #[default]
+    Scripted,
+}
+
+/// How structured output (plans, decisions, verdicts) is requested from an OpenAI-compatible server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredMode {
+    /// `json_schema`, falling back by itself when the server rejects it.
+    #[default]
+    Auto,
+    /// `response_format = {"type":"json_schema", …}`.
+    JsonSchema,
+    /// `response_format = {"type":"json_object","schema":{…}}` (llama.cpp's server).
+    JsonObject,
+    /// A forced function call whose arguments are the answer.
+    Tool,
+    /// The schema in the prompt, the answer validated afterwards.
+    Prompt,
+}
+
+/// The `[llm]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Provider for every role without an override.
+    pub provider: ProviderKind,
+    /// Model name sent to the provider.
+    pub model: String,
+    /// Base URL; defaults to `OPENAI_BASE_URL` / `ANTHROPIC_BASE_URL`, then the public endpoint.
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the API key (default `OPENAI_API_KEY` /
+    /// `ANTHROPIC_API_KEY`).
+    pub api_key_env: Option<String>,
+    /// Script file for the `scripted` provider.
+    pub script: Option<PathBuf>,
+    /// Per-request timeout in seconds.
+    pub request_timeout_secs: u64,
+    /// Retries on 429, 5xx and connection errors.
+    pub max_retries: u32,
+    /// How structured output is requested (OpenAI-compatible servers).
+    pub structured_output: StructuredMode,
+    /// Cap on output tokens per call.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature, if set.
+    pub temperature: Option<f32>,
+    /// Per-role overrides.
+    pub roles: RoleOverrides,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            provider: ProviderKind::Scripted,
+            model: String::new(),
+            base_url: None,
+            api_key_env: None,
+            script: None,
+            request_timeout_secs: 120,
+            max_retries: 3,
+            structured_output: StructuredMode::Auto,
+            max_tokens: None,
+            temperature: None,
+            roles: RoleOverrides::default(),
+        }
+    }
+}
+
+/// Optional model settings per role.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoleOverrides {
+    /// Planner.
+    pub planner: Option<RoleModelConfig>,
+    /// Executor (the ReAct loop).
+    pub executor: Option<RoleModelConfig>,
+    /// Outcome verifier.
+    pub verifier: Option<RoleModelConfig>,
+    /// Replanner.
+    pub replanner: Option<RoleModelConfig>,
+    /// Synthesizer.
+    pub synthesizer: Option<RoleModelConfig>,
+}
+
+/// What a role overrides; unset fields come from `[llm]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoleModelConfig {
+    /// Provider.
+    pub provider: Option<ProviderKind>,
+    /// Model name.
+    pub model: Option<String>,
+    /// Base URL.
+    pub base_url: Option<String>,
+    /// Environment variable holding the key.
+    pub api_key_env: Option<String>,
+}

@@ -1,0 +1,324 @@
+//! The model abstraction: one [`ChatModel`] trait that every provider implements.
+//!
+//! A request carries the conversation, the tool schemas, an optional structured-output schema
+//! (by name: `plan`, `replan_decision`, `step_verdict`) and a [`CallContext`] saying which run,
+//! role and step is asking. Providers map it to their wire format; the scripted provider uses the
+//! context to pick its scripted answer, so one script serves many concurrent runs.
+
+pub mod config;
+pub mod scripted;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::StepId;
+
+/// Who in the runtime is calling the model. Also selects per-role models and prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRole {
+    /// Writes the plan.
+    Planner,
+    /// Runs one step's ReAct loop.
+    Executor,
+    /// Judges whether a step met its expected outcome.
+    Verifier,
+    /// Revises the remaining plan.
+    Replanner,
+    /// Merges step results into the final answer.
+    Synthesizer,
+}
+
+impl AgentRole {
+    /// Every role, in pipeline order.
+    pub const ALL: [AgentRole; 5] = [
+        AgentRole::Planner,
+        AgentRole::Executor,
+        AgentRole::Verifier,
+        AgentRole::Replanner,
+        AgentRole::Synthesizer,
+    ];
+
+    /// The lower-case name used in config, scripts and spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentRole::Planner => "planner",
+            AgentRole::Executor => "executor",
+            AgentRole::Verifier => "verifier",
+            AgentRole::Replanner => "replanner",
+            AgentRole::Synthesizer => "synthesizer",
+        }
+    }
+}
+
+impl fmt::Display for AgentRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a call comes from: routing for the scripted provider, attributes for telemetry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallContext {
+    /// The run's id.
+    pub run_id: String,
+    /// The calling role.
+    pub role: AgentRole,
+    /// The step, for executor and verifier calls.
+    pub step: Option<StepId>,
+    /// The step's attempt (1-based), for executor and verifier calls.
+    pub attempt: u32,
+}
+
+/// A conversation turn's author.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The task or step.
+    User,
+    /// The model's earlier turns (text and/or tool calls).
+    Assistant,
+    /// A tool's result, answering one tool call.
+    Tool,
+}
+
+/// A tool call the model asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Provider-assigned id, echoed back with the result.
+    pub id: String,
+    /// Tool name.
+    pub name: String,
+    /// Arguments as JSON (an object for well-behaved models; validated by the tool).
+    pub arguments: serde_json::Value,
+}
+
+/// One conversation turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Author.
+    pub role: Role,
+    /// Text content (may be empty when the turn is only tool calls).
+    pub content: String,
+    /// Tool calls of an assistant turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `Tool` turn: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A system turn.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self { role: Role::System, content: content.into(), tool_calls: vec![], tool_call_id: None }
+    }
+    /// A user turn.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self { role: Role::User, content: content.into(), tool_calls: vec![], tool_call_id: None }
+    }
+    /// An assistant turn.
+    pub fn assistant(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Self {
+        Self { role: Role::Assistant, content: content.into(), tool_calls, tool_call_id: None }
+    }
+    /// A tool result answering `call_id`.
+    pub fn tool(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: Role::Tool, content: content.into(), tool_calls: vec![], tool_call_id: Some(call_id.into()) }
+    }
+}
+
+/// A tool as the model sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// Name the model calls it by.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+}
+
+/// A request for JSON matching a named schema (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StructuredOutput {
+    /// `plan`, `replan_decision` or `step_verdict`.
+    pub name: String,
+    /// JSON Schema the answer must match.
+    pub schema: serde_json::Value,
+}
+
+/// One model call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// Who is asking.
+    pub context: CallContext,
+    /// The conversation so far.
+    pub messages: Vec<Message>,
+    /// Tools the model may call (empty: none).
+    #[serde(default)]
+    pub tools: Vec<ToolSpec>,
+    /// Ask for JSON matching this schema instead of free text.
+    #[serde(default)]
+    pub structured: Option<StructuredOutput>,
+    /// Cap on output tokens.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+}
+
+/// Token usage, summed per call, step and run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TokenUsage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+impl TokenUsage {
+    /// Input plus output.
+    pub fn total(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+impl std::ops::AddAssign for TokenUsage {
+    fn add_assign(&mut self, o: Self) {
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+    }
+}
+
+/// The model's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    /// Text (for structured calls: the JSON text).
+    pub content: String,
+    /// Tool calls, if the model wants tools run.
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// Tokens this call used.
+    #[serde(default)]
+    pub usage: TokenUsage,
+    /// The model that answered (as the provider names it).
+    #[serde(default)]
+    pub model: String,
+}
+
+/// A failed model call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    /// The provider answered with an error status that retries did not fix.
+    #[error("provider returned HTTP {status}: {message}")]
+    Status { status: u16, message: String },
+    /// No answer within the request timeout (after retries).
+    #[error("model request timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// Could not reach the provider.
+    #[error("could not reach the model provider: {0}")]
+    Transport(String),
+    /// The answer did not have the expected shape.
+    #[error("invalid model response: {0}")]
+    InvalidResponse(String),
+    /// Structured output still invalid after the repair round-trip.
+    #[error("{schema} output invalid after repair: {error}")]
+    Structured { schema: String, error: String },
+    /// The scripted provider's script had no answer for this call, or said to fail.
+    #[error("scripted model: {0}")]
+    Script(String),
+    /// Misconfiguration (missing key, unknown provider…).
+    #[error("model configuration: {0}")]
+    Config(String),
+}
+
+/// A chat model. Implementations must be cheap to share (`Arc`) and safe to call concurrently.
+#[async_trait::async_trait]
+pub trait ChatModel: Send + Sync + 'static {
+    /// The model name, as reported in spans (`gen_ai.request.model`).
+    fn model_name(&self) -> &str;
+    /// The provider name (`gen_ai.system`): `openai`, `anthropic`, `scripted`.
+    fn provider(&self) -> &str;
+    /// One call. Providers retry transient failures themselves; errors here are final.
+    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError>;
+}
+
+/// A shared model handle.
+pub type SharedModel = Arc<dyn ChatModel>;
+
+/// One model per role (planner, executor, …), so a strong planner can sit beside a cheap executor.
+#[derive(Clone)]
+pub struct Models {
+    by_role: [SharedModel; 5],
+}
+
+impl Models {
+    /// The same model for every role.
+    pub fn uniform(model: SharedModel) -> Self {
+        Self { by_role: std::array::from_fn(|_| model.clone()) }
+    }
+
+    /// Replaces the model for one role.
+    pub fn with(mut self, role: AgentRole, model: SharedModel) -> Self {
+        self.by_role[role as usize] = model;
+        self
+    }
+
+    /// The model for `role`.
+    pub fn get(&self, role: AgentRole) -> &SharedModel {
+        &self.by_role[role as usize]
+    }
+}
+
+impl fmt::Debug for Models {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for role in AgentRole::ALL {
+            let model = self.get(role);
+            m.entry(&role.as_str(), &format!("{}/{}", model.provider(), model.model_name()));
+        }
+        m.finish()
+    }
+}
+
+/// The outcome of a structured call: the parsed value, the usage of every call it took.
+#[derive(Debug, Clone)]
+pub struct Structured<T> {
+    /// The parsed, validated value.
+    pub value: T,
+    /// Usage summed over the call and its repair, if any.
+    pub usage: TokenUsage,
+    /// Number of model calls made (1, or 2 with a repair).
+    pub calls: u32,
+}
+
+/// Asks for structured output and parses it with `parse`; on a parse/validation error, sends the
+/// error back once ("repair") and tries again, then fails with both errors named.
+///
+/// `parse` returns a human-readable error the model can act on (it names the offending step).
+pub async fn structured_call<T>(
+    model: &dyn ChatModel,
+    mut request: ChatRequest,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Structured<T>, LlmError> {
+    let schema = request.structured.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| "json".into());
+    let first = model.chat(request.clone()).await?;
+    let mut usage = first.usage;
+    match parse(&first.content) {
+        Ok(value) => Ok(Structured { value, usage, calls: 1 }),
+        Err(error) => {
+            tracing::warn!(schema = %schema, %error, "structured output invalid; asking the model to repair it");
+            request.messages.push(Message::assistant(first.content, vec![]));
+            request.messages.push(Message::user(format!(
+                "Your answer was rejected: {error}\nReply again with only the corrected JSON for the `{schema}` schema."
+            )));
+            let second = model.chat(request).await?;
+            usage += second.usage;
+            parse(&second.content)
+                .map(|value| Structured { value, usage, calls: 2 })
+                .map_err(|e2| LlmError::Structured { schema, error: format!("{e2} (first attempt: {error})") })
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Tools the executor's ReAct loop can call, and the registry that holds them.
+//!
+//! A tool is untrusted-input code: the model chooses its arguments. Every built-in confines itself
+//! to the run's workspace and to what the config allows (DESIGN §9). Embedders add their own
+//! with [`ToolRegistry::register`] or, for typed arguments, [`typed_tool`].
+
+pub mod command;
+pub mod config;
+pub mod fs;
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::llm::ToolSpec;
+
+/// What a tool call knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    /// The run's id.
+    pub run_id: String,
+    /// The step making the call.
+    pub step_id: String,
+    /// The step's attempt (1-based).
+    pub attempt: u32,
+    /// Index of this call within the attempt (0-based).
+    pub call_index: u32,
+    /// The run's workspace directory; file and command tools never leave it.
+    pub workspace: PathBuf,
+    /// Cancelled when the run is cancelled or the step's budget runs out: stop promptly.
+    pub cancel: CancellationToken,
+}
+
+impl ToolContext {
+    /// A key unique to this call (run, step, attempt, call index) that a tool with side effects
+    /// can use to deduplicate: steps interrupted by a crash run again (at-least-once).
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}/{}/{}", self.run_id, self.step_id, self.attempt, self.call_index)
+    }
+}
+
+/// Why a tool call failed. The message goes back to the model as the observation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ToolError {
+    /// The arguments did not match the tool's schema.
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    /// The call would leave the workspace, run a program not allowed, reach a forbidden address…
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The tool ran and failed.
+    #[error("failed: {0}")]
+    Failed(String),
+    /// The tool did not finish in time.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The run was cancelled or the step's budget ran out.
+    #[error("cancelled")]
+    Cancelled,
+    /// No tool by that name.
+    #[error("unknown tool {name:?} (available: {available})")]
+    Unknown { name: String, available: String },
+    /// The tool panicked; the panic was contained.
+    #[error("tool panicked: {0}")]
+    Panicked(String),
+}
+
+/// A tool: a name, a description and an argument schema for the model, and an async call.
+#[async_trait::async_trait]
+pub trait Tool: Send + Sync + 'static {
+    /// The name the model calls it by (`[a-zA-Z0-9_-]`, as providers require).
+    fn name(&self) -> &str;
+    /// What it does, for the model.
+    fn description(&self) -> &str;
+    /// JSON Schema of the arguments object.
+    fn parameters(&self) -> serde_json::Value;
+    /// True when running the same call twice is harmless (crash recovery re-runs steps).
+    fn idempotent(&self) -> bool {
+        false
+    }
+    /// Runs the tool. The returned text is the model's observation.
+    async fn call(&self, args: serde_json::Value, ctx: &ToolContext) -> Result<String, ToolError>;
+}
+
+/// The tools available to a runtime, by name.
+#[derive(Clone, Default)]
+pub struct ToolRegistry {
+    tools: BTreeMap<String, Arc<dyn Tool>>,
+}
+
+impl std::fmt::Debug for ToolRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.tools.keys()).finish()
+    }
+}
+
+impl ToolRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a tool.
+    pub fn register(&mut self, tool: impl Tool) -> &mut Self {
+        self.tools.insert(tool.name().to_owned(), Arc::new(tool));
+        self
+    }
+
+    /// Adds (or replaces) a shared tool.
+    pub fn register_arc(&mut self, tool: Arc<dyn Tool>) -> &mut Self {
+        self.tools.insert(tool.name().to_owned(), tool);
+        self
+    }
+
+    /// The tool called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Tool>> {
+        self.tools.get(name)
+    }
+
+    /// Every tool name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.tools.keys().map(String::as_str).collect()
+    }
+
+    /// The schemas the model sees.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools
+            .values()
+            .map(|t| ToolSpec {
+                name: t.name().to_owned(),
+                description: t.description().to_owned(),
+                parameters: t.parameters(),
+            })
+            .collect()
+    }
+
+    /// Looks `name` up, or says which tools exist.
+    pub fn lookup(&self, name: &str) -> Result<&Arc<dyn Tool>, ToolError> {
+        self.get(name).ok_or_else(|| ToolError::Unknown { name: name.to_owned(), available: self.names().join(", ") })
+    }
+}
+
+/// The JSON Schema of `T`, as tool parameters.
+pub fn schema_of<T: JsonSchema>() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(T)).unwrap_or_else(|_| serde_json::json!({"type": "object"}))
+}
+
+/// Parses tool arguments into `T`, with an error the model can act on.
+pub fn parse_args<T: DeserializeOwned>(args: serde_json::Value) -> Result<T, ToolError> {
+    serde_json::from_value(args).map_err(|e| ToolError::InvalidArguments(e.to_string()))
+}
+
+/// A tool made from a typed async function: the schema comes from `A` (schemars), the arguments
+/// are parsed into `A` before `f` runs.
+///
+/// ```
+/// # use stepwise::tools::{typed_tool, ToolRegistry};
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct Greet { name: String }
+/// let mut tools = ToolRegistry::new();
+/// tools.register(typed_tool("greet", "Greets someone", |a: Greet, _ctx| async move {
+///     Ok(format!("hello {}", a.name))
+/// }));
+/// ```
+pub fn typed_tool<A, F, Fut>(name: &str, description: &str, f: F) -> impl Tool
+where
+    A: DeserializeOwned + JsonSchema + Send + 'static,
+    F: Fn(A, ToolContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, ToolError>> + Send + 'static,
+{
+    FnTool { name: name.to_owned(), description: description.to_owned(), schema: schema_of::<A>(), f, _a: std::marker::PhantomData }
+}
+
+struct FnTool<A, F> {
+    name: String,
+    description: String,
+    schema: serde_json::Value,
+    f: F,
+    _a: std::marker::PhantomData<fn(A)>,
+}
+
+#[async_trait::async_trait]
+impl<A, F, Fut> Tool for FnTool<A, F>
+where
+    A: DeserializeOwned + JsonSchema + Send + 'static,
+    F: Fn(A, ToolContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, ToolError>> + Send + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn description(&self) -> &str {
+        &self.description
+    }
+    fn parameters(&self) -> serde_json::Value {
+        self.schema.clone()
+    }
+    async fn call(&self, args: serde_json::Value, ctx: &ToolContext) -> Result<String, ToolError> {
+        let a: A = parse_args(args)?;
+        (self.f)(a, ctx.clone()).await
+    }
+}
+
+/// A registry of the built-in tools that `config` enables.
+pub fn builtin_registry(config: &config::ToolsConfig) -> ToolRegistry {
+    let _ = config;
+    ToolRegistry::new()
+}
