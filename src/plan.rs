@@ -391,7 +391,10 @@ mod tests {
 
     #[test]
     fn rejects_unknown_fields_and_garbage() {
-        assert!(matches!(PlanSpec::parse(r#"{"steps":[{"id":"a","description":"d","oops":1}]}"#), Err(PlanError::Parse(_))));
+        assert!(matches!(
+            PlanSpec::parse(r#"{"steps":[{"id":"a","description":"d","oops":1}]}"#),
+            Err(PlanError::Parse(_))
+        ));
         assert!(matches!(PlanSpec::parse("not json"), Err(PlanError::Parse(_))));
     }
 

@@ -127,7 +127,12 @@ impl Message {
     }
     /// A tool result answering `call_id`.
     pub fn tool(call_id: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: Role::Tool, content: content.into(), tool_calls: vec![], tool_call_id: Some(call_id.into()) }
+        Self {
+            role: Role::Tool,
+            content: content.into(),
+            tool_calls: vec![],
+            tool_call_id: Some(call_id.into()),
+        }
     }
 }
 
@@ -316,9 +321,9 @@ pub async fn structured_call<T>(
             )));
             let second = model.chat(request).await?;
             usage += second.usage;
-            parse(&second.content)
-                .map(|value| Structured { value, usage, calls: 2 })
-                .map_err(|e2| LlmError::Structured { schema, error: format!("{e2} (first attempt: {error})") })
+            parse(&second.content).map(|value| Structured { value, usage, calls: 2 }).map_err(|e2| {
+                LlmError::Structured { schema, error: format!("{e2} (first attempt: {error})") }
+            })
         }
     }
 }

@@ -68,6 +68,12 @@ pub struct HttpGetConfig {
 
 impl Default for HttpGetConfig {
     fn default() -> Self {
-        Self { enabled: true, allow_private: false, allow_hosts: Vec::new(), timeout_secs: 20, max_bytes: 1024 * 1024 }
+        Self {
+            enabled: true,
+            allow_private: false,
+            allow_hosts: Vec::new(),
+            timeout_secs: 20,
+            max_bytes: 1024 * 1024,
+        }
     }
 }

@@ -142,7 +142,8 @@ impl ToolRegistry {
 
     /// Looks `name` up, or says which tools exist.
     pub fn lookup(&self, name: &str) -> Result<&Arc<dyn Tool>, ToolError> {
-        self.get(name).ok_or_else(|| ToolError::Unknown { name: name.to_owned(), available: self.names().join(", ") })
+        self.get(name)
+            .ok_or_else(|| ToolError::Unknown { name: name.to_owned(), available: self.names().join(", ") })
     }
 }
 
@@ -174,7 +175,13 @@ where
     F: Fn(A, ToolContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<String, ToolError>> + Send + 'static,
 {
-    FnTool { name: name.to_owned(), description: description.to_owned(), schema: schema_of::<A>(), f, _a: std::marker::PhantomData }
+    FnTool {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        schema: schema_of::<A>(),
+        f,
+        _a: std::marker::PhantomData,
+    }
 }
 
 struct FnTool<A, F> {
