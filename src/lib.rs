@@ -3,4 +3,5 @@
 pub mod llm;
 pub mod options;
 pub mod plan;
+pub mod run;
 pub mod tools;
