@@ -614,8 +614,9 @@ impl RunState {
             EventKind::StepStarted { step, attempt } => {
                 self.expect_running(&bad)?;
                 let s = self.plan.step_mut(step).ok_or_else(|| bad(format!("unknown step {step}")))?;
-                // Running → running happens when a restarted service re-dispatches an interrupted step.
-                if !matches!(s.status, StepStatus::Pending | StepStatus::Running) {
+                // Failed → running is a retry; running → running is a restarted service
+                // re-dispatching a step that was interrupted.
+                if !matches!(s.status, StepStatus::Pending | StepStatus::Running | StepStatus::Failed) {
                     return Err(bad(format!("step {step} is {:?}, not pending", s.status)));
                 }
                 s.status = StepStatus::Running;

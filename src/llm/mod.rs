@@ -70,6 +70,10 @@ pub struct CallContext {
     pub step: Option<StepId>,
     /// The step's attempt (1-based), for executor and verifier calls.
     pub attempt: u32,
+    /// The calling span's trace context: model-call spans hang under it, and a provider may
+    /// forward it (`traceparent`) to a server that traces too.
+    #[serde(default, skip_serializing_if = "crate::telemetry::TraceContext::is_empty")]
+    pub trace: crate::telemetry::TraceContext,
 }
 
 /// A conversation turn's author.

@@ -1,0 +1,343 @@
+//! The executor pool: ractor factory workers, each running one step attempt at a time as a
+//! bounded ReAct loop (model → tool calls → observations → model … → final answer).
+//!
+//! Every loop is bounded by the step's budget (iterations, tool calls, tokens, wall clock) and
+//! by the run's cancellation token, so whatever the model answers, the attempt ends. A panicking
+//! tool is contained and fails the attempt (`tool_panicked`); a panic anywhere else kills the
+//! worker, which the factory replaces while the tracker sees the dropped reply as
+//! `executor_crashed`.
+
+use std::sync::Arc;
+
+use ractor::ActorProcessingErr;
+use ractor::factory::{FactoryRef, Job, Worker, WorkerId};
+use tracing::Instrument;
+
+use super::Shared;
+use super::messages::{ExecutorMsg, StepJob, StepReport, TrackerMsg};
+use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput};
+use crate::plan::strip_code_fence;
+use crate::run::{EventKind, LlmUsage, StepError, StepErrorKind, StepVerdict};
+use crate::tools::{ToolContext, ToolError};
+
+/// Longest observation (tool output) fed back to the model and stored in events, in bytes.
+const MAX_OBSERVATION: usize = 16 * 1024;
+
+/// The job key: one per step attempt, for the factory's bookkeeping.
+pub type JobKey = String;
+
+/// A worker of the executor pool.
+pub struct ExecutorWorker {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Worker for ExecutorWorker {
+    type Key = JobKey;
+    type Message = ExecutorMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _wid: WorkerId,
+        _factory: &FactoryRef<JobKey, ExecutorMsg>,
+        _args: (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _wid: WorkerId,
+        _factory: &FactoryRef<JobKey, ExecutorMsg>,
+        Job { msg, key, .. }: Job<JobKey, ExecutorMsg>,
+        _state: &mut (),
+    ) -> Result<JobKey, ActorProcessingErr> {
+        let ExecutorMsg::Run(job, reply) = msg;
+        let report = run_step(&self.shared, *job).await;
+        // The tracker may have stopped (cancelled run); nothing else waits for this reply.
+        let _ = reply.send(report);
+        Ok(key)
+    }
+}
+
+/// Runs one step attempt to its end: a final answer, or a [`StepError`].
+pub(crate) async fn run_step(shared: &Shared, job: StepJob) -> StepReport {
+    let mut usage = LlmUsage::default();
+    let budget_timeout = job.budget.timeout();
+    let cancel = job.cancel.clone();
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(StepError::new(StepErrorKind::Cancelled, "the run was cancelled")),
+        r = tokio::time::timeout(budget_timeout, react_loop(shared, &job, &mut usage)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(StepError::new(
+                StepErrorKind::BudgetExhausted,
+                format!("timeout: the step ran longer than {budget_timeout:?}"),
+            )),
+        },
+    };
+    // Whatever ended the attempt, tools still running for it must stop.
+    cancel.cancel();
+    let outcome = match outcome {
+        Ok(answer) if job.verify && !job.step.expected_outcome.trim().is_empty() => {
+            verify(shared, &job, &answer, &mut usage).await.map(|()| answer)
+        }
+        other => other,
+    };
+    StepReport { step: job.step.id.clone(), attempt: job.attempt, outcome, usage }
+}
+
+fn step_prompt(job: &StepJob) -> String {
+    let mut p = format!("Task: {}\n", job.task);
+    if !job.goal.is_empty() {
+        p.push_str(&format!("Plan goal: {}\n", job.goal));
+    }
+    p.push_str(&format!("\nYour step ({}): {}\n", job.step.id, job.step.description));
+    if !job.step.expected_outcome.is_empty() {
+        p.push_str(&format!("Expected outcome: {}\n", job.step.expected_outcome));
+    }
+    if let Some(tool) = job.step.tool.as_deref().filter(|t| !t.is_empty()) {
+        p.push_str(&format!("Suggested tool: {tool}\n"));
+    }
+    if !job.inputs.is_empty() {
+        p.push_str("\nResults of the steps this one depends on:\n");
+        for input in &job.inputs {
+            match &input.output {
+                Some(out) => p.push_str(&format!("- {} ({}): {}\n", input.id, input.description, out)),
+                None => p.push_str(&format!("- {} ({}): skipped, no result\n", input.id, input.description)),
+            }
+        }
+    }
+    p
+}
+
+fn exhausted(what: String) -> StepError {
+    StepError::new(StepErrorKind::BudgetExhausted, what)
+}
+
+async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Result<String, StepError> {
+    let model = shared.models.get(AgentRole::Executor).clone();
+    let context = CallContext {
+        run_id: job.run_id.0.clone(),
+        role: AgentRole::Executor,
+        step: Some(job.step.id.clone()),
+        attempt: job.attempt,
+        trace: job.trace.clone(),
+    };
+    let mut messages =
+        vec![Message::system(shared.prompts.executor.clone()), Message::user(step_prompt(job))];
+    let tools = shared.tools.specs();
+    let budget = &job.budget;
+    let mut tool_calls_made: u32 = 0;
+    for _iteration in 0..budget.max_iterations {
+        let request = ChatRequest {
+            context: context.clone(),
+            messages: messages.clone(),
+            tools: tools.clone(),
+            structured: None,
+            max_tokens: None,
+        };
+        let response =
+            model.chat(request).await.map_err(|e| StepError::new(StepErrorKind::LlmError, e.to_string()))?;
+        usage.add_call(response.usage);
+        if budget.max_tokens > 0 && usage.tokens() > budget.max_tokens {
+            return Err(exhausted(format!(
+                "max_tokens: {} tokens used, the step may use {}",
+                usage.tokens(),
+                budget.max_tokens
+            )));
+        }
+        if response.tool_calls.is_empty() {
+            return Ok(response.content);
+        }
+        messages.push(Message::assistant(response.content.clone(), response.tool_calls.clone()));
+        for call in response.tool_calls {
+            if tool_calls_made >= budget.max_tool_calls {
+                return Err(exhausted(format!("max_tool_calls ({}) reached", budget.max_tool_calls)));
+            }
+            let call_index = tool_calls_made;
+            tool_calls_made += 1;
+            notify(
+                job,
+                EventKind::ToolCalled {
+                    step: job.step.id.clone(),
+                    attempt: job.attempt,
+                    call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    arguments: call.arguments.clone(),
+                },
+            );
+            let ctx = ToolContext {
+                run_id: job.run_id.0.clone(),
+                step_id: job.step.id.0.clone(),
+                attempt: job.attempt,
+                call_index,
+                workspace: shared.workspace(&job.run_id),
+                cancel: job.cancel.child_token(),
+            };
+            let span = super::tool_span(&call.name, &call.id, &job.trace);
+            let result =
+                call_tool(shared, &call.name, call.arguments.clone(), ctx).instrument(span.clone()).await;
+            if let Err(e) = &result {
+                span.record("error.type", tool_error_type(e));
+            }
+            let (ok, observation) = match &result {
+                Ok(out) => (true, truncate(out, MAX_OBSERVATION)),
+                Err(e) => (false, truncate(&format!("error: {e}"), MAX_OBSERVATION)),
+            };
+            notify(
+                job,
+                EventKind::ToolReturned {
+                    step: job.step.id.clone(),
+                    attempt: job.attempt,
+                    call_id: call.id.clone(),
+                    ok,
+                    output: observation.clone(),
+                },
+            );
+            match result {
+                Err(ToolError::Panicked(msg)) => {
+                    return Err(StepError::new(
+                        StepErrorKind::ToolPanicked,
+                        format!("tool {} panicked: {msg}", call.name),
+                    ));
+                }
+                Err(ToolError::Cancelled) if job.cancel.is_cancelled() => {
+                    return Err(StepError::new(StepErrorKind::Cancelled, "the run was cancelled"));
+                }
+                _ => messages.push(Message::tool(call.id, observation)),
+            }
+        }
+    }
+    Err(exhausted(format!("max_iterations ({}) reached without a final answer", budget.max_iterations)))
+}
+
+fn tool_error_type(e: &ToolError) -> &'static str {
+    match e {
+        ToolError::InvalidArguments(_) => "invalid_arguments",
+        ToolError::Denied(_) => "denied",
+        ToolError::Failed(_) => "failed",
+        ToolError::Timeout(_) => "timeout",
+        ToolError::Cancelled => "cancelled",
+        ToolError::Unknown { .. } => "unknown_tool",
+        ToolError::Panicked(_) => "panicked",
+    }
+}
+
+/// Runs a tool on its own task so that a panic stays a [`ToolError::Panicked`], and so that a
+/// cancel stops waiting for it at once.
+async fn call_tool(
+    shared: &Shared,
+    name: &str,
+    args: serde_json::Value,
+    ctx: ToolContext,
+) -> Result<String, ToolError> {
+    let tool = shared.tools.lookup(name)?.clone();
+    if let Err(e) = tokio::fs::create_dir_all(&ctx.workspace).await {
+        return Err(ToolError::Failed(format!("cannot create the run workspace: {e}")));
+    }
+    let cancel = ctx.cancel.clone();
+    let task = tokio::spawn(async move { tool.call(args, &ctx).await }.in_current_span());
+    let abort = task.abort_handle();
+    tokio::select! {
+        joined = task => match joined {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => Err(ToolError::Panicked(panic_message(e.into_panic()))),
+            Err(_) => Err(ToolError::Cancelled),
+        },
+        _ = cancel.cancelled() => {
+            abort.abort();
+            Err(ToolError::Cancelled)
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".into())
+}
+
+fn notify(job: &StepJob, kind: EventKind) {
+    if let Some(tracker) = &job.events_to {
+        // A stopped tracker (cancelled run) no longer records events; nothing to do.
+        let _ = tracker.cast(TrackerMsg::Tool(kind));
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary, saying how much was cut.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [truncated {} bytes]", &s[..end], s.len() - end)
+}
+
+async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsage) -> Result<(), StepError> {
+    let model = shared.models.get(AgentRole::Verifier).clone();
+    let request = ChatRequest {
+        context: CallContext {
+            run_id: job.run_id.0.clone(),
+            role: AgentRole::Verifier,
+            step: Some(job.step.id.clone()),
+            attempt: job.attempt,
+            trace: job.trace.clone(),
+        },
+        messages: vec![
+            Message::system(shared.prompts.verifier.clone()),
+            Message::user(format!(
+                "Step: {}\nExpected outcome: {}\n\nThe step's result:\n{}",
+                job.step.description, job.step.expected_outcome, answer
+            )),
+        ],
+        tools: vec![],
+        structured: Some(StructuredOutput {
+            name: "step_verdict".into(),
+            schema: super::schema::<StepVerdict>(),
+        }),
+        max_tokens: None,
+    };
+    let verdict = crate::llm::structured_call(model.as_ref(), request, |text| {
+        serde_json::from_str::<StepVerdict>(strip_code_fence(text)).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| StepError::new(StepErrorKind::LlmError, format!("verification: {e}")))?;
+    usage.llm_calls += u64::from(verdict.calls);
+    usage.input_tokens += verdict.usage.input_tokens;
+    usage.output_tokens += verdict.usage.output_tokens;
+    if verdict.value.passed {
+        Ok(())
+    } else {
+        Err(StepError::new(
+            StepErrorKind::VerificationFailed,
+            format!("expected outcome not met: {}", verdict.value.reason),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("short", 10), "short");
+        let t = truncate("ééééé", 3);
+        assert!(t.starts_with('é') && t.contains("truncated 8 bytes"), "{t}");
+    }
+
+    #[test]
+    fn panic_messages_are_extracted() {
+        assert_eq!(panic_message(Box::new("boom")), "boom");
+        assert_eq!(panic_message(Box::new(String::from("bang"))), "bang");
+        assert_eq!(panic_message(Box::new(3)), "(non-string panic payload)");
+    }
+}

@@ -1,0 +1,192 @@
+//! The actor system (DESIGN §3): a supervisor over a planner, a replanner, a synthesizer, an
+//! executor pool and one tracker per run.
+//!
+//! The model-backed services (planner, replanner, synthesizer) never await a model call inside
+//! their handler: each request runs on its own task and the answer is sent to the asking
+//! tracker, so many runs plan and replan at once without queueing behind one actor. Executors
+//! are a bounded pool (a ractor factory): that bound is the runtime's step concurrency.
+
+pub mod executor;
+pub mod messages;
+pub mod planner;
+pub mod replanner;
+pub mod supervisor;
+pub mod synthesizer;
+pub mod tracker;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::FutureExt;
+use ractor::ActorRef;
+use ractor::factory::FactoryMessage;
+use schemars::JsonSchema;
+use tokio::sync::{Semaphore, broadcast, watch};
+use tracing::Instrument;
+
+use crate::llm::Models;
+use crate::prompts::Prompts;
+use crate::run::{LlmUsage, RunEvent, RunId, RunResult};
+use crate::store::RunStore;
+use crate::telemetry::TraceContext;
+use crate::tools::ToolRegistry;
+use messages::{
+    ExecutorMsg, PlannerMsg, ReplannerMsg, ServiceFailure, ServiceResult, SynthesizerMsg, TrackerMsg,
+};
+
+/// Capacity of a run's live event channel; a subscriber that falls further behind re-reads the
+/// store (see `RunHandle::events`).
+pub(crate) const EVENT_CHANNEL_CAPACITY: usize = 1024;
+
+/// What every actor of one runtime shares. Immutable after start, apart from the run table.
+pub(crate) struct Shared {
+    pub models: Models,
+    pub tools: ToolRegistry,
+    pub tool_names: Vec<String>,
+    pub prompts: Prompts,
+    pub store: Arc<dyn RunStore>,
+    pub workspace_root: PathBuf,
+    pub llm_permits: Arc<Semaphore>,
+    pub runs: RunTable,
+    pub services: RwLock<Option<Services>>,
+}
+
+impl Shared {
+    /// The run's workspace directory (created on first use by the tools).
+    pub fn workspace(&self, run: &RunId) -> PathBuf {
+        self.workspace_root.join(run.as_str())
+    }
+
+    /// The current service references (refreshed by the supervisor when it restarts one).
+    pub fn services(&self) -> Option<Services> {
+        self.services.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Tool names, for plan validation.
+    pub fn tool_name_refs(&self) -> Vec<&str> {
+        self.tool_names.iter().map(String::as_str).collect()
+    }
+}
+
+/// References to the shared service actors.
+#[derive(Clone)]
+pub(crate) struct Services {
+    pub planner: ActorRef<PlannerMsg>,
+    pub replanner: ActorRef<ReplannerMsg>,
+    pub synthesizer: ActorRef<SynthesizerMsg>,
+    pub executors: ActorRef<FactoryMessage<executor::JobKey, ExecutorMsg>>,
+}
+
+/// The channels of a live run, which outlive a crashed tracker so a respawned one reuses them.
+#[derive(Clone)]
+pub(crate) struct RunChannels {
+    pub events: broadcast::Sender<RunEvent>,
+    pub result: watch::Sender<Option<RunResult>>,
+    pub tracker: Option<ActorRef<TrackerMsg>>,
+}
+
+impl RunChannels {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let (result, _) = watch::channel(None);
+        Self { events, result, tracker: None }
+    }
+}
+
+/// The live runs of a runtime.
+#[derive(Default)]
+pub(crate) struct RunTable(Mutex<HashMap<RunId, RunChannels>>);
+
+impl RunTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, RunChannels>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The run's channels, created if the run is not live yet.
+    pub fn channels(&self, run: &RunId) -> RunChannels {
+        self.lock().entry(run.clone()).or_insert_with(RunChannels::new).clone()
+    }
+
+    /// The run's channels if it is live.
+    pub fn get(&self, run: &RunId) -> Option<RunChannels> {
+        self.lock().get(run).cloned()
+    }
+
+    /// Records the tracker serving the run.
+    pub fn set_tracker(&self, run: &RunId, tracker: ActorRef<TrackerMsg>) {
+        if let Some(c) = self.lock().get_mut(run) {
+            c.tracker = Some(tracker);
+        }
+    }
+
+    /// Forgets a finished run (its result stays in the store and in existing handles).
+    pub fn remove(&self, run: &RunId) {
+        self.lock().remove(run);
+    }
+
+    /// Number of live runs.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The JSON Schema of `T`, for structured-output requests.
+pub(crate) fn schema<T: JsonSchema>() -> serde_json::Value {
+    crate::tools::schema_of::<T>()
+}
+
+/// An `execute_tool {name}` span (GenAI conventions).
+pub(crate) fn tool_span(name: &str, call_id: &str, parent: &TraceContext) -> tracing::Span {
+    let span = tracing::info_span!(
+        "execute_tool",
+        otel.name = %format_args!("execute_tool {name}"),
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = name,
+        gen_ai.tool.call.id = call_id,
+        error.type = tracing::field::Empty,
+    );
+    parent.parent(&span);
+    span
+}
+
+/// Runs a model-backed service request on its own task (bounded by the runtime's model
+/// concurrency), converts a panic into a failure, and delivers the answer to the tracker.
+pub(crate) fn spawn_service<T, F>(
+    shared: &Shared,
+    span: tracing::Span,
+    work: F,
+    tracker: ActorRef<TrackerMsg>,
+    deliver: fn(ServiceResult<T>) -> TrackerMsg,
+) where
+    T: Send + 'static,
+    F: Future<Output = ServiceResult<T>> + Send + 'static,
+{
+    let permits = shared.llm_permits.clone();
+    tokio::spawn(
+        async move {
+            // The semaphore is never closed, so acquire only waits.
+            let _permit = permits.acquire_owned().await;
+            let result = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
+                Err(ServiceFailure {
+                    error: format!("panicked: {}", executor::panic_message(panic)),
+                    usage: LlmUsage::default(),
+                })
+            });
+            // A stopped tracker (cancelled run) no longer wants the answer.
+            let _ = tracker.cast(deliver(result));
+        }
+        .instrument(span),
+    );
+}
+
+/// Usage of a structured call.
+pub(crate) fn structured_usage<T>(s: &crate::llm::Structured<T>) -> LlmUsage {
+    LlmUsage {
+        llm_calls: u64::from(s.calls),
+        input_tokens: s.usage.input_tokens,
+        output_tokens: s.usage.output_tokens,
+    }
+}

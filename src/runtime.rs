@@ -1,0 +1,434 @@
+//! The library API: build a [`Runtime`], submit tasks, follow and steer runs.
+//!
+//! `Stepwise::builder().model(m).build().await?` starts the actor system on the current tokio
+//! runtime; `runtime.run(task)` waits for the result, `runtime.submit(task)` returns a
+//! [`RunHandle`] with the run's event stream, its result, and cancel / approve / reject.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use futures::Stream;
+use ractor::{Actor, ActorRef};
+use tokio::sync::Semaphore;
+
+use crate::actors::messages::{ControlError, SupervisorMsg, TrackerMsg};
+use crate::actors::supervisor::Supervisor;
+use crate::actors::{RunChannels, RunTable, Shared};
+use crate::llm::{Models, SharedModel};
+use crate::options::RunOptions;
+use crate::plan::PlanSpec;
+use crate::prompts::Prompts;
+use crate::run::{EventKind, RunEvent, RunId, RunResult, RunState};
+use crate::store::{MemoryStore, RunStore, StoreError};
+use crate::tools::{Tool, ToolRegistry};
+
+/// Errors of the library API.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The builder is missing something or was given something unusable.
+    #[error("runtime configuration: {0}")]
+    Config(String),
+    /// The actor system could not start or answer.
+    #[error("actor system: {0}")]
+    Actor(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored run could not be folded (corrupt log).
+    #[error(transparent)]
+    State(#[from] crate::run::StateError),
+    /// No such run.
+    #[error("unknown run {0}")]
+    UnknownRun(RunId),
+    /// The run ended without a result reaching this handle (the runtime shut down).
+    #[error("run {0} ended without a result (runtime shut down)")]
+    NoResult(RunId),
+}
+
+/// Entry point: `Stepwise::builder()`.
+pub struct Stepwise;
+
+impl Stepwise {
+    /// A builder with defaults: no tools, in-memory store, pool of 4 executors.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+}
+
+/// Configures and starts a [`Runtime`].
+pub struct RuntimeBuilder {
+    models: Option<Models>,
+    tools: ToolRegistry,
+    options: RunOptions,
+    pool_size: usize,
+    llm_concurrency: usize,
+    workspace_root: Option<PathBuf>,
+    store: Option<Arc<dyn RunStore>>,
+    prompts: Prompts,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        Self {
+            models: None,
+            tools: ToolRegistry::new(),
+            options: RunOptions::default(),
+            pool_size: 4,
+            llm_concurrency: 64,
+            workspace_root: None,
+            store: None,
+            prompts: Prompts::default(),
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// One model for every role.
+    pub fn model(mut self, model: SharedModel) -> Self {
+        self.models = Some(Models::uniform(model));
+        self
+    }
+
+    /// A model per role.
+    pub fn models(mut self, models: Models) -> Self {
+        self.models = Some(models);
+        self
+    }
+
+    /// Adds a tool.
+    pub fn tool(mut self, tool: impl Tool) -> Self {
+        self.tools.register(tool);
+        self
+    }
+
+    /// Replaces the tool registry.
+    pub fn tools(mut self, tools: ToolRegistry) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// Default policies and budgets of runs (each submit may override them).
+    pub fn options(mut self, options: RunOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Executors in the pool: how many steps run at once across all runs.
+    pub fn executor_pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n.max(1);
+        self
+    }
+
+    /// Planner, replanner and synthesizer calls in flight at once across all runs.
+    pub fn llm_concurrency(mut self, n: usize) -> Self {
+        self.llm_concurrency = n.max(1);
+        self
+    }
+
+    /// Where each run's workspace directory is created (default: a `stepwise-workspaces`
+    /// directory under the system temp dir).
+    pub fn workspace_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.workspace_root = Some(dir.into());
+        self
+    }
+
+    /// The event store (default: in memory).
+    pub fn store(mut self, store: Arc<dyn RunStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// System prompts per role.
+    pub fn prompts(mut self, prompts: Prompts) -> Self {
+        self.prompts = prompts;
+        self
+    }
+
+    /// Starts the actor system on the current tokio runtime.
+    pub async fn build(self) -> Result<Runtime, RuntimeError> {
+        let models =
+            self.models.ok_or_else(|| RuntimeError::Config("no model: call .model() or .models()".into()))?;
+        let tool_names = self.tools.names().into_iter().map(str::to_owned).collect();
+        let shared = Arc::new(Shared {
+            models: crate::telemetry::traced(&models),
+            tools: self.tools,
+            tool_names,
+            prompts: self.prompts,
+            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            workspace_root: self
+                .workspace_root
+                .unwrap_or_else(|| std::env::temp_dir().join("stepwise-workspaces")),
+            llm_permits: Arc::new(Semaphore::new(self.llm_concurrency)),
+            runs: RunTable::default(),
+            services: RwLock::new(None),
+        });
+        let (supervisor, handle) =
+            Actor::spawn(None, Supervisor { shared: shared.clone(), pool_size: self.pool_size }, ())
+                .await
+                .map_err(|e| RuntimeError::Actor(e.to_string()))?;
+        Ok(Runtime { shared, supervisor, handle: Some(handle), options: self.options })
+    }
+}
+
+/// A running actor system. Cheap to share behind an `Arc`; stop it with [`Runtime::shutdown`].
+pub struct Runtime {
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+    options: RunOptions,
+}
+
+impl Runtime {
+    /// The default options of runs.
+    pub fn options(&self) -> &RunOptions {
+        &self.options
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &Arc<dyn RunStore> {
+        &self.shared.store
+    }
+
+    /// Runs `task` to its end with the default options.
+    pub async fn run(&self, task: &str) -> Result<RunResult, RuntimeError> {
+        self.submit(task).await?.result().await
+    }
+
+    /// Starts `task` with the default options.
+    pub async fn submit(&self, task: &str) -> Result<RunHandle, RuntimeError> {
+        self.submit_with(task, self.options.clone()).await
+    }
+
+    /// Starts `task` with `options`. The run is committed to the store before this returns.
+    pub async fn submit_with(&self, task: &str, options: RunOptions) -> Result<RunHandle, RuntimeError> {
+        let id = RunId::new();
+        let event = RunEvent {
+            run_id: id.clone(),
+            seq: 1,
+            at: chrono::Utc::now(),
+            kind: EventKind::RunSubmitted { task: task.to_owned(), options },
+        };
+        self.shared.store.append(&event).await?;
+        let channels = self.shared.runs.channels(&id);
+        self.start(&id).await?;
+        Ok(RunHandle { id, shared: self.shared.clone(), channels: Some(channels) })
+    }
+
+    async fn start(&self, id: &RunId) -> Result<(), RuntimeError> {
+        ractor::call!(self.supervisor, SupervisorMsg::StartRun, id.clone())
+            .map_err(|e| RuntimeError::Actor(e.to_string()))?
+            .map_err(RuntimeError::Actor)?;
+        Ok(())
+    }
+
+    /// Resumes every unfinished run in the store (after a restart). Returns their ids.
+    pub async fn recover(&self) -> Result<Vec<RunId>, RuntimeError> {
+        let ids = self.shared.store.unfinished().await?;
+        for id in &ids {
+            if self.shared.runs.get(id).is_none() {
+                self.start(id).await?;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// A handle on a run, live or finished.
+    pub fn handle(&self, id: &RunId) -> RunHandle {
+        RunHandle { id: id.clone(), shared: self.shared.clone(), channels: self.shared.runs.get(id) }
+    }
+
+    /// A run's current result: from its tracker while live, from the store otherwise.
+    pub async fn get(&self, id: &RunId) -> Result<RunResult, RuntimeError> {
+        self.handle(id).snapshot().await
+    }
+
+    /// Number of runs in progress in this process.
+    pub fn live_runs(&self) -> usize {
+        self.shared.runs.len()
+    }
+
+    /// Stops every actor. Unfinished runs stay in the store and resume with [`Runtime::recover`].
+    pub async fn shutdown(mut self) {
+        self.supervisor.stop(None);
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            self.supervisor.stop(None);
+        }
+    }
+}
+
+/// A handle on one run: its events, its result, and control.
+#[derive(Clone)]
+pub struct RunHandle {
+    id: RunId,
+    shared: Arc<Shared>,
+    channels: Option<RunChannels>,
+}
+
+impl RunHandle {
+    /// The run's id.
+    pub fn id(&self) -> &RunId {
+        &self.id
+    }
+
+    /// Waits for the run to end and returns its result.
+    pub async fn result(&self) -> Result<RunResult, RuntimeError> {
+        if let Some(ch) = &self.channels {
+            let mut rx = ch.result.subscribe();
+            if let Ok(r) = rx.wait_for(|r| r.is_some()).await
+                && let Some(result) = r.clone()
+            {
+                return Ok(result);
+            }
+        }
+        let result = self.stored().await?;
+        if result.status.is_terminal() { Ok(result) } else { Err(RuntimeError::NoResult(self.id.clone())) }
+    }
+
+    async fn stored(&self) -> Result<RunResult, RuntimeError> {
+        let events = self.shared.store.events(&self.id, 0).await?;
+        Ok(RunState::from_events(&events)?.ok_or_else(|| RuntimeError::UnknownRun(self.id.clone()))?.result())
+    }
+
+    /// The run's result as it stands now.
+    pub async fn snapshot(&self) -> Result<RunResult, RuntimeError> {
+        if let Some(t) = self.tracker()
+            && let Ok(r) = ractor::call!(t, TrackerMsg::Snapshot)
+        {
+            return Ok(r);
+        }
+        self.stored().await
+    }
+
+    fn tracker(&self) -> Option<ActorRef<TrackerMsg>> {
+        self.shared.runs.get(&self.id).and_then(|c| c.tracker)
+    }
+
+    async fn control(
+        &self,
+        msg: impl FnOnce(ractor::RpcReplyPort<Result<(), ControlError>>) -> TrackerMsg,
+    ) -> Result<(), ControlError> {
+        match self.tracker() {
+            Some(t) => match t.call(msg, None).await {
+                Ok(ractor::rpc::CallResult::Success(r)) => r,
+                _ => Err(self.ended_or_inactive().await),
+            },
+            None => Err(self.ended_or_inactive().await),
+        }
+    }
+
+    async fn ended_or_inactive(&self) -> ControlError {
+        match self.stored().await {
+            Ok(r) if r.status.is_terminal() => ControlError::AlreadyEnded(r.status),
+            _ => ControlError::NotActive,
+        }
+    }
+
+    /// Cancels the run: no new step starts, in-flight tool calls see their token cancelled.
+    pub async fn cancel(&self, reason: &str) -> Result<(), ControlError> {
+        let reason = reason.to_owned();
+        self.control(|reply| TrackerMsg::Cancel(reason, reply)).await
+    }
+
+    /// Approves the plan of a run awaiting approval, optionally replacing it with `edited`.
+    pub async fn approve(&self, edited: Option<PlanSpec>) -> Result<(), ControlError> {
+        self.control(|reply| TrackerMsg::Approve(edited, reply)).await
+    }
+
+    /// Rejects the plan of a run awaiting approval (the run ends cancelled).
+    pub async fn reject(&self, reason: &str) -> Result<(), ControlError> {
+        let reason = reason.to_owned();
+        self.control(|reply| TrackerMsg::Reject(reason, reply)).await
+    }
+
+    /// The run's events with `seq > after`: the stored history, then live events as they happen,
+    /// in order and without gaps, ending after the run's last event.
+    pub fn events_after(
+        &self,
+        after: u64,
+    ) -> impl Stream<Item = Result<RunEvent, RuntimeError>> + Send + 'static {
+        // Subscribe before reading history so nothing falls between the two.
+        let live = self.channels.as_ref().map(|c| c.events.subscribe());
+        let store = self.shared.store.clone();
+        let id = self.id.clone();
+        async_stream(store, id, after, live)
+    }
+
+    /// Every event of the run, from the first.
+    pub fn events(&self) -> impl Stream<Item = Result<RunEvent, RuntimeError>> + Send + 'static {
+        self.events_after(0)
+    }
+}
+
+fn async_stream(
+    store: Arc<dyn RunStore>,
+    id: RunId,
+    after: u64,
+    live: Option<tokio::sync::broadcast::Receiver<RunEvent>>,
+) -> impl Stream<Item = Result<RunEvent, RuntimeError>> + Send + 'static {
+    use tokio::sync::broadcast::error::RecvError;
+    struct S {
+        store: Arc<dyn RunStore>,
+        id: RunId,
+        last: u64,
+        live: Option<tokio::sync::broadcast::Receiver<RunEvent>>,
+        backlog: std::collections::VecDeque<RunEvent>,
+        done: bool,
+        loaded: bool,
+    }
+    let state = S { store, id, last: after, live, backlog: Default::default(), done: false, loaded: false };
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            if let Some(e) = s.backlog.pop_front() {
+                if e.seq <= s.last {
+                    continue;
+                }
+                s.last = e.seq;
+                s.done = e.kind.is_terminal();
+                return Some((Ok(e), s));
+            }
+            if !s.loaded {
+                s.loaded = true;
+                match s.store.events(&s.id, s.last).await {
+                    Ok(evs) => {
+                        if evs.last().is_some_and(|e| e.kind.is_terminal())
+                            || (evs.is_empty() && s.live.is_none())
+                        {
+                            // Nothing live to wait for: the history is the whole story.
+                            s.live = None;
+                        }
+                        s.backlog.extend(evs);
+                        if s.backlog.is_empty() && s.live.is_none() {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        s.done = true;
+                        return Some((Err(e.into()), s));
+                    }
+                }
+            }
+            let Some(rx) = s.live.as_mut() else { return None };
+            match rx.recv().await {
+                Ok(e) => s.backlog.push_back(e),
+                // Fell behind the live channel: the store has everything, read from there.
+                Err(RecvError::Lagged(_)) => s.loaded = false,
+                Err(RecvError::Closed) => {
+                    s.live = None;
+                    s.loaded = false;
+                }
+            }
+        }
+    })
+}
