@@ -16,6 +16,7 @@
 //! ```
 
 pub mod actors;
+pub mod config;
 pub mod llm;
 pub mod options;
 pub mod plan;

@@ -1,0 +1,554 @@
+//! Typed configuration: `config/stepwise.toml` plus `STEPWISE_*` environment overrides.
+//!
+//! Resolution order (later wins): built-in defaults, the TOML file, then environment variables
+//! named `STEPWISE_<SECTION>__<KEY>[__<SUBKEY>…]` (a double underscore separates levels; the
+//! segments after the upper-case `STEPWISE_` prefix are case-insensitive and become lower-case keys), e.g. `STEPWISE_POLICY__MAX_RETRIES=3` or
+//! `STEPWISE_TOOLS__RUN_COMMAND__ALLOW='["ls","mkdir"]'`. An override's value is read as a TOML
+//! value when it parses as one (numbers, booleans, arrays, inline tables), else as a string.
+//! Variables starting `STEPWISE_` without a `__` (`STEPWISE_API_TOKENS`, `STEPWISE_LOG`) are not
+//! overrides and are ignored.
+//!
+//! Every section denies unknown keys, and every error names where it came from: the file and the
+//! key (with line and column), or the environment variable. Relative paths are relative to the
+//! working directory of the process.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::llm::config::LlmConfig;
+use crate::options::{Policy, RunBudget, RunOptions, StepBudget};
+use crate::prompts::Prompts;
+use crate::tools::config::ToolsConfig;
+
+/// The file [`Config::load`] reads when no path is given, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/stepwise.toml";
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "STEPWISE_";
+
+/// Why the configuration could not be loaded. Each variant names the file, key or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A config or prompt file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A config file is not valid TOML or does not match the schema (unknown key, bad value).
+    #[error("invalid config in {origin}: {message}")]
+    Parse {
+        /// Where the text came from (a file path, or a label).
+        origin: String,
+        /// The TOML error, with line, column and key.
+        message: String,
+    },
+    /// An environment override names an unknown key or carries a bad value.
+    #[error("invalid environment override {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The values parse but make no sense together (a zero pool size, a zero timeout…).
+    #[error("invalid config value `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `runtime.executor_pool_size`.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// The whole configuration (`config/stepwise.toml`); every section and key is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Actor system sizing and where data lives.
+    pub runtime: RuntimeConfig,
+    /// Default run policy (failure handling, replanning, verification, approval).
+    pub policy: Policy,
+    /// Default per-step and per-run budgets.
+    pub budget: BudgetConfig,
+    /// Model provider(s).
+    pub llm: LlmConfig,
+    /// Built-in tools.
+    pub tools: ToolsConfig,
+    /// System prompt overrides.
+    pub prompts: PromptsConfig,
+}
+
+/// The `[runtime]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Executor actors, i.e. steps running at once across all runs.
+    pub executor_pool_size: usize,
+    /// Model calls in flight at once across all runs and roles.
+    pub llm_concurrency: usize,
+    /// Where the run store (SQLite) and, by default, workspaces live.
+    pub data_dir: PathBuf,
+    /// Parent of the per-run workspaces the file tools are confined to (default
+    /// `<data_dir>/workspaces`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_root: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            executor_pool_size: 4,
+            llm_concurrency: 64,
+            data_dir: PathBuf::from("stepwise-data"),
+            workspace_root: None,
+        }
+    }
+}
+
+/// The `[budget]` section: defaults for every run, overridable per run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// What one step attempt may spend.
+    pub step: StepBudget,
+    /// What a whole run may spend.
+    pub run: RunBudget,
+}
+
+/// The `[prompts]` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptsConfig {
+    /// Directory whose `planner.md`, `executor.md`, … replace the built-in system prompts
+    /// (files that are absent keep the built-in prompt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the configuration: `path` (which must exist), else [`DEFAULT_CONFIG_PATH`] if it
+    /// exists, else the defaults; then applies `STEPWISE_*` overrides from the process
+    /// environment and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let default_path = Path::new(DEFAULT_CONFIG_PATH);
+        let file = match path {
+            Some(p) => Some(p),
+            None if default_path.is_file() => Some(default_path),
+            None => None,
+        };
+        let mut config = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                Config::from_toml_str(&text, &p.display().to_string())?
+            }
+            None => Config::default(),
+        };
+        // `vars()` panics on non-Unicode variables; such a variable cannot be an override anyway.
+        let vars =
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        config.apply_env(vars)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `origin` (a file path or a label) is named in errors. Not validated.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        // Deserialising straight from the text keeps spans, so errors carry line and column.
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Applies `STEPWISE_<SECTION>__<KEY>…` overrides from `vars`, ignoring every other variable.
+    /// Overrides are applied one at a time, in name order, so an error names its variable.
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+        let mut overrides: Vec<(String, Vec<String>, String)> = Vec::new();
+        for (var, value) in vars {
+            if let Some(path) = override_path(&var)? {
+                overrides.push((var, path, value));
+            }
+        }
+        if overrides.is_empty() {
+            return Ok(());
+        }
+        overrides.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let mut table = toml::Table::try_from(&*self)
+            .map_err(|e| ConfigError::Invalid { key: "<config>".into(), message: e.to_string() })?;
+        for (var, path, raw) in overrides {
+            let env_err = |message: String| ConfigError::Env { var: var.clone(), message };
+            let key = path.join(".");
+            let parsed = raw.parse::<toml::Value>().ok();
+            let mut candidates = Vec::with_capacity(2);
+            if let Some(v) = parsed.clone() {
+                candidates.push(v);
+            }
+            // A value that parses as TOML but not as the key's type (a model named `4`, a date-like
+            // string) is retried as the plain string it also is.
+            if !matches!(parsed, Some(toml::Value::String(_))) {
+                candidates.push(toml::Value::String(raw.clone()));
+            }
+            let mut first_error = None;
+            let mut applied = None;
+            for candidate in candidates {
+                let mut attempt = table.clone();
+                set_path(&mut attempt, &path, candidate).map_err(env_err)?;
+                match attempt.clone().try_into::<Config>() {
+                    Ok(config) => {
+                        applied = Some((attempt, config));
+                        break;
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| e.to_string().trim_end().replace('\n', " "));
+                    }
+                }
+            }
+            match applied {
+                Some((t, config)) => {
+                    table = t;
+                    *self = config;
+                }
+                None => {
+                    let e = first_error.unwrap_or_default();
+                    return Err(env_err(format!("cannot set `{key}` to {raw:?}: {e}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but cannot work; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { key: key.to_owned(), message: message.into() })
+        }
+        let at_least_one: [(&str, u64); 11] = [
+            ("runtime.executor_pool_size", self.runtime.executor_pool_size as u64),
+            ("runtime.llm_concurrency", self.runtime.llm_concurrency as u64),
+            ("budget.step.max_iterations", self.budget.step.max_iterations.into()),
+            ("budget.step.timeout_ms", self.budget.step.timeout_ms),
+            ("llm.request_timeout_secs", self.llm.request_timeout_secs),
+            ("tools.run_command.timeout_secs", self.tools.run_command.timeout_secs),
+            ("tools.run_command.max_output_bytes", self.tools.run_command.max_output_bytes as u64),
+            ("tools.files.max_file_bytes", self.tools.files.max_file_bytes as u64),
+            ("tools.http_get.timeout_secs", self.tools.http_get.timeout_secs),
+            ("tools.http_get.max_bytes", self.tools.http_get.max_bytes as u64),
+            ("llm.max_tokens", self.llm.max_tokens.map_or(1, u64::from)),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if self.runtime.data_dir.as_os_str().is_empty() {
+            return invalid("runtime.data_dir", "must not be empty");
+        }
+        if let Some(t) = self.llm.temperature
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return invalid("llm.temperature", format!("must be a number ≥ 0, got {t}"));
+        }
+        for program in &self.tools.run_command.allow {
+            if program.is_empty() || program.contains(['/', '\\']) || program.trim() != program {
+                return invalid(
+                    "tools.run_command.allow",
+                    format!("{program:?} is not a program name: give bare names like \"ls\", no paths"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The default options of a run (policy and budgets), before per-run overrides.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            policy: self.policy.clone(),
+            step_budget: self.budget.step.clone(),
+            run_budget: self.budget.run.clone(),
+        }
+    }
+
+    /// Where per-run workspaces are created: `runtime.workspace_root`, else `<data_dir>/workspaces`.
+    pub fn workspace_root(&self) -> PathBuf {
+        self.runtime.workspace_root.clone().unwrap_or_else(|| self.runtime.data_dir.join("workspaces"))
+    }
+
+    /// The system prompts: the built-in ones, with files from `prompts.dir` taking precedence.
+    pub fn prompts(&self) -> Result<Prompts, ConfigError> {
+        Prompts::load(self.prompts.dir.as_deref())
+    }
+}
+
+/// `STEPWISE_POLICY__MAX_RETRIES` → `Some(["policy", "max_retries"])`; other variables → `None`.
+fn override_path(var: &str) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(rest) = var.strip_prefix(ENV_PREFIX) else { return Ok(None) };
+    if !rest.contains("__") {
+        return Ok(None);
+    }
+    let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::Env {
+            var: var.to_owned(),
+            message: "empty key segment: levels are separated by exactly two underscores".into(),
+        });
+    }
+    Ok(Some(path))
+}
+
+/// Sets `path` in `table` to `value`, creating sections on the way.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("override paths have at least two segments");
+    let mut current = table;
+    for (i, segment) in parents.iter().enumerate() {
+        let entry = current.entry(segment.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("`{}` is a value, not a section", path[..=i].join("."))),
+        };
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::config::{ProviderKind, RoleModelConfig};
+    use crate::options::FailurePolicy;
+
+    const SHIPPED: &str = include_str!("../config/stepwise.toml");
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn leaf_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                toml::Value::Table(t) => leaf_keys(t, &key, out),
+                _ => out.push(key),
+            }
+        }
+    }
+
+    #[test]
+    fn shipped_file_equals_defaults_and_lists_every_key() {
+        let parsed = Config::from_toml_str(SHIPPED, "config/stepwise.toml").unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+
+        // Every key the defaults serialise (all non-optional ones) is spelled out in the file.
+        let mut expected = vec![];
+        leaf_keys(&toml::Table::try_from(Config::default()).unwrap(), "", &mut expected);
+        let mut present = vec![];
+        leaf_keys(&SHIPPED.parse::<toml::Table>().unwrap(), "", &mut present);
+        let missing: Vec<_> = expected.iter().filter(|k| !present.contains(k)).collect();
+        assert!(missing.is_empty(), "keys missing from config/stepwise.toml: {missing:?}");
+        assert!(expected.len() > 30, "suspiciously few keys: {expected:?}");
+    }
+
+    #[test]
+    fn shipped_role_example_parses_when_uncommented() {
+        // The commented `[llm.roles.planner]` example must stay valid.
+        let block: String = SHIPPED
+            .lines()
+            .skip_while(|l| !l.starts_with("# [llm.roles.planner]"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        assert!(!block.is_empty(), "example block not found");
+        let config = Config::from_toml_str(&block, "example").unwrap();
+        let planner = config.llm.roles.planner.expect("planner override");
+        assert!(planner.model.is_some(), "{planner:?}");
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let config = Config::from_toml_str(
+            "[runtime]\nexecutor_pool_size = 8\n[policy]\non_step_failure = \"skip\"\n\
+             [llm]\nprovider = \"openai\"\nmodel = \"gpt-4o\"\n[llm.roles.planner]\nmodel = \"o3\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.runtime.executor_pool_size, 8);
+        assert_eq!(config.policy.on_step_failure, FailurePolicy::Skip);
+        assert_eq!(config.llm.provider, ProviderKind::Openai);
+        assert_eq!(
+            config.llm.roles.planner,
+            Some(RoleModelConfig { model: Some("o3".into()), ..Default::default() })
+        );
+        assert_eq!(config.runtime.llm_concurrency, 64, "unset keys keep their defaults");
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_file_key_and_line() {
+        let err =
+            Config::from_toml_str("[policy]\nmax_retries = 2\nmax_retires = 3\n", "my.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { .. }));
+        assert!(msg.contains("my.toml") && msg.contains("max_retires") && msg.contains("line 3"), "{msg}");
+        let err = Config::from_toml_str("[polcy]\n", "my.toml").unwrap_err().to_string();
+        assert!(err.contains("polcy"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_in_file_is_named() {
+        let err = Config::from_toml_str("[policy]\non_step_failure = \"explode\"\n", "x.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("x.toml") && msg.contains("explode") && msg.contains("line 2"), "{msg}");
+        let err = Config::from_toml_str("[runtime]\nexecutor_pool_size = \"four\"\n", "x.toml").unwrap_err();
+        assert!(err.to_string().contains("executor_pool_size"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_top_level_and_nested_keys() {
+        let mut config = Config::default();
+        config
+            .apply_env(env(&[
+                ("STEPWISE_POLICY__MAX_RETRIES", "3"),
+                ("STEPWISE_TOOLS__RUN_COMMAND__ALLOW", r#"["ls","mkdir"]"#),
+                ("STEPWISE_TOOLS__RUN_COMMAND__ENABLED", "true"),
+                ("STEPWISE_LLM__MODEL", "gpt-4o-mini"),
+                ("stepwise_llm__provider", "openai"),
+                ("STEPWISE_LLM__ROLES__PLANNER__MODEL", "o3"),
+                ("STEPWISE_BUDGET__STEP__TIMEOUT_MS", "1000"),
+                ("STEPWISE_RUNTIME__DATA_DIR", "/var/lib/stepwise"),
+            ]))
+            .unwrap();
+        assert_eq!(config.policy.max_retries, 3);
+        assert_eq!(config.tools.run_command.allow, ["ls", "mkdir"]);
+        assert!(config.tools.run_command.enabled);
+        assert_eq!(config.llm.model, "gpt-4o-mini");
+        // The prefix is case-sensitive (conventional upper case); this lower-case one is ignored.
+        assert_eq!(config.llm.provider, ProviderKind::Scripted);
+        assert_eq!(config.llm.roles.planner.as_ref().unwrap().model.as_deref(), Some("o3"));
+        assert_eq!(config.budget.step.timeout_ms, 1000);
+        assert_eq!(config.workspace_root(), PathBuf::from("/var/lib/stepwise/workspaces"));
+    }
+
+    #[test]
+    fn env_keys_are_case_insensitive_and_strings_fall_back() {
+        let mut config = Config::default();
+        config
+            .apply_env(env(&[
+                ("STEPWISE_Llm__Model", "4"),
+                ("STEPWISE_LLM__BASE_URL", "http://127.0.0.1:8080/v1"),
+                ("STEPWISE_LLM__TEMPERATURE", "0.5"),
+            ]))
+            .unwrap();
+        assert_eq!(config.llm.model, "4", "a number is kept as text for a string key");
+        assert_eq!(config.llm.base_url.as_deref(), Some("http://127.0.0.1:8080/v1"));
+        assert_eq!(config.llm.temperature, Some(0.5));
+    }
+
+    #[test]
+    fn env_overrides_apply_on_top_of_the_file() {
+        let mut config = Config::from_toml_str("[policy]\nmax_retries = 5\nmax_replans = 7\n", "f").unwrap();
+        config.apply_env(env(&[("STEPWISE_POLICY__MAX_RETRIES", "0")])).unwrap();
+        assert_eq!((config.policy.max_retries, config.policy.max_replans), (0, 7));
+    }
+
+    #[test]
+    fn non_override_variables_are_ignored() {
+        let mut config = Config::default();
+        config
+            .apply_env(env(&[
+                ("STEPWISE_API_TOKENS", "a,b"),
+                ("STEPWISE_LOG", "debug"),
+                ("STEPWISE_", "x"),
+                ("PATH", "/usr/bin"),
+                ("OPENAI_API_KEY", "sk-nope"),
+            ]))
+            .unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn unknown_env_key_names_the_variable() {
+        for var in ["STEPWISE_POLICY__MAX_RETIRES", "STEPWISE_NOPE__X", "STEPWISE_LLM__ROLES__CRITIC__MODEL"]
+        {
+            let err = Config::default().apply_env(env(&[(var, "3")])).unwrap_err();
+            assert!(matches!(&err, ConfigError::Env { var: v, .. } if v == var), "{err:?}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable_and_key() {
+        let err = Config::default().apply_env(env(&[("STEPWISE_POLICY__MAX_RETRIES", "lots")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("STEPWISE_POLICY__MAX_RETRIES") && msg.contains("policy.max_retries"), "{msg}");
+        assert!(msg.contains("lots"), "{msg}");
+        let err = Config::default().apply_env(env(&[("STEPWISE_POLICY__REPLAN", "sometimes")])).unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+        // A value where a section is expected, and an empty segment.
+        let err = Config::default().apply_env(env(&[("STEPWISE_POLICY__MAX_RETRIES__X", "1")])).unwrap_err();
+        assert!(err.to_string().contains("policy.max_retries` is a value"), "{err}");
+        let err = Config::default().apply_env(env(&[("STEPWISE_POLICY____X", "1")])).unwrap_err();
+        assert!(err.to_string().contains("STEPWISE_POLICY____X"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        type Mutation = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("runtime.executor_pool_size", Box::new(|c| c.runtime.executor_pool_size = 0)),
+            ("runtime.llm_concurrency", Box::new(|c| c.runtime.llm_concurrency = 0)),
+            ("budget.step.max_iterations", Box::new(|c| c.budget.step.max_iterations = 0)),
+            ("budget.step.timeout_ms", Box::new(|c| c.budget.step.timeout_ms = 0)),
+            ("llm.request_timeout_secs", Box::new(|c| c.llm.request_timeout_secs = 0)),
+            ("llm.max_tokens", Box::new(|c| c.llm.max_tokens = Some(0))),
+            ("llm.temperature", Box::new(|c| c.llm.temperature = Some(-1.0))),
+            ("runtime.data_dir", Box::new(|c| c.runtime.data_dir = PathBuf::new())),
+            ("tools.run_command.allow", Box::new(|c| c.tools.run_command.allow = vec!["/bin/sh".into()])),
+            ("tools.http_get.timeout_secs", Box::new(|c| c.tools.http_get.timeout_secs = 0)),
+        ];
+        for (key, mutate) in cases {
+            let mut config = Config::default();
+            mutate(&mut config);
+            match config.validate() {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: expected Invalid, got {other:?}"),
+            }
+        }
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn load_reads_explicit_file_and_requires_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custom.toml");
+        std::fs::write(&path, "[runtime]\nexecutor_pool_size = 2\n").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().runtime.executor_pool_size, 2);
+
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(Some(&missing)).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }) && err.to_string().contains("missing.toml"), "{err}");
+
+        std::fs::write(&path, "[runtime]\nexecutor_pool_size = 0\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "runtime.executor_pool_size"));
+    }
+
+    #[test]
+    fn run_options_and_workspace_root() {
+        let mut config = Config::default();
+        config.policy.max_replans = 9;
+        config.budget.step.max_tool_calls = 3;
+        config.budget.run.max_tokens = 1000;
+        let options = config.run_options();
+        assert_eq!(options.policy.max_replans, 9);
+        assert_eq!(options.step_budget.max_tool_calls, 3);
+        assert_eq!(options.run_budget.max_tokens, 1000);
+        assert_eq!(config.workspace_root(), PathBuf::from("stepwise-data/workspaces"));
+        config.runtime.workspace_root = Some("/tmp/ws".into());
+        assert_eq!(config.workspace_root(), PathBuf::from("/tmp/ws"));
+    }
+}
