@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use futures::Stream;
+use futures::StreamExt;
 use ractor::{Actor, ActorRef};
 use tokio::sync::Semaphore;
 
@@ -350,29 +350,29 @@ impl RunHandle {
 
     /// The run's events with `seq > after`: the stored history, then live events as they happen,
     /// in order and without gaps, ending after the run's last event.
-    pub fn events_after(
-        &self,
-        after: u64,
-    ) -> impl Stream<Item = Result<RunEvent, RuntimeError>> + Send + 'static {
+    pub fn events_after(&self, after: u64) -> EventStream {
         // Subscribe before reading history so nothing falls between the two.
         let live = self.channels.as_ref().map(|c| c.events.subscribe());
         let store = self.shared.store.clone();
         let id = self.id.clone();
-        async_stream(store, id, after, live)
+        event_stream(store, id, after, live)
     }
 
     /// Every event of the run, from the first.
-    pub fn events(&self) -> impl Stream<Item = Result<RunEvent, RuntimeError>> + Send + 'static {
+    pub fn events(&self) -> EventStream {
         self.events_after(0)
     }
 }
 
-fn async_stream(
+/// A run's events, in order: the stored history, then live events.
+pub type EventStream = futures::stream::BoxStream<'static, Result<RunEvent, RuntimeError>>;
+
+fn event_stream(
     store: Arc<dyn RunStore>,
     id: RunId,
     after: u64,
     live: Option<tokio::sync::broadcast::Receiver<RunEvent>>,
-) -> impl Stream<Item = Result<RunEvent, RuntimeError>> + Send + 'static {
+) -> EventStream {
     use tokio::sync::broadcast::error::RecvError;
     struct S {
         store: Arc<dyn RunStore>,
@@ -431,4 +431,5 @@ fn async_stream(
             }
         }
     })
+    .boxed()
 }

@@ -8,6 +8,7 @@
 //! `executor_crashed`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::ActorProcessingErr;
 use ractor::factory::{FactoryRef, Job, Worker, WorkerId};
@@ -225,8 +226,29 @@ fn tool_error_type(e: &ToolError) -> &'static str {
     }
 }
 
-/// Runs a tool on its own task so that a panic stays a [`ToolError::Panicked`], and so that a
-/// cancel stops waiting for it at once.
+/// How long a cancelled or timed-out tool gets to notice its token and clean up before its task
+/// is aborted.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// Aborts a tool task [`CANCEL_GRACE`] after being dropped (if it is still running then), so
+/// a tool that ignores its cancellation token cannot outlive its step for long.
+struct AbortLater(tokio::task::AbortHandle);
+
+impl Drop for AbortLater {
+    fn drop(&mut self) {
+        if self.0.is_finished() {
+            return;
+        }
+        let handle = self.0.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CANCEL_GRACE).await;
+            handle.abort();
+        });
+    }
+}
+
+/// Runs a tool on its own task so that a panic stays a [`ToolError::Panicked`]. The step's
+/// cancellation (run cancelled, budget out) reaches the tool through `ctx.cancel`.
 async fn call_tool(
     shared: &Shared,
     name: &str,
@@ -237,19 +259,12 @@ async fn call_tool(
     if let Err(e) = tokio::fs::create_dir_all(&ctx.workspace).await {
         return Err(ToolError::Failed(format!("cannot create the run workspace: {e}")));
     }
-    let cancel = ctx.cancel.clone();
     let task = tokio::spawn(async move { tool.call(args, &ctx).await }.in_current_span());
-    let abort = task.abort_handle();
-    tokio::select! {
-        joined = task => match joined {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => Err(ToolError::Panicked(panic_message(e.into_panic()))),
-            Err(_) => Err(ToolError::Cancelled),
-        },
-        _ = cancel.cancelled() => {
-            abort.abort();
-            Err(ToolError::Cancelled)
-        }
+    let _abort = AbortLater(task.abort_handle());
+    match task.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err(ToolError::Panicked(panic_message(e.into_panic()))),
+        Err(_) => Err(ToolError::Cancelled),
     }
 }
 

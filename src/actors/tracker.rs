@@ -653,9 +653,9 @@ impl Tracker {
             f.span.record("stepwise.step.status", "cancelled");
         }
         st.span.record("stepwise.run.status", st.run.status.as_str());
-        let result = st.run.result();
-        st.channels.result.send_replace(Some(result));
+        // Leave the live table first: whoever sees the result must not still find the run live.
         self.shared.runs.remove(&st.run.id);
+        st.channels.result.send_replace(Some(st.run.result()));
         me.stop(None);
     }
 }
