@@ -1,0 +1,138 @@
+//! Live progress of a run on stderr: the plan, each step's state (a spinner while it runs), and
+//! counts. On a terminal it redraws in place; otherwise it prints one line per event.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use stepwise::plan::StepSpec;
+use stepwise::run::{EventKind, RunEvent};
+
+/// Renders events as they arrive.
+pub struct Progress {
+    multi: MultiProgress,
+    header: ProgressBar,
+    bars: HashMap<String, ProgressBar>,
+    tty: bool,
+    done: usize,
+    total: usize,
+    failed: usize,
+}
+
+impl Progress {
+    /// A renderer on stderr.
+    pub fn new() -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let header = multi.add(ProgressBar::new_spinner());
+        header.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        header.enable_steady_tick(Duration::from_millis(120));
+        header.set_message("planning…");
+        Self { multi, header, bars: HashMap::new(), tty, done: 0, total: 0, failed: 0 }
+    }
+
+    fn line(&self, text: String) {
+        if self.tty {
+            let _ = self.multi.println(text);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    fn counts(&self) {
+        self.header.set_message(format!("steps: {}/{} done, {} failed", self.done, self.total, self.failed));
+    }
+
+    fn add_steps(&mut self, steps: &[StepSpec]) {
+        for s in steps {
+            self.total += 1;
+            let deps = s.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ");
+            self.line(format!(
+                "  {} {}{}",
+                s.id,
+                s.description,
+                if deps.is_empty() { String::new() } else { format!("  (after {deps})") }
+            ));
+            let bar = self.multi.add(ProgressBar::new_spinner());
+            bar.set_style(ProgressStyle::with_template("  {prefix:>8} {spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            bar.set_prefix(s.id.to_string());
+            bar.set_message("pending");
+            self.bars.insert(s.id.to_string(), bar);
+        }
+        self.counts();
+    }
+
+    fn step(&mut self, id: &str, msg: String, finished: bool) {
+        if let Some(bar) = self.bars.get(id) {
+            if finished {
+                bar.finish_with_message(msg.clone());
+            } else {
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar.set_message(msg.clone());
+            }
+        }
+        if !self.tty {
+            eprintln!("  [{id}] {msg}");
+        }
+    }
+
+    /// Shows one event.
+    pub fn event(&mut self, e: &RunEvent) {
+        match &e.kind {
+            EventKind::RunSubmitted { task, .. } => self.line(format!("task: {task}")),
+            EventKind::PlanProposed { plan, revision, .. } => {
+                self.line(format!("plan (revision {revision}): {}", plan.goal));
+                self.add_steps(&plan.steps);
+            }
+            EventKind::PlanApproved { edited } => {
+                self.line(if edited.is_some() { "plan approved (edited)".into() } else { "plan approved".into() })
+            }
+            EventKind::StepStarted { step, attempt } => {
+                let msg = if *attempt > 1 { format!("running (attempt {attempt})") } else { "running".into() };
+                self.step(step.as_str(), msg, false)
+            }
+            EventKind::ToolCalled { step, tool, .. } => self.step(step.as_str(), format!("calling {tool}"), false),
+            EventKind::ToolReturned { .. } => {}
+            EventKind::StepCompleted { step, output, .. } => {
+                self.done += 1;
+                self.step(step.as_str(), format!("✓ {}", one_line(output)), true);
+                self.counts();
+            }
+            EventKind::StepFailed { step, error, .. } => {
+                self.failed += 1;
+                self.step(step.as_str(), format!("✗ {error}"), false);
+                self.counts();
+            }
+            EventKind::StepSkipped { step, reason } => {
+                self.done += 1;
+                self.step(step.as_str(), format!("skipped: {}", one_line(reason)), true);
+                self.counts();
+            }
+            EventKind::ReplanConsidered { reason, .. } => self.line(format!("replanner: continue ({reason})")),
+            EventKind::Replanned { revision, reason, steps, .. } => {
+                self.line(format!("replanned (revision {revision}): {reason}"));
+                // Steps that were not completed are replaced.
+                for (_, bar) in self.bars.drain() {
+                    if !bar.is_finished() {
+                        bar.finish_with_message("replaced");
+                        self.total -= 1;
+                    }
+                }
+                self.add_steps(steps);
+            }
+            EventKind::RunCompleted { .. } => self.header.finish_with_message("completed"),
+            EventKind::RunFailed { error, .. } => self.header.finish_with_message(format!("failed: {error}")),
+            EventKind::RunCancelled { reason } => self.header.finish_with_message(format!("cancelled: {reason}")),
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let first = s.lines().next().unwrap_or("");
+    if first.chars().count() > 80 { format!("{}…", first.chars().take(80).collect::<String>()) } else { first.to_owned() }
+}
