@@ -1,1 +1,499 @@
-//! (in progress)
+//! `run_command`: runs an allowlisted program (no shell) in the run's workspace.
+//!
+//! The model picks the program and its arguments, so the program must be a bare name on the
+//! configured allowlist, is resolved on `PATH` (absolute entries only), and runs with the
+//! workspace as its working directory, stdin closed, a trimmed environment, a timeout, and
+//! capped output. A non-zero exit is an ordinary result (the model should see it and react);
+//! only failing to start the program, a timeout or a cancel are errors.
+//!
+//! Only the program itself is killed on timeout or cancel: a background process it started is
+//! not (that would need a process-group kill), but its hold on the output pipes cannot stall
+//! the call, see [`PIPE_GRACE`].
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+
+use super::config::RunCommandConfig;
+use super::{Tool, ToolContext, ToolError, parse_args, schema_of};
+
+/// How long to keep reading output after the program exits. A background child that inherited
+/// the pipes would otherwise keep the call waiting for it.
+pub const PIPE_GRACE: Duration = Duration::from_millis(500);
+
+/// Variables kept from the runtime's environment (plus `LC_*` and the config's `pass_env`).
+const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"];
+
+/// Arguments of `run_command`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCommandArgs {
+    /// The program's bare name, e.g. `python3`; it must be on the allowed list.
+    pub program: String,
+    /// Its arguments, passed as-is (there is no shell: no globbing, pipes or redirection).
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// `run_command`: runs an allowed program with arguments in the workspace and reports its exit
+/// code, stdout and stderr.
+#[derive(Debug, Clone)]
+pub struct RunCommandTool {
+    cfg: RunCommandConfig,
+    description: String,
+}
+
+impl RunCommandTool {
+    /// A `run_command` tool with `cfg`'s allowlist, timeout, output cap and environment.
+    pub fn new(cfg: RunCommandConfig) -> Self {
+        let allowed = if cfg.allow.is_empty() { "none".to_owned() } else { cfg.allow.join(", ") };
+        let description = format!(
+            "Runs a program (no shell) with the workspace as working directory and returns its exit \
+             code, stdout and stderr. Allowed programs: {allowed}."
+        );
+        Self { cfg, description }
+    }
+
+    fn check_program(&self, program: &str) -> Result<(), ToolError> {
+        if program.is_empty() {
+            return Err(ToolError::InvalidArguments("run_command: \"program\" is empty".into()));
+        }
+        if program.contains(['/', '\\', '\0']) || program == "." || program == ".." {
+            return Err(ToolError::Denied(format!(
+                "run_command: program {program:?} must be a bare name such as \"python3\", not a path"
+            )));
+        }
+        if !self.cfg.allow.iter().any(|a| a == program) {
+            let allowed =
+                if self.cfg.allow.is_empty() { "none".to_owned() } else { self.cfg.allow.join(", ") };
+            return Err(ToolError::Denied(format!(
+                "run_command: program {program:?} is not allowed (allowed: {allowed})"
+            )));
+        }
+        Ok(())
+    }
+
+    fn environment(&self) -> Vec<(OsString, OsString)> {
+        std::env::vars_os()
+            .filter(|(k, _)| {
+                let k = k.to_string_lossy();
+                BASE_ENV.contains(&k.as_ref())
+                    || k.starts_with("LC_")
+                    || self.cfg.pass_env.iter().any(|p| *p == k)
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Tool for RunCommandTool {
+    fn name(&self) -> &str {
+        "run_command"
+    }
+    fn description(&self) -> &str {
+        &self.description
+    }
+    fn parameters(&self) -> serde_json::Value {
+        schema_of::<RunCommandArgs>()
+    }
+    async fn call(&self, args: serde_json::Value, ctx: &ToolContext) -> Result<String, ToolError> {
+        let args: RunCommandArgs = parse_args(args)?;
+        self.check_program(&args.program)?;
+        let program = find_on_path(&args.program).ok_or_else(|| {
+            ToolError::Failed(format!("run_command: program {:?} was not found on PATH", args.program))
+        })?;
+        tokio::fs::create_dir_all(&ctx.workspace).await.map_err(|e| {
+            ToolError::Failed(format!(
+                "run_command: cannot create the workspace {}: {e}",
+                ctx.workspace.display()
+            ))
+        })?;
+        if ctx.cancel.is_cancelled() {
+            return Err(ToolError::Cancelled);
+        }
+
+        let mut child = Command::new(&program)
+            .args(&args.args)
+            .current_dir(&ctx.workspace)
+            .env_clear()
+            .envs(self.environment())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| ToolError::Failed(format!("run_command: cannot start {:?}: {e}", args.program)))?;
+        let timeout = Duration::from_secs(self.cfg.timeout_secs);
+        let cap = self.cfg.max_output_bytes;
+
+        enum Outcome {
+            Finished(std::io::Result<Finished>),
+            TimedOut,
+            Cancelled,
+        }
+        let outcome = tokio::select! {
+            r = run_to_end(&mut child, cap) => Outcome::Finished(r),
+            _ = tokio::time::sleep(timeout) => Outcome::TimedOut,
+            _ = ctx.cancel.cancelled() => Outcome::Cancelled,
+        };
+        match outcome {
+            Outcome::Finished(r) => {
+                let done = r.map_err(|e| {
+                    ToolError::Failed(format!("run_command: waiting for {:?} failed: {e}", args.program))
+                })?;
+                Ok(done.render())
+            }
+            Outcome::TimedOut => {
+                kill(&mut child).await;
+                Err(ToolError::Timeout(timeout))
+            }
+            Outcome::Cancelled => {
+                kill(&mut child).await;
+                Err(ToolError::Cancelled)
+            }
+        }
+    }
+}
+
+/// Kills and reaps the child; `kill_on_drop` would kill it too, but reaping here means the
+/// process is really gone when the error is returned.
+async fn kill(child: &mut Child) {
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+}
+
+/// The first executable `name` in an absolute `PATH` entry. Relative entries (`.`, empty) are
+/// skipped: they would resolve against the runtime's cwd, not anything the config vouches for.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else { return false };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
+/// Output of one stream: the first `cap` bytes, and how many more were dropped.
+#[derive(Debug, Default)]
+struct Captured {
+    kept: Vec<u8>,
+    dropped: u64,
+}
+
+impl Captured {
+    /// Reads `stream` to its end, keeping at most `cap` bytes. It keeps draining past the cap so
+    /// the program never blocks on a full pipe.
+    async fn pump(&mut self, stream: Option<impl AsyncRead + Unpin>, cap: usize) {
+        let Some(mut stream) = stream else { return };
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let room = cap.saturating_sub(self.kept.len()).min(n);
+                    self.kept.extend_from_slice(&buf[..room]);
+                    self.dropped += (n - room) as u64;
+                }
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut text = String::from_utf8_lossy(&self.kept).into_owned();
+        if self.dropped > 0 {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!("[truncated {} bytes]", self.dropped));
+        }
+        if text.is_empty() { "(empty)".to_owned() } else { text }
+    }
+}
+
+/// A program that ran to its end.
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: Captured,
+    stderr: Captured,
+    /// Output pipes were still open [`PIPE_GRACE`] after the exit (a background process).
+    pipes_held: bool,
+}
+
+impl Finished {
+    fn render(&self) -> String {
+        let mut out = match self.status.code() {
+            Some(code) => format!("exit code: {code}\n"),
+            None => format!("exit: terminated by a signal ({})\n", describe_signal(&self.status)),
+        };
+        out.push_str("--- stdout ---\n");
+        out.push_str(self.stdout.render().trim_end_matches('\n'));
+        out.push_str("\n--- stderr ---\n");
+        out.push_str(self.stderr.render().trim_end_matches('\n'));
+        out.push('\n');
+        if self.pipes_held {
+            out.push_str(
+                "[note: a background process kept the output open; output after the exit was not read]\n",
+            );
+        }
+        out
+    }
+}
+
+fn describe_signal(status: &ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return format!("signal {sig}");
+        }
+    }
+    status.to_string()
+}
+
+/// Waits for the child while reading both pipes concurrently.
+async fn run_to_end(child: &mut Child, cap: usize) -> std::io::Result<Finished> {
+    let stdout_pipe = child.stdout.take();
+    let stderr_pipe = child.stderr.take();
+    let mut stdout = Captured::default();
+    let mut stderr = Captured::default();
+    let mut pipes_held = false;
+    let status = {
+        let reading = async {
+            tokio::join!(stdout.pump(stdout_pipe, cap), stderr.pump(stderr_pipe, cap));
+        };
+        tokio::pin!(reading);
+        tokio::select! {
+            status = child.wait() => {
+                let status = status?;
+                if tokio::time::timeout(PIPE_GRACE, &mut reading).await.is_err() {
+                    pipes_held = true;
+                }
+                status
+            }
+            () = &mut reading => child.wait().await?,
+        }
+    };
+    Ok(Finished { status, stdout, stderr, pipes_held })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    fn ctx(workspace: &Path) -> ToolContext {
+        ToolContext {
+            run_id: "r1".into(),
+            step_id: "s1".into(),
+            attempt: 1,
+            call_index: 0,
+            workspace: workspace.to_path_buf(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn tool(allow: &[&str]) -> RunCommandTool {
+        RunCommandTool::new(RunCommandConfig {
+            enabled: true,
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            timeout_secs: 10,
+            max_output_bytes: 1000,
+            pass_env: Vec::new(),
+        })
+    }
+
+    async fn run(t: &RunCommandTool, ws: &Path, program: &str, args: &[&str]) -> Result<String, ToolError> {
+        t.call(json!({ "program": program, "args": args }), &ctx(ws)).await
+    }
+
+    #[tokio::test]
+    async fn runs_a_program_and_reports_exit_code_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(&tool(&["echo"]), dir.path(), "echo", &["hello", "world"]).await.unwrap();
+        assert_eq!(out, "exit code: 0\n--- stdout ---\nhello world\n--- stderr ---\n(empty)\n");
+    }
+
+    #[tokio::test]
+    async fn arguments_are_not_interpreted_by_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(&tool(&["echo"]), dir.path(), "echo", &["$HOME", "*", "a;b"]).await.unwrap();
+        assert!(out.contains("--- stdout ---\n$HOME * a;b\n"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn non_zero_exit_is_a_result_with_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let out =
+            run(&tool(&["sh"]), dir.path(), "sh", &["-c", "echo out; echo oops >&2; exit 3"]).await.unwrap();
+        assert_eq!(out, "exit code: 3\n--- stdout ---\nout\n--- stderr ---\noops\n");
+    }
+
+    #[tokio::test]
+    async fn runs_in_the_workspace_and_creates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("fresh");
+        let out = run(&tool(&["sh"]), &ws, "sh", &["-c", "echo made > marker.txt; pwd"]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(ws.join("marker.txt")).unwrap(), "made\n");
+        let canonical = std::fs::canonicalize(&ws).unwrap();
+        assert!(out.contains(&format!("{}\n", canonical.display())), "{out}");
+    }
+
+    #[tokio::test]
+    async fn programs_not_on_the_allowlist_are_denied() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(&tool(&["echo"]), dir.path(), "sh", &["-c", "true"]).await;
+        assert!(
+            matches!(&r, Err(ToolError::Denied(m)) if m.contains("\"sh\"") && m.contains("allowed: echo")),
+            "{r:?}"
+        );
+        let r = run(&tool(&[]), dir.path(), "echo", &[]).await;
+        assert!(matches!(&r, Err(ToolError::Denied(m)) if m.contains("allowed: none")), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn paths_are_denied_even_when_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tool(&["/bin/echo", "./echo", "..", "echo"]);
+        for program in ["/bin/echo", "./echo", "..", "bin/echo"] {
+            let r = run(&t, dir.path(), program, &["x"]).await;
+            assert!(matches!(&r, Err(ToolError::Denied(m)) if m.contains("bare name")), "{program}: {r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_failure_not_a_denial() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "stepwise-no-such-program-7f3a";
+        let r = run(&tool(&[name]), dir.path(), name, &[]).await;
+        assert!(matches!(&r, Err(ToolError::Failed(m)) if m.contains("not found on PATH")), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn stdin_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let out = run(&tool(&["cat"]), dir.path(), "cat", &[]).await.unwrap();
+        assert!(out.starts_with("exit code: 0\n--- stdout ---\n(empty)"), "{out}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn output_is_capped_per_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "head -c 5000 /dev/zero | tr '\\0' a; head -c 1500 /dev/zero | tr '\\0' b >&2";
+        let out = run(&tool(&["sh"]), dir.path(), "sh", &["-c", script]).await.unwrap();
+        let expected_stdout = format!("--- stdout ---\n{}\n[truncated 4000 bytes]\n", "a".repeat(1000));
+        let expected_stderr = format!("--- stderr ---\n{}\n[truncated 500 bytes]\n", "b".repeat(1000));
+        assert!(out.contains(&expected_stdout), "{out}");
+        assert!(out.contains(&expected_stderr), "{out}");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = tool(&["sleep"]);
+        t.cfg.timeout_secs = 1;
+        let started = Instant::now();
+        let r = run(&t, dir.path(), "sleep", &["30"]).await;
+        assert_eq!(r, Err(ToolError::Timeout(Duration::from_secs(1))));
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn cancellation_stops_the_program_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tool(&["sh"]);
+        let c = ctx(dir.path());
+        let cancel = c.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cancel.cancel();
+        });
+        let started = Instant::now();
+        // The program writes a marker if it survives long enough to prove it was not killed.
+        let r = t.call(json!({"program": "sh", "args": ["-c", "sleep 2; echo alive > survived"]}), &c).await;
+        assert_eq!(r, Err(ToolError::Cancelled));
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!dir.path().join("survived").exists(), "the program kept running after cancel");
+    }
+
+    #[tokio::test]
+    async fn already_cancelled_context_does_not_start_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ctx(dir.path());
+        c.cancel.cancel();
+        let r = tool(&["sh"]).call(json!({"program": "sh", "args": ["-c", "echo x > ran"]}), &c).await;
+        assert_eq!(r, Err(ToolError::Cancelled));
+        assert!(!dir.path().join("ran").exists());
+    }
+
+    #[tokio::test]
+    async fn a_background_process_holding_the_pipes_does_not_stall_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let out = run(&tool(&["sh"]), dir.path(), "sh", &["-c", "sleep 3 & echo started"]).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(out.starts_with("exit code: 0\n--- stdout ---\nstarted\n"), "{out}");
+        assert!(out.contains("background process"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn environment_is_trimmed_to_the_safe_set() {
+        // cargo sets CARGO_PKG_NAME for test binaries; it stands in for a secret like an API key.
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some(), "precondition: cargo sets CARGO_PKG_NAME");
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(&tool(&["env"]), dir.path(), "env", &[]).await.unwrap();
+        assert!(!out.contains("CARGO_PKG_NAME"), "{out}");
+        assert!(out.contains("\nPATH="), "{out}");
+        let mut t = tool(&["env"]);
+        t.cfg.pass_env = vec!["CARGO_PKG_NAME".into()];
+        let out = run(&t, dir.path(), "env", &[]).await.unwrap();
+        assert!(out.contains("CARGO_PKG_NAME=stepwise"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn bad_arguments_are_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tool(&["echo"]);
+        let c = ctx(dir.path());
+        let r = t.call(json!({"program": "echo", "shell": true}), &c).await;
+        assert!(matches!(&r, Err(ToolError::InvalidArguments(m)) if m.contains("shell")), "{r:?}");
+        let r = t.call(json!({"program": "echo", "args": "a b"}), &c).await;
+        assert!(matches!(r, Err(ToolError::InvalidArguments(_))));
+        let r = t.call(json!({"program": ""}), &c).await;
+        assert!(matches!(r, Err(ToolError::InvalidArguments(_))));
+        // args may be omitted.
+        assert!(t.call(json!({"program": "echo"}), &c).await.unwrap().starts_with("exit code: 0"));
+    }
+
+    #[test]
+    fn description_lists_the_allowed_programs() {
+        let t = tool(&["python3", "ls"]);
+        assert!(t.description().contains("Allowed programs: python3, ls."));
+        assert!(!t.idempotent());
+        assert_eq!(t.parameters()["required"], json!(["program"]));
+    }
+}

@@ -26,11 +26,21 @@ pub struct RunCommandConfig {
     pub timeout_secs: u64,
     /// Keep at most this many bytes of stdout and of stderr.
     pub max_output_bytes: usize,
+    /// Extra environment variables passed to the program. The environment is otherwise cleared
+    /// down to `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LANGUAGE`, `LC_*`, `TZ`, `TMPDIR` and
+    /// `TERM`, so API keys in the runtime's environment do not reach model-chosen programs.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for RunCommandConfig {
     fn default() -> Self {
-        Self { enabled: false, allow: Vec::new(), timeout_secs: 60, max_output_bytes: 64 * 1024 }
+        Self {
+            enabled: false,
+            allow: Vec::new(),
+            timeout_secs: 60,
+            max_output_bytes: 64 * 1024,
+            pass_env: Vec::new(),
+        }
     }
 }
 

@@ -214,8 +214,145 @@ where
     }
 }
 
-/// A registry of the built-in tools that `config` enables.
+/// A registry of the built-in tools that `config` enables: `read_file`, `write_file` and
+/// `list_dir` with `files.enabled`, `run_command` with `run_command.enabled` (off by default),
+/// `http_get` with `http_get.enabled`.
 pub fn builtin_registry(config: &config::ToolsConfig) -> ToolRegistry {
-    let _ = config;
-    ToolRegistry::new()
+    let mut tools = ToolRegistry::new();
+    if config.files.enabled {
+        tools
+            .register(fs::ReadFileTool::new(&config.files))
+            .register(fs::WriteFileTool::new(&config.files))
+            .register(fs::ListDirTool::new());
+    }
+    if config.run_command.enabled {
+        tools.register(command::RunCommandTool::new(config.run_command.clone()));
+    }
+    if config.http_get.enabled {
+        tools.register(http::HttpGetTool::new(config.http_get.clone()));
+    }
+    tools
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::config::ToolsConfig;
+    use super::*;
+
+    fn ctx(workspace: PathBuf) -> ToolContext {
+        ToolContext {
+            run_id: "r1".into(),
+            step_id: "s2".into(),
+            attempt: 3,
+            call_index: 4,
+            workspace,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn default_registry_has_files_and_http_but_not_run_command() {
+        let tools = builtin_registry(&ToolsConfig::default());
+        assert_eq!(tools.names(), ["http_get", "list_dir", "read_file", "write_file"]);
+    }
+
+    #[test]
+    fn registry_follows_the_enabled_flags() {
+        let mut cfg = ToolsConfig::default();
+        cfg.run_command.enabled = true;
+        cfg.run_command.allow = vec!["python3".into()];
+        assert_eq!(
+            builtin_registry(&cfg).names(),
+            ["http_get", "list_dir", "read_file", "run_command", "write_file"]
+        );
+        cfg.files.enabled = false;
+        cfg.http_get.enabled = false;
+        assert_eq!(builtin_registry(&cfg).names(), ["run_command"]);
+        cfg.run_command.enabled = false;
+        assert!(builtin_registry(&cfg).names().is_empty());
+    }
+
+    #[test]
+    fn registry_specs_carry_descriptions_and_object_schemas() {
+        let mut cfg = ToolsConfig::default();
+        cfg.run_command.enabled = true;
+        let specs = builtin_registry(&cfg).specs();
+        assert_eq!(specs.len(), 5);
+        for spec in specs {
+            assert!(!spec.description.is_empty(), "{}", spec.name);
+            assert_eq!(spec.parameters["type"], json!("object"), "{}", spec.name);
+            assert_eq!(spec.parameters["additionalProperties"], json!(false), "{}", spec.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn registry_tools_use_the_configured_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ToolsConfig::default();
+        cfg.files.max_file_bytes = 4;
+        let tools = builtin_registry(&cfg);
+        let write = tools.lookup("write_file").unwrap();
+        let c = ctx(dir.path().to_path_buf());
+        assert!(write.call(json!({"path": "a", "content": "1234"}), &c).await.is_ok());
+        let r = write.call(json!({"path": "a", "content": "12345"}), &c).await;
+        assert!(matches!(r, Err(ToolError::InvalidArguments(_))), "{r:?}");
+    }
+
+    #[test]
+    fn lookup_of_an_unknown_tool_lists_the_available_ones() {
+        let tools = builtin_registry(&ToolsConfig::default());
+        let Err(err) = tools.lookup("rm_rf") else { panic!("rm_rf must not exist") };
+        assert_eq!(
+            err,
+            ToolError::Unknown {
+                name: "rm_rf".into(),
+                available: "http_get, list_dir, read_file, write_file".into()
+            }
+        );
+        assert!(err.to_string().contains("\"rm_rf\""));
+        assert!(tools.lookup("read_file").is_ok());
+    }
+
+    #[derive(serde::Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Add {
+        /// First addend.
+        a: i64,
+        /// Second addend.
+        b: i64,
+    }
+
+    #[tokio::test]
+    async fn typed_tool_parses_arguments_and_passes_the_context() {
+        let tool = typed_tool("add", "Adds two numbers", |args: Add, ctx: ToolContext| async move {
+            Ok(format!("{} ({})", args.a + args.b, ctx.idempotency_key()))
+        });
+        assert_eq!(tool.name(), "add");
+        assert_eq!(tool.description(), "Adds two numbers");
+        assert!(!tool.idempotent());
+        let schema = tool.parameters();
+        assert_eq!(schema["properties"]["a"]["type"], json!("integer"));
+        assert_eq!(schema["required"], json!(["a", "b"]));
+        let c = ctx(PathBuf::from("/nonexistent"));
+        assert_eq!(tool.call(json!({"a": 2, "b": 3}), &c).await, Ok("5 (r1/s2/3/4)".to_owned()));
+        let r = tool.call(json!({"a": 2}), &c).await;
+        assert!(matches!(&r, Err(ToolError::InvalidArguments(m)) if m.contains("`b`")), "{r:?}");
+        let r = tool.call(json!({"a": 2, "b": 3, "c": 4}), &c).await;
+        assert!(matches!(r, Err(ToolError::InvalidArguments(_))));
+    }
+
+    #[tokio::test]
+    async fn registered_typed_tools_are_found_by_name() {
+        let mut tools = ToolRegistry::new();
+        tools.register(typed_tool(
+            "echo_a",
+            "Echoes a",
+            |args: Add, _ctx| async move { Ok(args.a.to_string()) },
+        ));
+        let tool = tools.lookup("echo_a").unwrap();
+        assert_eq!(tool.call(json!({"a": 7, "b": 0}), &ctx(PathBuf::new())).await, Ok("7".to_owned()));
+        assert_eq!(tools.specs()[0].name, "echo_a");
+    }
 }
