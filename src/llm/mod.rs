@@ -5,7 +5,12 @@
 //! role and step is asking. Providers map it to their wire format; the scripted provider uses the
 //! context to pick its scripted answer, so one script serves many concurrent runs.
 
+pub mod anthropic;
 pub mod config;
+pub mod http;
+pub mod openai;
+pub mod providers;
+pub mod record;
 pub mod scripted;
 
 use std::fmt;

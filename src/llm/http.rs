@@ -1,0 +1,349 @@
+//! Shared HTTP transport for the network providers (OpenAI-compatible, Anthropic).
+//!
+//! One place for the request timeout, retries with exponential backoff and jitter (on 429, 5xx,
+//! connection errors and timeouts, honouring `Retry-After`), and the mapping of failures to
+//! [`LlmError`] with the provider's own error message pulled out of the JSON body. Other 4xx
+//! answers are final: retrying a bad request only burns quota.
+//!
+//! Secrets: the API key travels only in headers marked sensitive, and every error message is
+//! scrubbed of it (some servers echo the key back in their error text), so neither logs nor
+//! `LlmError`s can carry it.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::Value;
+
+use super::LlmError;
+
+/// How a transport times out and retries. Providers build it from [`super::config::LlmConfig`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Whole-request timeout (connect, send, and reading the answer).
+    pub timeout: Duration,
+    /// Retries after the first attempt (0: try once).
+    pub max_retries: u32,
+    /// First backoff delay; doubles on every retry (tests use a millisecond).
+    pub backoff_base: Duration,
+    /// Cap on one backoff delay.
+    pub max_backoff: Duration,
+    /// Cap on a server-requested `Retry-After` wait.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(120),
+            max_retries: 3,
+            backoff_base: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A failed request: the final [`LlmError`], and the raw response body when there was one (so a
+/// provider can look for hints in it, e.g. a server rejecting `response_format`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpFailure {
+    /// The error to report.
+    pub error: LlmError,
+    /// The raw (secret-scrubbed) body of an error status, if any.
+    pub body: Option<String>,
+}
+
+impl From<HttpFailure> for LlmError {
+    fn from(f: HttpFailure) -> Self {
+        f.error
+    }
+}
+
+/// A JSON-over-HTTP client with the retry policy applied; cheap to share behind an `Arc`.
+#[derive(Clone)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    headers: HeaderMap,
+    policy: RetryPolicy,
+    secret: Option<String>,
+}
+
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTransport").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+/// What one attempt produced, before the retry decision.
+enum Attempt {
+    Done(Value),
+    Final(HttpFailure),
+    Retry { failure: HttpFailure, retry_after: Option<Duration> },
+}
+
+impl HttpTransport {
+    /// A transport sending `headers` with every request. `secret` (the API key) is scrubbed from
+    /// every error message; mark its header value sensitive too (see [`secret_header`]).
+    pub fn new(policy: RetryPolicy, headers: HeaderMap, secret: Option<String>) -> Result<Self, LlmError> {
+        if policy.timeout.is_zero() {
+            return Err(LlmError::Config("the request timeout must be greater than zero".into()));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .connect_timeout(policy.timeout.min(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| LlmError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { client, headers, policy, secret: secret.filter(|s| !s.is_empty()) })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// POSTs `body` as JSON and returns the JSON answer, retrying per the policy.
+    pub async fn post_json(&self, url: &str, body: &Value) -> Result<Value, HttpFailure> {
+        self.post_json_with(url, body, &|_, _| false).await
+    }
+
+    /// Like [`Self::post_json`], but `give_up(status, body)` can declare an otherwise retryable
+    /// error status final (e.g. a 500 that says the request itself is unsupported).
+    pub async fn post_json_with(
+        &self,
+        url: &str,
+        body: &Value,
+        give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
+    ) -> Result<Value, HttpFailure> {
+        let shown = display_url(url);
+        let mut attempt = 0u32;
+        loop {
+            let (failure, retry_after) = match self.attempt(url, &shown, body, give_up).await {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Final(f) => return Err(f),
+                Attempt::Retry { failure, retry_after } => (failure, retry_after),
+            };
+            if attempt >= self.policy.max_retries {
+                return Err(failure);
+            }
+            let delay = match retry_after {
+                Some(d) => d.min(self.policy.max_retry_after),
+                None => backoff_delay(&self.policy, attempt),
+            };
+            attempt += 1;
+            tracing::warn!(
+                url = %shown,
+                error = %failure.error,
+                retry = attempt,
+                max_retries = self.policy.max_retries,
+                delay_ms = delay.as_millis() as u64,
+                "model request failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &str,
+        shown: &str,
+        body: &Value,
+        give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
+    ) -> Attempt {
+        let sent = self.client.post(url).headers(self.headers.clone()).json(body).send().await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return self.send_error(shown, e),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let text = match response.text().await {
+            Ok(t) => t,
+            Err(e) => return self.send_error(shown, e),
+        };
+        let text = self.redact(text);
+        if status.is_success() {
+            return match serde_json::from_str(&text) {
+                Ok(v) => Attempt::Done(v),
+                Err(e) => Attempt::Final(HttpFailure {
+                    error: LlmError::InvalidResponse(format!(
+                        "response from {shown} is not JSON ({e}): {}",
+                        truncate(&text, 300)
+                    )),
+                    body: Some(text),
+                }),
+            };
+        }
+        let code = status.as_u16();
+        let failure = HttpFailure {
+            error: LlmError::Status { status: code, message: error_message(&text) },
+            body: Some(text),
+        };
+        let retryable = code == 429 || status.is_server_error();
+        if retryable && !give_up(code, failure.body.as_deref().unwrap_or("")) {
+            Attempt::Retry { failure, retry_after }
+        } else {
+            Attempt::Final(failure)
+        }
+    }
+
+    fn send_error(&self, shown: &str, e: reqwest::Error) -> Attempt {
+        let timeout = e.is_timeout();
+        let retryable = timeout || e.is_connect() || e.is_request() || e.is_body();
+        let error = if timeout {
+            LlmError::Timeout(self.policy.timeout)
+        } else {
+            LlmError::Transport(self.redact(format!("POST {shown}: {}", error_chain(e.without_url()))))
+        };
+        let failure = HttpFailure { error, body: None };
+        if retryable { Attempt::Retry { failure, retry_after: None } } else { Attempt::Final(failure) }
+    }
+
+    fn redact(&self, text: String) -> String {
+        match &self.secret {
+            Some(secret) if text.contains(secret.as_str()) => text.replace(secret.as_str(), "[redacted]"),
+            _ => text,
+        }
+    }
+}
+
+/// A header value holding a secret, marked sensitive so it never shows in `Debug` output.
+pub fn secret_header(value: &str) -> Result<reqwest::header::HeaderValue, LlmError> {
+    let mut v = reqwest::header::HeaderValue::from_str(value)
+        .map_err(|_| LlmError::Config("the API key contains characters not allowed in a header".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// The delay before retry number `attempt + 1`: `backoff_base * 2^attempt`, capped at
+/// `max_backoff`, with "equal jitter" (a random point in the upper half) so clients that failed
+/// together do not retry together.
+pub fn backoff_delay(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let exp = policy.backoff_base.saturating_mul(2u32.saturating_pow(attempt)).min(policy.max_backoff);
+    let half = exp / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+/// Parses a `Retry-After` value: delay-seconds (integer, or fractional as some servers send) or
+/// an HTTP-date (IMF-fixdate, e.g. `Wed, 21 Oct 2015 07:28:00 GMT`); a date in the past is zero.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at: SystemTime = date.with_timezone(&chrono::Utc).into();
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The provider's error message from an error body: `error.message` (OpenAI, Anthropic, most
+/// compatible servers), `error` as a string, `message` or `detail`; else the body itself, cut short.
+pub fn error_message(body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        let candidates = [&v["error"]["message"], &v["error"], &v["message"], &v["detail"]];
+        if let Some(s) = candidates.iter().find_map(|c| c.as_str().filter(|s| !s.trim().is_empty())) {
+            return truncate(s, 1000);
+        }
+    }
+    let body = body.trim();
+    if body.is_empty() { "(empty body)".into() } else { truncate(body, 500) }
+}
+
+/// `url` without user info or query string, for messages and logs.
+fn display_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "(invalid url)".into(),
+    }
+}
+
+fn error_chain(e: reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 07:27:50 GMT
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0.5 ", now), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::from_secs(10)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("-3", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let p = RetryPolicy {
+            backoff_base: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            ..RetryPolicy::default()
+        };
+        for _ in 0..50 {
+            let d0 = backoff_delay(&p, 0);
+            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100), "{d0:?}");
+            let d2 = backoff_delay(&p, 2);
+            assert!(d2 >= Duration::from_millis(200) && d2 <= Duration::from_millis(400), "{d2:?}");
+            let d9 = backoff_delay(&p, 40);
+            assert!(d9 >= Duration::from_millis(500) && d9 <= Duration::from_millis(1000), "{d9:?}");
+        }
+    }
+
+    #[test]
+    fn error_messages_are_extracted() {
+        assert_eq!(error_message(r#"{"error":{"message":"bad model","type":"x"}}"#), "bad model");
+        assert_eq!(error_message(r#"{"error":"rate limited"}"#), "rate limited");
+        assert_eq!(error_message(r#"{"detail":"nope"}"#), "nope");
+        assert_eq!(error_message("plain failure\n"), "plain failure");
+        assert_eq!(error_message(""), "(empty body)");
+        assert!(error_message(&"x".repeat(2000)).chars().count() < 600);
+    }
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(display_url("http://u:p@127.0.0.1:8/v1/chat?key=k"), "http://127.0.0.1:8/v1/chat");
+    }
+
+    #[test]
+    fn secret_is_redacted() {
+        let t = HttpTransport::new(RetryPolicy::default(), HeaderMap::new(), Some("sk-abc".into())).unwrap();
+        assert_eq!(t.redact("bad key sk-abc!".into()), "bad key [redacted]!");
+        assert!(!format!("{t:?}").contains("sk-abc"));
+    }
+}

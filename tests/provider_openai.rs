@@ -1,0 +1,446 @@
+//! The OpenAI-compatible provider against a fake Chat Completions server on 127.0.0.1.
+
+mod support_llm;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use stepwise::llm::config::StructuredMode;
+use stepwise::llm::openai::{OpenAiModel, OpenAiSettings};
+use stepwise::llm::{
+    AgentRole, CallContext, ChatModel, ChatRequest, LlmError, Message, StructuredOutput, TokenUsage,
+    ToolCall, ToolSpec, structured_call,
+};
+use support_llm::{FakeServer, Reply, WarnCounter, closed_port_url};
+
+const KEY: &str = "sk-test-0123456789abcdef";
+
+fn settings(base: &str) -> OpenAiSettings {
+    let mut s = OpenAiSettings::new("gpt-test");
+    s.base_url = format!("{base}/v1");
+    s.api_key = Some(KEY.into());
+    s.timeout = Duration::from_secs(5);
+    s.max_retries = 2;
+    s.backoff_base = Duration::from_millis(1);
+    s
+}
+
+fn model(base: &str) -> OpenAiModel {
+    OpenAiModel::new(settings(base)).unwrap()
+}
+
+fn ctx(role: AgentRole) -> CallContext {
+    CallContext { run_id: "run-1".into(), role, step: None, attempt: 1 }
+}
+
+fn text_request(text: &str) -> ChatRequest {
+    ChatRequest {
+        context: ctx(AgentRole::Synthesizer),
+        messages: vec![Message::system("Be brief."), Message::user(text)],
+        tools: vec![],
+        structured: None,
+        max_tokens: None,
+    }
+}
+
+fn plan_schema() -> Value {
+    json!({"type": "object", "required": ["goal", "steps"],
+           "properties": {"goal": {"type": "string"}, "steps": {"type": "array", "items": {"type": "object"}}}})
+}
+
+fn plan_request() -> ChatRequest {
+    ChatRequest {
+        context: ctx(AgentRole::Planner),
+        messages: vec![Message::system("You are the planner."), Message::user("Task: write hello.txt")],
+        tools: vec![],
+        structured: Some(StructuredOutput { name: "plan".into(), schema: plan_schema() }),
+        max_tokens: Some(1024),
+    }
+}
+
+fn completion(content: &str) -> Value {
+    json!({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-test-0613",
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop"}],
+           "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
+}
+
+fn error_body(message: &str) -> Value {
+    json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}})
+}
+
+const PLAN: &str = r#"{"goal":"g","steps":[]}"#;
+
+fn parse_plan(text: &str) -> Result<Value, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    if v.get("goal").and_then(Value::as_str).is_none() {
+        return Err("missing `goal`".into());
+    }
+    Ok(v)
+}
+
+#[tokio::test]
+async fn text_happy_path_sends_exact_body_and_reads_usage() {
+    let server = FakeServer::with_replies(vec![Reply::ok(completion("Hello!"))]).await;
+    let mut s = settings(&server.url);
+    s.temperature = Some(0.2);
+    s.max_tokens = Some(256);
+    let m = OpenAiModel::new(s).unwrap();
+    let r = m.chat(text_request("Say hi")).await.unwrap();
+    assert_eq!(r.content, "Hello!");
+    assert!(r.tool_calls.is_empty());
+    assert_eq!(r.usage, TokenUsage { input_tokens: 11, output_tokens: 7 });
+    assert_eq!(r.model, "gpt-test-0613");
+    assert_eq!((m.provider(), m.model_name()), ("openai", "gpt-test"));
+
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].path, "/v1/chat/completions");
+    assert_eq!(got[0].headers["authorization"], format!("Bearer {KEY}"));
+    assert_eq!(
+        got[0].body,
+        json!({"model": "gpt-test",
+               "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}],
+               "max_tokens": 256, "temperature": 0.2})
+    );
+}
+
+#[tokio::test]
+async fn no_key_means_no_authorization_header() {
+    let server = FakeServer::with_replies(vec![Reply::ok(completion("ok"))]).await;
+    let mut s = settings(&server.url);
+    s.api_key = None;
+    OpenAiModel::new(s).unwrap().chat(text_request("x")).await.unwrap();
+    assert!(!server.received()[0].headers.contains_key("authorization"));
+}
+
+#[tokio::test]
+async fn tool_call_loop_round_trips_two_calls() {
+    let tool_turn = json!({"id": "chatcmpl-2", "model": "gpt-test",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+            "tool_calls": [
+                {"id": "call_a", "type": "function",
+                 "function": {"name": "read_file", "arguments": "{\"path\":\"a.txt\"}"}},
+                {"id": "call_b", "type": "function",
+                 "function": {"name": "run_command", "arguments": "{\"cmd\": [\"ls\""}}]}}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 9}});
+    let server =
+        FakeServer::with_replies(vec![Reply::ok(tool_turn), Reply::ok(completion("a.txt says hi"))]).await;
+    let m = model(&server.url);
+    let tools = vec![
+        ToolSpec {
+            name: "read_file".into(),
+            description: "Read a file".into(),
+            parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+        },
+        ToolSpec {
+            name: "run_command".into(),
+            description: "Run a program".into(),
+            parameters: json!({"type": "object", "properties": {"cmd": {"type": "array"}}}),
+        },
+    ];
+    let mut req = ChatRequest {
+        context: CallContext { step: Some("s1".into()), ..ctx(AgentRole::Executor) },
+        messages: vec![Message::system("Run the step."), Message::user("Read a.txt")],
+        tools,
+        structured: None,
+        max_tokens: None,
+    };
+    let first = m.chat(req.clone()).await.unwrap();
+    assert_eq!(first.content, "");
+    assert_eq!(
+        first.tool_calls,
+        vec![
+            ToolCall { id: "call_a".into(), name: "read_file".into(), arguments: json!({"path": "a.txt"}) },
+            // Unparsable arguments stay a JSON string, so the tool can report them as invalid.
+            ToolCall {
+                id: "call_b".into(),
+                name: "run_command".into(),
+                arguments: json!("{\"cmd\": [\"ls\"")
+            },
+        ]
+    );
+    assert_eq!(first.usage, TokenUsage { input_tokens: 20, output_tokens: 9 });
+
+    req.messages.push(Message::assistant(first.content.clone(), first.tool_calls.clone()));
+    req.messages.push(Message::tool("call_a", "hi"));
+    req.messages.push(Message::tool("call_b", "error: invalid arguments"));
+    let second = m.chat(req).await.unwrap();
+    assert_eq!(second.content, "a.txt says hi");
+
+    let bodies = server.bodies();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(
+        bodies[0]["tools"],
+        json!([
+            {"type": "function", "function": {"name": "read_file", "description": "Read a file",
+              "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}},
+            {"type": "function", "function": {"name": "run_command", "description": "Run a program",
+              "parameters": {"type": "object", "properties": {"cmd": {"type": "array"}}}}}
+        ])
+    );
+    assert_eq!(
+        bodies[1]["messages"],
+        json!([
+            {"role": "system", "content": "Run the step."},
+            {"role": "user", "content": "Read a.txt"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "call_a", "type": "function",
+                 "function": {"name": "read_file", "arguments": "{\"path\":\"a.txt\"}"}},
+                {"id": "call_b", "type": "function",
+                 "function": {"name": "run_command", "arguments": "{\"cmd\": [\"ls\""}}]},
+            {"role": "tool", "tool_call_id": "call_a", "content": "hi"},
+            {"role": "tool", "tool_call_id": "call_b", "content": "error: invalid arguments"}
+        ])
+    );
+}
+
+#[tokio::test]
+async fn honours_retry_after_on_429() {
+    let server = FakeServer::with_replies(vec![
+        Reply::status(429, error_body("Rate limit reached")).header("retry-after", "1"),
+        Reply::ok(completion("after the wait")),
+    ])
+    .await;
+    let r = model(&server.url).chat(text_request("x")).await.unwrap();
+    assert_eq!(r.content, "after the wait");
+    let got = server.received();
+    assert_eq!(got.len(), 2);
+    let waited = got[1].at - got[0].at;
+    // The backoff base is 1 ms, so only Retry-After explains a wait near a second.
+    assert!(waited >= Duration::from_millis(950), "waited only {waited:?}");
+}
+
+#[tokio::test]
+async fn retries_500_then_succeeds() {
+    let server = FakeServer::with_replies(vec![
+        Reply::status(500, error_body("upstream exploded")),
+        Reply::status(503, json!({"error": "busy"})),
+        Reply::ok(completion("fine")),
+    ])
+    .await;
+    let r = model(&server.url).chat(text_request("x")).await.unwrap();
+    assert_eq!(r.content, "fine");
+    assert_eq!(server.received().len(), 3);
+}
+
+#[tokio::test]
+async fn gives_up_after_max_retries_with_the_last_status() {
+    let replies = (0..5).map(|_| Reply::status(502, error_body("bad gateway"))).collect();
+    let server = FakeServer::with_replies(replies).await;
+    let err = model(&server.url).chat(text_request("x")).await.unwrap_err();
+    assert_eq!(err, LlmError::Status { status: 502, message: "bad gateway".into() });
+    assert_eq!(server.received().len(), 3, "one try plus max_retries = 2");
+}
+
+#[tokio::test]
+async fn no_retry_on_400() {
+    let server = FakeServer::with_replies(vec![
+        Reply::status(400, error_body("The model `nope` does not exist")),
+        Reply::ok(completion("unreachable")),
+    ])
+    .await;
+    let err = model(&server.url).chat(text_request("x")).await.unwrap_err();
+    assert_eq!(err, LlmError::Status { status: 400, message: "The model `nope` does not exist".into() });
+    assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn slow_server_times_out() {
+    let server = FakeServer::with_replies(vec![
+        Reply::ok(completion("too late")).delayed(Duration::from_secs(3)),
+        Reply::ok(completion("too late")).delayed(Duration::from_secs(3)),
+    ])
+    .await;
+    let mut s = settings(&server.url);
+    s.timeout = Duration::from_millis(300);
+    s.max_retries = 1;
+    let started = Instant::now();
+    let err = OpenAiModel::new(s).unwrap().chat(text_request("x")).await.unwrap_err();
+    assert_eq!(err, LlmError::Timeout(Duration::from_millis(300)));
+    assert_eq!(server.received().len(), 2, "a timeout is retried");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_transport_error() {
+    let url = closed_port_url().await;
+    let mut s = settings(&url);
+    s.max_retries = 1;
+    let err = OpenAiModel::new(s).unwrap().chat(text_request("x")).await.unwrap_err();
+    assert!(matches!(&err, LlmError::Transport(m) if m.contains("/v1/chat/completions")), "{err}");
+    assert!(!err.to_string().contains(KEY));
+}
+
+#[tokio::test]
+async fn structured_call_repairs_malformed_json_once() {
+    let server = FakeServer::with_replies(vec![
+        Reply::ok(completion("{\"goal\": \"g\", \"steps\": [")),
+        Reply::ok(completion(PLAN)),
+    ])
+    .await;
+    let m = model(&server.url);
+    let out = structured_call(&m, plan_request(), parse_plan).await.unwrap();
+    assert_eq!(out.value, json!({"goal": "g", "steps": []}));
+    assert_eq!(out.calls, 2);
+    assert_eq!(out.usage, TokenUsage { input_tokens: 22, output_tokens: 14 });
+    let bodies = server.bodies();
+    let repair = &bodies[1]["messages"];
+    assert_eq!(repair[2], json!({"role": "assistant", "content": "{\"goal\": \"g\", \"steps\": ["}));
+    assert!(repair[3]["content"].as_str().unwrap().contains("not JSON"), "{repair}");
+}
+
+#[tokio::test]
+async fn structured_call_fails_naming_both_errors() {
+    let server = FakeServer::with_replies(vec![
+        Reply::ok(completion("not json at all")),
+        Reply::ok(completion("{\"steps\": []}")),
+    ])
+    .await;
+    let err = structured_call(&model(&server.url), plan_request(), parse_plan).await.unwrap_err();
+    let LlmError::Structured { schema, error } = &err else { panic!("unexpected {err:?}") };
+    assert_eq!(schema, "plan");
+    assert!(error.contains("missing `goal`") && error.contains("not JSON"), "{error}");
+    assert_eq!(server.received().len(), 2);
+}
+
+/// The body every structured mode sends for the same plan request.
+#[tokio::test]
+async fn structured_modes_send_exact_bodies() {
+    let server = FakeServer::start(|_, body| {
+        if body.get("tool_choice").is_some() {
+            Reply::ok(json!({"model": "gpt-test", "choices": [{"index": 0, "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_p", "type": "function",
+                                "function": {"name": "plan", "arguments": PLAN}}]}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1}}))
+        } else {
+            Reply::ok(completion(PLAN))
+        }
+    })
+    .await;
+    let instruction = format!(
+        "You are the planner.\n\nReply with only a JSON object for the `plan` schema: no prose, no code fences. \
+         JSON Schema:\n{}",
+        plan_schema()
+    );
+    let messages = json!([{"role": "system", "content": "You are the planner."},
+                          {"role": "user", "content": "Task: write hello.txt"}]);
+    let messages_with_schema = json!([{"role": "system", "content": instruction},
+                                      {"role": "user", "content": "Task: write hello.txt"}]);
+    let expected = [
+        (
+            StructuredMode::JsonSchema,
+            json!({"model": "gpt-test", "messages": messages, "max_tokens": 1024,
+                   "response_format": {"type": "json_schema",
+                       "json_schema": {"name": "plan", "schema": plan_schema(), "strict": false}}}),
+        ),
+        (
+            StructuredMode::JsonObject,
+            json!({"model": "gpt-test", "messages": messages_with_schema, "max_tokens": 1024,
+                   "response_format": {"type": "json_object", "schema": plan_schema()}}),
+        ),
+        (
+            StructuredMode::Tool,
+            json!({"model": "gpt-test", "messages": messages, "max_tokens": 1024,
+                   "tools": [{"type": "function", "function": {"name": "plan",
+                       "description": "Return the `plan` object as this function's arguments.",
+                       "parameters": plan_schema()}}],
+                   "tool_choice": {"type": "function", "function": {"name": "plan"}}}),
+        ),
+        (
+            StructuredMode::Prompt,
+            json!({"model": "gpt-test", "messages": messages_with_schema, "max_tokens": 1024}),
+        ),
+    ];
+    for (i, (mode, body)) in expected.into_iter().enumerate() {
+        let mut s = settings(&server.url);
+        s.structured = mode;
+        let m = OpenAiModel::new(s).unwrap();
+        let r = m.chat(plan_request()).await.unwrap();
+        assert_eq!(r.content, PLAN, "{mode:?}: the answer is the JSON text");
+        assert!(r.tool_calls.is_empty(), "{mode:?}: the forced call is the answer, not a tool call");
+        assert_eq!(server.bodies()[i], body, "{mode:?}");
+        assert_eq!(m.request_body(&plan_request(), mode), body, "{mode:?}: request_body matches the wire");
+    }
+}
+
+#[tokio::test]
+async fn auto_falls_back_from_json_schema_warns_once_and_remembers() {
+    // llama.cpp-like: rejects json_schema, takes json_object.
+    let server = FakeServer::start(|_, body| match body["response_format"]["type"].as_str() {
+        Some("json_schema") => {
+            Reply::status(400, error_body("'response_format.type' must be one of 'text', 'json_object'"))
+        }
+        _ => Reply::ok(completion(PLAN)),
+    })
+    .await;
+    let warns = WarnCounter::new("stepwise::llm::openai");
+    let _guard = warns.install();
+
+    let first = OpenAiModel::new(settings(&server.url)).unwrap();
+    assert_eq!(first.settings().structured, StructuredMode::Auto);
+    let out = structured_call(&first, plan_request(), parse_plan).await.unwrap();
+    assert_eq!(out.calls, 1, "the fallback is inside one model call");
+    let types: Vec<Value> = server.bodies().iter().map(|b| b["response_format"]["type"].clone()).collect();
+    assert_eq!(types, vec![json!("json_schema"), json!("json_object")]);
+    assert_eq!(warns.count(), 1);
+
+    // A new model for the same base URL goes straight to the mode that worked.
+    let second = OpenAiModel::new(settings(&server.url)).unwrap();
+    second.chat(plan_request()).await.unwrap();
+    first.chat(plan_request()).await.unwrap();
+    let types: Vec<Value> = server.bodies().iter().map(|b| b["response_format"]["type"].clone()).collect();
+    assert_eq!(types[2..], [json!("json_object"), json!("json_object")]);
+    assert_eq!(warns.count(), 1, "warned once per base URL");
+    // Unstructured calls are unaffected.
+    second.chat(text_request("x")).await.unwrap();
+    assert_eq!(server.bodies()[4].get("response_format"), None);
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_prompt_when_response_format_is_unsupported() {
+    // A 500 that names response_format is not retried: it is the request, not the server.
+    let server = FakeServer::start(|_, body| {
+        if body.get("response_format").is_some() {
+            Reply::status(500, json!({"error": "Unsupported param: response_format"}))
+        } else {
+            Reply::ok(completion(&format!("```json\n{PLAN}\n```")))
+        }
+    })
+    .await;
+    let out = structured_call(&model(&server.url), plan_request(), parse_plan).await.unwrap();
+    assert_eq!(out.value["goal"], "g", "the code fence is stripped");
+    let bodies = server.bodies();
+    assert_eq!(bodies.len(), 3, "json_schema, json_object, prompt: no retries of the rejections");
+    assert!(bodies[2]["messages"][0]["content"].as_str().unwrap().contains("JSON Schema:"));
+    // An explicit mode never falls back.
+    let mut s = settings(&server.url);
+    s.structured = StructuredMode::JsonSchema;
+    let err = OpenAiModel::new(s).unwrap().chat(plan_request()).await.unwrap_err();
+    assert!(matches!(err, LlmError::Status { status: 500, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn api_key_never_appears_in_errors() {
+    let server = FakeServer::with_replies(vec![Reply::status(
+        401,
+        error_body(&format!("Incorrect API key provided: {KEY}. You can find your API key at …")),
+    )])
+    .await;
+    let err = model(&server.url).chat(text_request("x")).await.unwrap_err();
+    let shown = err.to_string();
+    assert!(matches!(err, LlmError::Status { status: 401, .. }));
+    assert!(!shown.contains(KEY) && shown.contains("[redacted]"), "{shown}");
+    assert!(!format!("{err:?}").contains(KEY));
+
+    let slow =
+        FakeServer::with_replies(vec![Reply::ok(completion("late")).delayed(Duration::from_secs(2))]).await;
+    let mut s = settings(&slow.url);
+    s.timeout = Duration::from_millis(100);
+    s.max_retries = 0;
+    let m = OpenAiModel::new(s).unwrap();
+    assert!(!format!("{m:?}").contains(KEY));
+    let err = m.chat(text_request("x")).await.unwrap_err();
+    assert!(!err.to_string().contains(KEY));
+}
