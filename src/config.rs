@@ -80,6 +80,69 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// System prompt overrides.
     pub prompts: PromptsConfig,
+    /// The HTTP service (`stepwise serve`).
+    pub server: ServerConfig,
+    /// Traces, metrics and what goes into spans.
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[server]` section: `stepwise serve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Without `STEPWISE_API_TOKENS`, only loopback addresses are allowed.
+    pub bind: String,
+    /// Run store URL: `sqlite://PATH` or `postgres://…` (default: `<data_dir>/stepwise.db`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_url: Option<String>,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Runs in progress at once; a submission beyond it gets 429.
+    pub queue_limit: usize,
+    /// How long a plan waits for approval before the run is cancelled, in seconds (0: forever).
+    pub approval_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            store_url: None,
+            max_body_bytes: 1024 * 1024,
+            queue_limit: 1000,
+            approval_timeout_secs: 0,
+        }
+    }
+}
+
+/// The `[telemetry]` section. The standard `OTEL_*` variables take precedence over it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP endpoint (as `OTEL_EXPORTER_OTLP_ENDPOINT`); export is off when neither is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` or `grpc` (as `OTEL_EXPORTER_OTLP_PROTOCOL`).
+    pub otlp_protocol: String,
+    /// `service.name` (as `OTEL_SERVICE_NAME`).
+    pub service_name: String,
+    /// Put prompts, outputs and tool arguments into spans (truncated). Off: they may hold data
+    /// that should not leave the machine.
+    pub record_content: bool,
+    /// Longest content recorded per attribute, in bytes.
+    pub max_content_bytes: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_protocol: "http/protobuf".into(),
+            service_name: "stepwise".into(),
+            record_content: false,
+            max_content_bytes: 2048,
+        }
+    }
 }
 
 /// The `[runtime]` section.
@@ -228,7 +291,7 @@ impl Config {
         fn invalid(key: &str, message: impl Into<String>) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid { key: key.to_owned(), message: message.into() })
         }
-        let at_least_one: [(&str, u64); 11] = [
+        let at_least_one: [(&str, u64); 13] = [
             ("runtime.executor_pool_size", self.runtime.executor_pool_size as u64),
             ("runtime.llm_concurrency", self.runtime.llm_concurrency as u64),
             ("budget.step.max_iterations", self.budget.step.max_iterations.into()),
@@ -240,6 +303,8 @@ impl Config {
             ("tools.http_get.timeout_secs", self.tools.http_get.timeout_secs),
             ("tools.http_get.max_bytes", self.tools.http_get.max_bytes as u64),
             ("llm.max_tokens", self.llm.max_tokens.map_or(1, u64::from)),
+            ("server.max_body_bytes", self.server.max_body_bytes as u64),
+            ("server.queue_limit", self.server.queue_limit as u64),
         ];
         for (key, value) in at_least_one {
             if value == 0 {
@@ -253,6 +318,21 @@ impl Config {
             && !(t.is_finite() && t >= 0.0)
         {
             return invalid("llm.temperature", format!("must be a number ≥ 0, got {t}"));
+        }
+        if !matches!(self.telemetry.otlp_protocol.as_str(), "http/protobuf" | "grpc") {
+            return invalid(
+                "telemetry.otlp_protocol",
+                format!(
+                    "{:?} is not supported: use \"http/protobuf\" or \"grpc\"",
+                    self.telemetry.otlp_protocol
+                ),
+            );
+        }
+        if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(
+                "server.bind",
+                format!("{:?} is not an address like 127.0.0.1:8080", self.server.bind),
+            );
         }
         for program in &self.tools.run_command.allow {
             if program.is_empty() || program.contains(['/', '\\']) || program.trim() != program {

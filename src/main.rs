@@ -5,7 +5,6 @@ mod cli;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
-
 use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
@@ -47,7 +46,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args).await,
         Command::Bench(args) => {
             let report = match args.scenario {
-                cli::BenchScenario::Overhead => cli::bench::overhead(args.runs, args.steps, args.pool).await?,
+                cli::BenchScenario::Overhead => {
+                    cli::bench::overhead(args.runs, args.steps, args.pool).await?
+                }
             };
             println!("{report}");
             Ok(ExitCode::SUCCESS)
@@ -77,10 +78,14 @@ fn load_config(args: &ModelArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-/// Builds a runtime from the config.
-async fn build_runtime(cfg: &Config) -> anyhow::Result<Runtime> {
-    let models = stepwise::llm::providers::build_models(&cfg.llm, &|k| std::env::var(k).ok())
+/// Builds a runtime from the config, recording model exchanges to `record` when given.
+async fn build_runtime(cfg: &Config, record: Option<&std::path::Path>) -> anyhow::Result<Runtime> {
+    let mut models = stepwise::llm::providers::build_models(&cfg.llm, &stepwise::llm::providers::process_env)
         .context("building the models")?;
+    if let Some(path) = record {
+        models = stepwise::llm::record::RecordingModel::wrap_models(&models, path)
+            .with_context(|| format!("recording to {}", path.display()))?;
+    }
     let runtime = Stepwise::builder()
         .models(models)
         .tools(stepwise::tools::builtin_registry(&cfg.tools))
@@ -96,7 +101,7 @@ async fn build_runtime(cfg: &Config) -> anyhow::Result<Runtime> {
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&args.model)?;
-    let runtime = build_runtime(&cfg).await?;
+    let runtime = build_runtime(&cfg, args.model.record.as_deref()).await?;
     let mut options = cfg.run_options();
     if args.approve {
         options.policy.require_approval = true;
@@ -146,4 +151,3 @@ async fn ask_approval(handle: &RunHandle) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

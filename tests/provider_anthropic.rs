@@ -24,7 +24,7 @@ fn model(base: &str) -> AnthropicModel {
 }
 
 fn ctx(role: AgentRole) -> CallContext {
-    CallContext { run_id: "run-1".into(), role, step: None, attempt: 1 }
+    CallContext { run_id: "run-1".into(), role, step: None, attempt: 1, trace: Default::default() }
 }
 
 fn message(content: Value, stop_reason: &str) -> Value {

@@ -30,7 +30,7 @@ fn model(base: &str) -> OpenAiModel {
 }
 
 fn ctx(role: AgentRole) -> CallContext {
-    CallContext { run_id: "run-1".into(), role, step: None, attempt: 1 }
+    CallContext { run_id: "run-1".into(), role, step: None, attempt: 1, trace: Default::default() }
 }
 
 fn text_request(text: &str) -> ChatRequest {

@@ -65,6 +65,9 @@ pub struct ModelArgs {
     /// Script for the scripted provider; implies `--provider scripted` unless one is given.
     #[arg(long, value_name = "FILE")]
     pub script: Option<PathBuf>,
+    /// Save every model exchange of the run to FILE, as a script `--script` can replay.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 }
 
 /// `--provider` values.

@@ -30,7 +30,10 @@ impl Progress {
             ProgressDrawTarget::hidden()
         });
         let header = multi.add(ProgressBar::new_spinner());
-        header.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        header.set_style(
+            ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         header.enable_steady_tick(Duration::from_millis(120));
         header.set_message("planning…");
         Self { multi, header, bars: HashMap::new(), tty, done: 0, total: 0, failed: 0 }
@@ -59,7 +62,10 @@ impl Progress {
                 if deps.is_empty() { String::new() } else { format!("  (after {deps})") }
             ));
             let bar = self.multi.add(ProgressBar::new_spinner());
-            bar.set_style(ProgressStyle::with_template("  {prefix:>8} {spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            bar.set_style(
+                ProgressStyle::with_template("  {prefix:>8} {spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             bar.set_prefix(s.id.to_string());
             bar.set_message("pending");
             self.bars.insert(s.id.to_string(), bar);
@@ -89,14 +95,19 @@ impl Progress {
                 self.line(format!("plan (revision {revision}): {}", plan.goal));
                 self.add_steps(&plan.steps);
             }
-            EventKind::PlanApproved { edited } => {
-                self.line(if edited.is_some() { "plan approved (edited)".into() } else { "plan approved".into() })
-            }
+            EventKind::PlanApproved { edited } => self.line(if edited.is_some() {
+                "plan approved (edited)".into()
+            } else {
+                "plan approved".into()
+            }),
             EventKind::StepStarted { step, attempt } => {
-                let msg = if *attempt > 1 { format!("running (attempt {attempt})") } else { "running".into() };
+                let msg =
+                    if *attempt > 1 { format!("running (attempt {attempt})") } else { "running".into() };
                 self.step(step.as_str(), msg, false)
             }
-            EventKind::ToolCalled { step, tool, .. } => self.step(step.as_str(), format!("calling {tool}"), false),
+            EventKind::ToolCalled { step, tool, .. } => {
+                self.step(step.as_str(), format!("calling {tool}"), false)
+            }
             EventKind::ToolReturned { .. } => {}
             EventKind::StepCompleted { step, output, .. } => {
                 self.done += 1;
@@ -113,7 +124,9 @@ impl Progress {
                 self.step(step.as_str(), format!("skipped: {}", one_line(reason)), true);
                 self.counts();
             }
-            EventKind::ReplanConsidered { reason, .. } => self.line(format!("replanner: continue ({reason})")),
+            EventKind::ReplanConsidered { reason, .. } => {
+                self.line(format!("replanner: continue ({reason})"))
+            }
             EventKind::Replanned { revision, reason, steps, .. } => {
                 self.line(format!("replanned (revision {revision}): {reason}"));
                 // Steps that were not completed are replaced.
@@ -127,12 +140,18 @@ impl Progress {
             }
             EventKind::RunCompleted { .. } => self.header.finish_with_message("completed"),
             EventKind::RunFailed { error, .. } => self.header.finish_with_message(format!("failed: {error}")),
-            EventKind::RunCancelled { reason } => self.header.finish_with_message(format!("cancelled: {reason}")),
+            EventKind::RunCancelled { reason } => {
+                self.header.finish_with_message(format!("cancelled: {reason}"))
+            }
         }
     }
 }
 
 fn one_line(s: &str) -> String {
     let first = s.lines().next().unwrap_or("");
-    if first.chars().count() > 80 { format!("{}…", first.chars().take(80).collect::<String>()) } else { first.to_owned() }
+    if first.chars().count() > 80 {
+        format!("{}…", first.chars().take(80).collect::<String>())
+    } else {
+        first.to_owned()
+    }
 }

@@ -296,7 +296,13 @@ mod tests {
     use crate::llm::{AgentRole, CallContext, Message};
 
     fn ctx() -> CallContext {
-        CallContext { run_id: "r".into(), role: AgentRole::Executor, step: None, attempt: 1 }
+        CallContext {
+            run_id: "r".into(),
+            role: AgentRole::Executor,
+            step: None,
+            attempt: 1,
+            trace: Default::default(),
+        }
     }
 
     #[test]

@@ -246,7 +246,13 @@ mod tests {
 
     fn req(run: &str, role: AgentRole, step: Option<&str>, text: &str) -> ChatRequest {
         ChatRequest {
-            context: CallContext { run_id: run.into(), role, step: step.map(StepId::from), attempt: 1 },
+            context: CallContext {
+                run_id: run.into(),
+                role,
+                step: step.map(StepId::from),
+                attempt: 1,
+                trace: Default::default(),
+            },
             messages: vec![Message::user(text)],
             tools: vec![],
             structured: None,

@@ -400,7 +400,13 @@ mod tests {
 
     fn req(run: &str, role: AgentRole, step: Option<&str>, attempt: u32) -> ChatRequest {
         ChatRequest {
-            context: CallContext { run_id: run.into(), role, step: step.map(StepId::from), attempt, trace: Default::default() },
+            context: CallContext {
+                run_id: run.into(),
+                role,
+                step: step.map(StepId::from),
+                attempt,
+                trace: Default::default(),
+            },
             messages: vec![Message::system("sys"), Message::user("0123456789abcdef")],
             tools: vec![],
             structured: None,
