@@ -99,8 +99,6 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Runs in progress at once; a submission beyond it gets 429.
     pub queue_limit: usize,
-    /// How long a plan waits for approval before the run is cancelled, in seconds (0: forever).
-    pub approval_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -110,7 +108,6 @@ impl Default for ServerConfig {
             store_url: None,
             max_body_bytes: 1024 * 1024,
             queue_limit: 1000,
-            approval_timeout_secs: 0,
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Policy {
     pub verify_outcome: bool,
     /// Wait for a person to approve (or edit, or reject) the plan before any step runs.
     pub require_approval: bool,
+    /// How long a plan waits for approval before the run is cancelled, in seconds (0: forever).
+    pub approval_timeout_secs: u64,
 }
 
 impl Default for Policy {
@@ -59,6 +61,7 @@ impl Default for Policy {
             replan: ReplanMode::OnFailure,
             verify_outcome: false,
             require_approval: false,
+            approval_timeout_secs: 0,
         }
     }
 }
