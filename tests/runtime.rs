@@ -471,3 +471,37 @@ async fn a_late_subscriber_gets_the_whole_history() {
     let tail: Vec<RunEvent> = handle.events_after(3).map(|e| e.unwrap()).collect().await;
     assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
 }
+
+#[tokio::test]
+async fn an_unapproved_plan_times_out_and_the_run_is_cancelled() {
+    let script = json!({"planner": [plan(json!([step("s1", &[])]))], "steps": {"s1": ["x"]}});
+    let mut opts = RunOptions::default();
+    opts.policy.require_approval = true;
+    opts.policy.approval_timeout_secs = 1;
+    let rt = runtime(script, opts).await;
+    let handle = rt.submit("nobody approves").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), handle.result()).await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Cancelled);
+    assert!(r.error.as_deref().unwrap().contains("not approved within 1 s"), "{:?}", r.error);
+    assert!(r.plan.steps.iter().all(|s| s.attempts == 0));
+}
+
+#[tokio::test]
+async fn a_rejected_plan_ends_the_run_without_running_a_step() {
+    let script = json!({"planner": [plan(json!([step("s1", &[])]))], "steps": {"s1": ["x"]}});
+    let mut opts = RunOptions::default();
+    opts.policy.require_approval = true;
+    let rt = runtime(script, opts).await;
+    let handle = rt.submit("reject me").await.unwrap();
+    let mut events = handle.events();
+    while let Some(e) = events.next().await {
+        if e.unwrap().kind.name() == "PlanProposed" {
+            break;
+        }
+    }
+    handle.reject("not this plan").await.unwrap();
+    let r = handle.result().await.unwrap();
+    assert_eq!(r.status, RunStatus::Cancelled);
+    assert_eq!(r.error.as_deref(), Some("plan rejected: not this plan"));
+    assert!(handle.approve(None).await.is_err());
+}

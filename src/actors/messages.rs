@@ -187,6 +187,8 @@ pub enum TrackerMsg {
     Snapshot(RpcReplyPort<RunResult>),
     /// The run's wall-clock budget ran out.
     RunTimeout,
+    /// The plan waited for approval longer than the policy allows.
+    ApprovalTimeout,
 }
 
 /// Messages to the supervisor.

@@ -177,6 +177,13 @@ impl Actor for Tracker {
             TrackerMsg::Snapshot(reply) => {
                 let _ = reply.send(st.run.result());
             }
+            TrackerMsg::ApprovalTimeout => {
+                if st.run.status == RunStatus::AwaitingApproval {
+                    let secs = st.run.options.policy.approval_timeout_secs;
+                    let reason = format!("plan not approved within {secs} s (approval_timeout_secs)");
+                    self.emit(st, EventKind::RunCancelled { reason }).await?;
+                }
+            }
             TrackerMsg::RunTimeout => {
                 if !st.run.status.is_terminal() && st.run.status != RunStatus::AwaitingApproval {
                     let error = format!(
@@ -229,7 +236,7 @@ impl Tracker {
         }
         match st.run.status {
             RunStatus::Planning => self.ask_planner(me, st),
-            RunStatus::AwaitingApproval => {}
+            RunStatus::AwaitingApproval => self.arm_approval_timeout(me, st),
             RunStatus::Running => {
                 // Steps that were running when the previous tracker died run again (at-least-once).
                 let interrupted: Vec<StepId> = st
@@ -292,6 +299,9 @@ impl Tracker {
                 span.record("stepwise.plan.steps", plan.steps.len());
                 drop(span);
                 self.emit(st, EventKind::PlanProposed { revision: 1, plan, usage }).await?;
+                if st.run.status == RunStatus::AwaitingApproval {
+                    self.arm_approval_timeout(me, st);
+                }
                 self.advance(me, st).await
             }
             Err(f) => {
@@ -299,6 +309,20 @@ impl Tracker {
                 self.emit(st, EventKind::RunFailed { error: f.error, usage: f.usage }).await
             }
         }
+    }
+
+    /// Schedules the approval deadline, counted from when the plan was proposed (so it holds
+    /// across a restart).
+    fn arm_approval_timeout(&self, me: &ActorRef<TrackerMsg>, st: &TrackerState) {
+        let secs = st.run.options.policy.approval_timeout_secs;
+        if secs == 0 {
+            return;
+        }
+        let proposed = st.run.revisions.first().map_or(st.run.created_at, |r| r.created_at);
+        let waited = (Utc::now() - proposed).to_std().unwrap_or_default();
+        me.send_after(std::time::Duration::from_secs(secs).saturating_sub(waited), || {
+            TrackerMsg::ApprovalTimeout
+        });
     }
 
     async fn approve(
