@@ -164,8 +164,9 @@ impl HttpTransport {
             Ok(t) => t,
             Err(e) => return self.send_error(shown, e),
         };
-        let text = self.redact(text);
         if status.is_success() {
+            // A successful body is the model's answer: never rewrite it (a short placeholder key
+            // such as "x" would otherwise corrupt every answer that contains that letter).
             return match serde_json::from_str(&text) {
                 Ok(v) => Attempt::Done(v),
                 Err(e) => Attempt::Final(HttpFailure {
@@ -175,8 +176,10 @@ impl HttpTransport {
                     )),
                     body: Some(text),
                 }),
-            };
+            }
+            .redacted(self);
         }
+        let text = self.redact(text);
         let code = status.as_u16();
         let failure = HttpFailure {
             error: LlmError::Status { status: code, message: error_message(&text) },
@@ -204,8 +207,29 @@ impl HttpTransport {
 
     fn redact(&self, text: String) -> String {
         match &self.secret {
-            Some(secret) if text.contains(secret.as_str()) => text.replace(secret.as_str(), "[redacted]"),
+            Some(secret) if secret.len() >= MIN_SECRET_LEN && text.contains(secret.as_str()) => {
+                text.replace(secret.as_str(), "[redacted]")
+            }
             _ => text,
+        }
+    }
+}
+
+/// Keys shorter than this are placeholders for local servers (`OPENAI_API_KEY=x`), not secrets;
+/// scrubbing them would mangle every message containing those characters.
+const MIN_SECRET_LEN: usize = 8;
+
+impl Attempt {
+    /// Scrubs the secret from an error this attempt carries.
+    fn redacted(self, t: &HttpTransport) -> Attempt {
+        match self {
+            Attempt::Final(HttpFailure { error: LlmError::InvalidResponse(m), body }) => {
+                Attempt::Final(HttpFailure {
+                    error: LlmError::InvalidResponse(t.redact(m)),
+                    body: body.map(|b| t.redact(b)),
+                })
+            }
+            other => other,
         }
     }
 }
@@ -342,8 +366,15 @@ mod tests {
 
     #[test]
     fn secret_is_redacted() {
-        let t = HttpTransport::new(RetryPolicy::default(), HeaderMap::new(), Some("sk-abc".into())).unwrap();
-        assert_eq!(t.redact("bad key sk-abc!".into()), "bad key [redacted]!");
-        assert!(!format!("{t:?}").contains("sk-abc"));
+        let t =
+            HttpTransport::new(RetryPolicy::default(), HeaderMap::new(), Some("sk-abcdef12".into())).unwrap();
+        assert_eq!(t.redact("bad key sk-abcdef12!".into()), "bad key [redacted]!");
+        assert!(!format!("{t:?}").contains("sk-abcdef12"));
+    }
+
+    #[test]
+    fn a_placeholder_key_is_not_scrubbed_from_text() {
+        let t = HttpTransport::new(RetryPolicy::default(), HeaderMap::new(), Some("x".into())).unwrap();
+        assert_eq!(t.redact("expected_outcome".into()), "expected_outcome");
     }
 }
