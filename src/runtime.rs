@@ -419,7 +419,7 @@ fn event_stream(
                     }
                 }
             }
-            let Some(rx) = s.live.as_mut() else { return None };
+            let rx = s.live.as_mut()?;
             match rx.recv().await {
                 Ok(e) => s.backlog.push_back(e),
                 // Fell behind the live channel: the store has everything, read from there.
