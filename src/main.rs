@@ -49,6 +49,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli::BenchScenario::Overhead => {
                     cli::bench::overhead(args.runs, args.steps, args.pool).await?
                 }
+                cli::BenchScenario::Makespan => {
+                    cli::bench::makespan(args.depth, args.width, args.latency_ms, args.pool).await?
+                }
+                cli::BenchScenario::Concurrency => {
+                    cli::bench::concurrency(args.runs, args.latency_ms, args.pool).await?
+                }
             };
             println!("{report}");
             Ok(ExitCode::SUCCESS)

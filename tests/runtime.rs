@@ -505,3 +505,28 @@ async fn a_rejected_plan_ends_the_run_without_running_a_step() {
     assert_eq!(r.error.as_deref(), Some("plan rejected: not this plan"));
     assert!(handle.approve(None).await.is_err());
 }
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_still_gets_every_event_in_order() {
+    // 60 tool calls make 120+ events, more than the live channel holds.
+    let calls: Vec<Value> = (0..60).map(|_| json!({"name": "echo", "arguments": {}})).collect();
+    let script = json!({
+        "planner": [plan(json!([step("s1", &[])]))],
+        "steps": {"s1": [{"tool_calls": calls}, "done"]},
+        "synthesizer": ["ok"]
+    });
+    let mut opts = RunOptions::default();
+    opts.step_budget.max_tool_calls = 100;
+    let rt = runtime(script, opts).await;
+    let handle = rt.submit("chatty").await.unwrap();
+    // Read the first event (history), then stall until the run is over: by then the live
+    // channel has lagged, and the stream must fall back to the store.
+    let mut stream = handle.events();
+    let first = stream.next().await.unwrap().unwrap();
+    handle.result().await.unwrap();
+    let mut events = vec![first];
+    events.extend(stream.map(|e| e.unwrap()).collect::<Vec<_>>().await);
+    assert!(events.len() > 120, "{}", events.len());
+    assert_gapless(&events);
+    assert_eq!(events.last().unwrap().kind.name(), "RunCompleted");
+}

@@ -37,9 +37,10 @@ use messages::{
     ExecutorMsg, PlannerMsg, ReplannerMsg, ServiceFailure, ServiceResult, SynthesizerMsg, TrackerMsg,
 };
 
-/// Capacity of a run's live event channel; a subscriber that falls further behind re-reads the
+/// Capacity of a run's live event channel (allocated up front, so it is most of a live run's
+/// memory); a subscriber that falls further behind re-reads the
 /// store (see `RunHandle::events`).
-pub(crate) const EVENT_CHANNEL_CAPACITY: usize = 1024;
+pub(crate) const EVENT_CHANNEL_CAPACITY: usize = 64;
 
 /// What every actor of one runtime shares. Immutable after start, apart from the run table.
 pub(crate) struct Shared {

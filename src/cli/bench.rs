@@ -72,3 +72,124 @@ pub async fn overhead(runs: usize, steps: usize, pool: usize) -> anyhow::Result<
         "note": "per step includes its share of planning and synthesis (one planner and one synthesizer call per run)"
     }))
 }
+
+/// A plan of `depth` layers of `width` steps; every step of a layer depends on every step of the
+/// layer before, so the critical path is one step per layer.
+fn layered_script(depth: usize, width: usize) -> serde_json::Value {
+    let mut steps = Vec::with_capacity(depth * width);
+    for d in 0..depth {
+        for w in 0..width {
+            let deps: Vec<String> =
+                if d == 0 { vec![] } else { (0..width).map(|p| format!("l{}w{p}", d - 1)).collect() };
+            steps.push(json!({"id": format!("l{d}w{w}"), "description": format!("layer {d} step {w}"),
+                              "expected_outcome": "", "tool": null, "depends_on": deps}));
+        }
+    }
+    json!({
+        "planner": [{"json": {"goal": "bench", "steps": steps}}],
+        "executor": ["done"],
+        "synthesizer": ["merged"],
+        "model": "bench-fixed-latency"
+    })
+}
+
+async fn one_run_ms(script: serde_json::Value, latency_ms: u64, pool: usize) -> anyhow::Result<f64> {
+    let model = ScriptedModel::from_json(script)?.with_latency(std::time::Duration::from_millis(latency_ms));
+    let runtime = Stepwise::builder().model(Arc::new(model)).executor_pool_size(pool).build().await?;
+    let t0 = Instant::now();
+    let result = runtime.run("makespan").await?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    runtime.shutdown().await;
+    anyhow::ensure!(result.status == RunStatus::Completed, "bench run did not complete: {:?}", result.error);
+    Ok(ms)
+}
+
+/// `makespan`: one run of a `depth`×`width` plan at a fixed latency per model call, against the
+/// critical-path bound and against the same plan on a single executor.
+pub async fn makespan(
+    depth: usize,
+    width: usize,
+    latency_ms: u64,
+    pool: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let script = layered_script(depth, width);
+    let measured = one_run_ms(script.clone(), latency_ms, pool).await?;
+    let sequential = one_run_ms(script, latency_ms, 1).await?;
+    // One plan call, one call per layer on the critical path, one synthesis call.
+    let bound = (depth as f64 + 2.0) * latency_ms as f64;
+    Ok(json!({
+        "scenario": "makespan",
+        "depth": depth,
+        "width": width,
+        "latency_ms": latency_ms,
+        "executor_pool": pool,
+        "makespan_ms": measured,
+        "critical_path_ms": bound,
+        "ratio_to_bound": measured / bound,
+        "sequential_ms": sequential,
+        "speedup_over_sequential": sequential / measured,
+    }))
+}
+
+/// Resident set size now and at its peak, in KiB (Linux /proc).
+fn rss_kib() -> (Option<u64>, Option<u64>) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `concurrency`: `runs` runs submitted at once (a 3-step plan, two steps in parallel) at a fixed
+/// latency per model call; wall time, throughput and memory.
+pub async fn concurrency(runs: usize, latency_ms: u64, pool: usize) -> anyhow::Result<serde_json::Value> {
+    let script = json!({
+        "planner": [{"json": {"goal": "bench", "steps": [
+            {"id": "a", "description": "first", "expected_outcome": "", "tool": null, "depends_on": []},
+            {"id": "b", "description": "second", "expected_outcome": "", "tool": null, "depends_on": []},
+            {"id": "c", "description": "merge", "expected_outcome": "", "tool": null, "depends_on": ["a", "b"]}
+        ]}}],
+        "executor": ["done"],
+        "synthesizer": ["merged"],
+        "model": "bench-fixed-latency"
+    });
+    let model = ScriptedModel::from_json(script)?.with_latency(std::time::Duration::from_millis(latency_ms));
+    let runtime = Stepwise::builder()
+        .model(Arc::new(model))
+        .executor_pool_size(pool)
+        .llm_concurrency(runs.max(1))
+        .build()
+        .await?;
+    runtime.run("warm-up").await?;
+    let (rss_before, _) = rss_kib();
+    let t0 = Instant::now();
+    let mut handles = Vec::with_capacity(runs);
+    for i in 0..runs {
+        handles.push(runtime.submit(&format!("run {i}")).await?);
+    }
+    let results = futures::future::join_all(handles.iter().map(|h| h.result())).await;
+    let wall = t0.elapsed();
+    let completed =
+        results.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status == RunStatus::Completed)).count();
+    let (_, peak) = rss_kib();
+    drop(handles);
+    runtime.shutdown().await;
+    let per_run = peak.zip(rss_before).map(|(p, b)| p.saturating_sub(b) as f64 / runs.max(1) as f64);
+    Ok(json!({
+        "scenario": "concurrency",
+        "runs": runs,
+        "completed_runs": completed,
+        "latency_ms": latency_ms,
+        "executor_pool": pool,
+        "wall_ms": wall.as_secs_f64() * 1e3,
+        "runs_per_s": runs as f64 / wall.as_secs_f64(),
+        "rss_before_kib": rss_before,
+        "peak_rss_kib": peak,
+        "rss_per_run_kib": per_run,
+        "note": "memory store: every event of every run stays in memory for the process's life"
+    }))
+}

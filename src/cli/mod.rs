@@ -41,6 +41,15 @@ pub struct BenchArgs {
     /// Executors in the pool.
     #[arg(long, default_value_t = 8)]
     pub pool: usize,
+    /// Simulated latency of every model call, in ms (makespan, concurrency).
+    #[arg(long, default_value_t = 50)]
+    pub latency_ms: u64,
+    /// Layers of the makespan plan.
+    #[arg(long, default_value_t = 8)]
+    pub depth: usize,
+    /// Independent steps per layer of the makespan plan.
+    #[arg(long, default_value_t = 4)]
+    pub width: usize,
 }
 
 /// Benchmark scenarios.
@@ -48,6 +57,10 @@ pub struct BenchArgs {
 pub enum BenchScenario {
     /// Orchestration cost per step with a zero-latency model.
     Overhead,
+    /// A layered plan at a fixed model latency, against its critical path.
+    Makespan,
+    /// Many concurrent runs at a fixed model latency: throughput and memory.
+    Concurrency,
 }
 
 /// Model and config flags shared by the commands that run tasks.
