@@ -10,6 +10,7 @@ use stepwise::llm::{AgentRole, ChatModel, ChatRequest, ChatResponse, LlmError};
 use stepwise::options::{FailurePolicy, ReplanMode, RunOptions};
 use stepwise::plan::StepStatus;
 use stepwise::run::{EventKind, RunEvent, RunResult, RunStatus};
+use stepwise::store::RunStore;
 use stepwise::tools::{ToolError, typed_tool};
 use stepwise::{Runtime, Stepwise};
 
@@ -529,4 +530,65 @@ async fn a_subscriber_that_falls_behind_still_gets_every_event_in_order() {
     assert!(events.len() > 120, "{}", events.len());
     assert_gapless(&events);
     assert_eq!(events.last().unwrap().kind.name(), "RunCompleted");
+}
+
+/// A store that panics once, on the first `StepCompleted` append: the tracker crashes mid-run.
+struct PanicOnceStore {
+    inner: stepwise::store::MemoryStore,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl stepwise::store::RunStore for PanicOnceStore {
+    async fn append(&self, event: &RunEvent) -> Result<(), stepwise::store::StoreError> {
+        if event.kind.name() == "StepCompleted" && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("store blew up");
+        }
+        self.inner.append(event).await
+    }
+    async fn events(
+        &self,
+        run: &stepwise::run::RunId,
+        after: u64,
+    ) -> Result<Vec<RunEvent>, stepwise::store::StoreError> {
+        self.inner.events(run, after).await
+    }
+    async fn list(
+        &self,
+        q: &stepwise::store::ListQuery,
+    ) -> Result<Vec<stepwise::store::RunSummary>, stepwise::store::StoreError> {
+        self.inner.list(q).await
+    }
+    async fn unfinished(&self) -> Result<Vec<stepwise::run::RunId>, stepwise::store::StoreError> {
+        self.inner.unfinished().await
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_tracker_is_respawned_from_its_events_and_the_run_completes() {
+    let script = json!({
+        "planner": [plan(json!([step("s1", &[]), step("s2", &["s1"])]))],
+        "steps": {"s1": ["one"], "s2": ["two"]},
+        "synthesizer": ["done"]
+    });
+    let store = Arc::new(PanicOnceStore {
+        inner: stepwise::store::MemoryStore::new(),
+        armed: std::sync::atomic::AtomicBool::new(true),
+    });
+    let rt = Stepwise::builder()
+        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    let handle = rt.submit("crash the tracker").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), handle.result()).await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
+    // s1's completion was lost with the crash, so the respawned tracker ran it again (attempt 2);
+    // nothing else repeated, and the stored log is still gapless.
+    assert_eq!(r.plan.steps[0].attempts, 2);
+    assert_eq!(r.plan.steps[1].attempts, 1);
+    let events = store.inner.events(handle.id(), 0).await.unwrap();
+    assert_gapless(&events);
 }
