@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// Executors in the pool.
     #[arg(long, default_value_t = 8)]
     pub pool: usize,
+    /// Repetitions of each variant (scenario `tracing`).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
 }
 
 /// Benchmark scenarios.
@@ -48,6 +51,8 @@ pub struct BenchArgs {
 pub enum BenchScenario {
     /// Orchestration cost per step with a zero-latency model.
     Overhead,
+    /// Wall-time ratio of the `overhead` workload with OTLP export on versus off.
+    Tracing,
 }
 
 /// Model and config flags shared by the commands that run tasks.
