@@ -17,7 +17,6 @@ use cli::{Cli, Command, ModelArgs, ProviderArg, RunArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -25,20 +24,37 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(dispatch(cli)) {
+    // Logs (stderr, `RUST_LOG`, default warn) and OTLP export; inside the runtime because the gRPC
+    // exporter runs on it. The guard flushes every span when dropped, before the runtime is.
+    let telemetry = {
+        let _rt = rt.enter();
+        match stepwise::telemetry::init(&telemetry_config(&cli)) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(telemetry);
+    code
 }
 
-/// Logs go to stderr, quiet by default so they don't mix with progress (`RUST_LOG` to change).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+/// The `[telemetry]` section of the command's config file (defaults if it cannot be read: the
+/// command itself reports that error).
+fn telemetry_config(cli: &Cli) -> stepwise::config::TelemetryConfig {
+    let path = match &cli.command {
+        Command::Run(args) => args.model.config.as_deref(),
+        _ => None,
+    };
+    Config::load(path).map(|c| c.telemetry).unwrap_or_default()
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -54,6 +70,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 cli::BenchScenario::Concurrency => {
                     cli::bench::concurrency(args.runs, args.latency_ms, args.pool).await?
+                }
+                cli::BenchScenario::Tracing => {
+                    cli::bench::tracing(args.runs, args.steps, args.pool, args.reps).await?
                 }
             };
             println!("{report}");
@@ -100,6 +119,7 @@ async fn build_runtime(cfg: &Config, record: Option<&std::path::Path>) -> anyhow
         .llm_concurrency(cfg.runtime.llm_concurrency)
         .workspace_root(cfg.workspace_root())
         .prompts(cfg.prompts()?)
+        .record_content(stepwise::telemetry::ContentCapture::from_config(&cfg.telemetry))
         .build()
         .await?;
     Ok(runtime)

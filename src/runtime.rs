@@ -20,6 +20,7 @@ use crate::plan::PlanSpec;
 use crate::prompts::Prompts;
 use crate::run::{EventKind, RunEvent, RunId, RunResult, RunState};
 use crate::store::{MemoryStore, RunStore, StoreError};
+use crate::telemetry::ContentCapture;
 use crate::tools::{Tool, ToolRegistry};
 
 /// Errors of the library API.
@@ -65,6 +66,7 @@ pub struct RuntimeBuilder {
     workspace_root: Option<PathBuf>,
     store: Option<Arc<dyn RunStore>>,
     prompts: Prompts,
+    content: ContentCapture,
 }
 
 impl Default for RuntimeBuilder {
@@ -78,6 +80,7 @@ impl Default for RuntimeBuilder {
             workspace_root: None,
             store: None,
             prompts: Prompts::default(),
+            content: ContentCapture::OFF,
         }
     }
 }
@@ -144,13 +147,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Whether prompts, outputs and tool arguments go into spans (default: off); see
+    /// [`ContentCapture::from_config`] for `[telemetry] record_content`.
+    pub fn record_content(mut self, content: ContentCapture) -> Self {
+        self.content = content;
+        self
+    }
+
     /// Starts the actor system on the current tokio runtime.
     pub async fn build(self) -> Result<Runtime, RuntimeError> {
         let models =
             self.models.ok_or_else(|| RuntimeError::Config("no model: call .model() or .models()".into()))?;
         let tool_names = self.tools.names().into_iter().map(str::to_owned).collect();
         let shared = Arc::new(Shared {
-            models: crate::telemetry::traced(&models),
+            models: crate::telemetry::traced(&models, self.content),
+            content: self.content,
             tools: self.tools,
             tool_names,
             prompts: self.prompts,

@@ -178,10 +178,15 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Res
                 cancel: job.cancel.child_token(),
             };
             let span = super::tool_span(&call.name, &call.id, &job.trace);
+            shared.content.record(&span, "gen_ai.tool.call.arguments", &call.arguments.to_string());
             let result =
                 call_tool(shared, &call.name, call.arguments.clone(), ctx).instrument(span.clone()).await;
-            if let Err(e) = &result {
-                span.record("error.type", tool_error_type(e));
+            match &result {
+                Ok(out) => shared.content.record(&span, "gen_ai.tool.call.result", out),
+                Err(e) => {
+                    span.record("error.type", tool_error_type(e));
+                    span.record("otel.status_code", "ERROR");
+                }
             }
             let (ok, observation) = match &result {
                 Ok(out) => (true, truncate(out, MAX_OBSERVATION)),

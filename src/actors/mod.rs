@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub llm_permits: Arc<Semaphore>,
     pub runs: RunTable,
     pub services: RwLock<Option<Services>>,
+    /// Whether tool arguments and results go into `execute_tool` spans.
+    pub content: crate::telemetry::ContentCapture,
 }
 
 impl Shared {
@@ -139,16 +141,18 @@ pub(crate) fn schema<T: JsonSchema>() -> serde_json::Value {
     crate::tools::schema_of::<T>()
 }
 
-/// An `execute_tool {name}` span (GenAI conventions).
+/// An `execute_tool {name}` span (GenAI conventions), child of the step's context.
 pub(crate) fn tool_span(name: &str, call_id: &str, parent: &TraceContext) -> tracing::Span {
     let span = tracing::info_span!(
         "execute_tool",
         otel.name = %format_args!("execute_tool {name}"),
+        otel.status_code = tracing::field::Empty,
         gen_ai.operation.name = "execute_tool",
         gen_ai.tool.name = name,
         gen_ai.tool.call.id = call_id,
         error.type = tracing::field::Empty,
     );
+    // Before the span starts, or the parent is ignored (see `crate::telemetry`).
     parent.parent(&span);
     span
 }

@@ -8,10 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
+use opentelemetry::trace::SpanContext;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::messages::{
     ControlError, ExecutorMsg, PlanJob, ReplanJob, ReplannerMsg, ServiceResult, StepInput, StepJob,
@@ -24,7 +27,7 @@ use crate::run::{
     Decision, EventKind, FailureAction, LlmUsage, ReplanDecision, RunEvent, RunId, RunState, RunStatus,
     StepError, StepErrorKind, on_step_failure, replan_after_success,
 };
-use crate::telemetry::TraceContext;
+use crate::telemetry::{self, TraceContext};
 
 /// The tracker actor (stateless; its state is [`TrackerState`]).
 pub struct Tracker {
@@ -35,6 +38,7 @@ pub struct Tracker {
 struct InFlight {
     attempt: u32,
     span: tracing::Span,
+    started: Instant,
 }
 
 /// Which model-backed service the run is waiting for.
@@ -58,6 +62,12 @@ pub struct TrackerState {
     retry_due: Vec<StepId>,
     cancel: CancellationToken,
     span: tracing::Span,
+    /// The span of each step's latest failed attempt, for links from what a replan makes of it.
+    failed_spans: HashMap<StepId, SpanContext>,
+    /// The failed attempt that the pending replan answers.
+    replan_cause: Option<SpanContext>,
+    /// Steps of the latest revision and the failed attempt that caused it: their spans link to it.
+    replan_links: HashMap<StepId, SpanContext>,
 }
 
 /// A failure to record an event: the run cannot go on in this process.
@@ -90,11 +100,14 @@ impl Actor for Tracker {
         let events = self.shared.store.events(&run_id, 0).await?;
         let run = RunState::from_events(&events)?.ok_or_else(|| TrackerError::Missing(run_id.clone()))?;
         let services = self.shared.services().ok_or(TrackerError::NoServices)?;
+        // Every run is its own trace, whatever span is current where the tracker starts.
         let span = tracing::info_span!(
+            parent: None,
             "stepwise.run",
             stepwise.run.id = %run.id,
             stepwise.task = %run.task,
             stepwise.run.status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         Ok(TrackerState {
             channels: self.shared.runs.channels(&run_id),
@@ -106,6 +119,9 @@ impl Actor for Tracker {
             retry_due: Vec::new(),
             cancel: CancellationToken::new(),
             span,
+            failed_spans: HashMap::new(),
+            replan_cause: None,
+            replan_links: HashMap::new(),
         })
     }
 
@@ -126,6 +142,7 @@ impl Actor for Tracker {
                 };
                 if result.is_err() {
                     span.record("error.type", "synthesis_failed");
+                    span.record("otel.status_code", "ERROR");
                 }
                 match result {
                     Ok((final_output, usage)) => {
@@ -276,6 +293,7 @@ impl Tracker {
             "stepwise.plan",
             stepwise.plan.revision = 1u32,
             stepwise.plan.steps = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
         let job =
@@ -306,6 +324,7 @@ impl Tracker {
             }
             Err(f) => {
                 span.record("error.type", "planning_failed");
+                span.record("otel.status_code", "ERROR");
                 self.emit(st, EventKind::RunFailed { error: f.error, usage: f.usage }).await
             }
         }
@@ -414,11 +433,19 @@ impl Tracker {
             parent: &st.span,
             "stepwise.step",
             otel.name = %format_args!("stepwise.step {step}"),
+            otel.status_code = tracing::field::Empty,
+            stepwise.run.id = %st.run.id,
             stepwise.step.id = %step,
             stepwise.step.attempt = attempt,
+            stepwise.plan.revision = st.run.plan.revision,
             stepwise.step.status = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
+        // A step the last replan made links to the failed attempt that caused the replan (before
+        // `TraceContext::of` starts the span, so the link is part of its creation).
+        if let Some(cause) = st.replan_links.get(&step) {
+            span.add_link(cause.clone());
+        }
         let cancel = st.cancel.child_token();
         let job = StepJob {
             run_id: st.run.id.clone(),
@@ -433,7 +460,7 @@ impl Tracker {
             cancel: cancel.clone(),
             events_to: Some(me.clone()),
         };
-        st.in_flight.insert(step.clone(), InFlight { attempt, span });
+        st.in_flight.insert(step.clone(), InFlight { attempt, span, started: Instant::now() });
         let (tx, rx) = ractor::concurrency::oneshot();
         let sent = st
             .services
@@ -475,6 +502,7 @@ impl Tracker {
         match report.outcome {
             Ok(output) => {
                 flight.span.record("stepwise.step.status", "completed");
+                telemetry::metrics::global().step_ended("completed", Some(flight.started.elapsed()));
                 self.emit(
                     st,
                     EventKind::StepCompleted {
@@ -492,6 +520,9 @@ impl Tracker {
             Err(error) => {
                 flight.span.record("stepwise.step.status", "failed");
                 flight.span.record("error.type", error.kind.as_str());
+                flight.span.record("otel.status_code", "ERROR");
+                telemetry::metrics::global().step_ended("failed", Some(flight.started.elapsed()));
+                st.failed_spans.insert(report.step.clone(), telemetry::span_context(&flight.span));
                 let step = report.step.clone();
                 self.emit(
                     st,
@@ -533,6 +564,7 @@ impl Tracker {
             FailureAction::Skip => {
                 let reason = format!("skipped after failing: {error}");
                 self.emit(st, EventKind::StepSkipped { step, reason }).await?;
+                telemetry::metrics::global().step_ended("skipped", None);
             }
             FailureAction::Replan => {
                 if st.replan_due.is_none() {
@@ -562,7 +594,13 @@ impl Tracker {
             stepwise.plan.revision = st.run.plan.revision + 1,
             reason = %reason,
             stepwise.replan.decision = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
+        st.replan_cause = failed.as_ref().and_then(|(step, _)| st.failed_spans.get(step).cloned());
+        if let Some(cause) = &st.replan_cause {
+            span.add_link(cause.clone());
+        }
         let job = ReplanJob {
             run_id: st.run.id.clone(),
             task: st.run.task.clone(),
@@ -588,9 +626,16 @@ impl Tracker {
         }
         let (decision, usage) = match result {
             Ok(ok) => ok,
-            Err(f) => return self.emit(st, EventKind::RunFailed { error: f.error, usage: f.usage }).await,
+            Err(f) => {
+                span.record("error.type", "replanning_failed");
+                span.record("otel.status_code", "ERROR");
+                return self.emit(st, EventKind::RunFailed { error: f.error, usage: f.usage }).await;
+            }
         };
-        span.record("stepwise.replan.decision", format!("{:?}", decision.decision).to_lowercase());
+        let decided = format!("{:?}", decision.decision).to_lowercase();
+        span.record("stepwise.replan.decision", decided.as_str());
+        telemetry::metrics::global().replanned(&decided);
+        let cause = st.replan_cause.take();
         let caused_by =
             st.run.plan.steps.iter().find(|s| s.status == StepStatus::Failed).map(|s| s.id.clone());
         match decision.decision {
@@ -607,6 +652,7 @@ impl Tracker {
                 for step in failed {
                     let reason = format!("replanner chose to continue without it: {}", decision.reason);
                     self.emit(st, EventKind::StepSkipped { step, reason }).await?;
+                    telemetry::metrics::global().step_ended("skipped", None);
                 }
             }
             Decision::Replan => {
@@ -620,6 +666,10 @@ impl Tracker {
                     return self.emit(st, EventKind::RunFailed { error, usage }).await;
                 }
                 let revision = st.run.plan.revision + 1;
+                st.replan_links = match cause {
+                    Some(cause) => decision.steps.iter().map(|s| (s.id.clone(), cause.clone())).collect(),
+                    None => HashMap::new(),
+                };
                 self.emit(
                     st,
                     EventKind::Replanned {
@@ -646,8 +696,12 @@ impl Tracker {
     }
 
     fn ask_synthesizer(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState) {
-        let span =
-            tracing::info_span!(parent: &st.span, "stepwise.synthesize", error.type = tracing::field::Empty);
+        let span = tracing::info_span!(
+            parent: &st.span,
+            "stepwise.synthesize",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let results = st
             .run
             .plan
@@ -675,8 +729,13 @@ impl Tracker {
         st.cancel.cancel();
         for (_, f) in st.in_flight.drain() {
             f.span.record("stepwise.step.status", "cancelled");
+            telemetry::metrics::global().step_ended("cancelled", Some(f.started.elapsed()));
         }
         st.span.record("stepwise.run.status", st.run.status.as_str());
+        if st.run.status == RunStatus::Failed {
+            st.span.record("otel.status_code", "ERROR");
+        }
+        telemetry::metrics::global().run_ended(st.run.status.as_str());
         // Leave the live table first: whoever sees the result must not still find the run live.
         self.shared.runs.remove(&st.run.id);
         st.channels.result.send_replace(Some(st.run.result()));

@@ -50,6 +50,9 @@ pub struct BenchArgs {
     /// Independent steps per layer of the makespan plan.
     #[arg(long, default_value_t = 4)]
     pub width: usize,
+    /// Repetitions of each variant (scenario `tracing`).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
 }
 
 /// Benchmark scenarios.
@@ -61,6 +64,8 @@ pub enum BenchScenario {
     Makespan,
     /// Many concurrent runs at a fixed model latency: throughput and memory.
     Concurrency,
+    /// Wall-time ratio of the `overhead` workload with OTLP export on versus off.
+    Tracing,
 }
 
 /// Model and config flags shared by the commands that run tasks.

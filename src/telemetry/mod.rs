@@ -1,0 +1,271 @@
+//! Tracing, OpenTelemetry and metrics (DESIGN §5): the span tree of a run, OTLP export
+//! ([`init`]), metrics and their Prometheus rendering ([`prometheus_text`]).
+//!
+//! # How spans are parented (and why not by ractor)
+//!
+//! ractor's `message_span_propogation` feature is off (Cargo.toml), deliberately. With it on,
+//! ractor captures `Span::current()` when a message is sent and enters it around the receiving
+//! handler, so a handler's spans nest under whatever span happened to be current at the sender:
+//! a tracker under the supervisor, a step's work under whichever run last sent to the pool. Under
+//! parallel steps and concurrent runs that mixes trees, and it cannot cross a machine.
+//!
+//! Instead every span is created with an explicit parent. Spans the tracker owns (`stepwise.run`,
+//! `stepwise.plan`, `stepwise.step {id}`, `stepwise.replan`, `stepwise.synthesize`) use
+//! `parent: &span`; every job message carries the W3C `traceparent` of its span
+//! ([`TraceContext`]), and the spans made where the job runs (`chat {model}`,
+//! `execute_tool {name}`) take it with [`TraceContext::parent`]. That must happen before the span
+//! starts: tracing-opentelemetry 0.34 builds the OTel span lazily (on first enter, or when a child
+//! or `context()` asks for it) and ignores `set_parent` afterwards, so [`TraceContext::parent`] is
+//! called right after creating the span, before it is entered or instrumented.
+//!
+//! One run is one trace: `stepwise.run` is always a root. A step that a replan created carries a
+//! span link to the failed step attempt that caused the replan.
+//!
+//! # Content
+//!
+//! Prompts, model outputs and tool arguments go into spans only when [`ContentCapture`] is on
+//! (`[telemetry] record_content`), truncated. Credentials are never recorded: providers keep API
+//! keys in request headers, which no span or log sees.
+
+mod export;
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+pub use export::{
+    ExportSettings, OtlpPipeline, OtlpProtocol, TelemetryError, TelemetryGuard, build_pipeline, init,
+    init_with, otel_filter,
+};
+pub use metrics::prometheus_text;
+
+use crate::config::TelemetryConfig;
+use crate::llm::{AgentRole, ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel};
+
+/// A W3C trace-context carrier (`traceparent`, `tracestate`); empty when tracing is off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext(pub HashMap<String, String>);
+
+impl TraceContext {
+    /// The context of `span`, ready to travel in a message. Starts the OTel span if it was not.
+    pub fn of(span: &tracing::Span) -> Self {
+        let mut carrier = HashMap::new();
+        TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+        TraceContext(carrier)
+    }
+
+    /// Makes `span` a child of this context (no-op when the carrier is empty). Call it right after
+    /// creating the span: once the span has started (entered, or asked for its context) its parent
+    /// is fixed.
+    pub fn parent(&self, span: &tracing::Span) {
+        if self.0.is_empty() {
+            return;
+        }
+        let cx = TraceContextPropagator::new().extract(&self.0);
+        if let Err(e) = span.set_parent(cx) {
+            // Disabled spans (tracing off or filtered) have nothing to parent; anything else is a
+            // bug in the caller's ordering, which the trace tree tests would show.
+            if !matches!(e, tracing_opentelemetry::SetParentError::SpanDisabled) {
+                tracing::debug!(error = %e, "could not parent a span on its trace context");
+            }
+        }
+    }
+
+    /// True when there is no context to carry (tracing off).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `traceparent` value, if any.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.0.get("traceparent").map(String::as_str)
+    }
+}
+
+/// The OTel span context of `span` (invalid when tracing is off), e.g. to link to it later.
+pub fn span_context(span: &tracing::Span) -> SpanContext {
+    span.context().span().span_context().clone()
+}
+
+/// Whether, and how much of, prompts, outputs and tool arguments go into spans.
+///
+/// Off by default: content may hold data that must not leave the machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContentCapture {
+    max_bytes: Option<usize>,
+}
+
+impl ContentCapture {
+    /// Record nothing.
+    pub const OFF: ContentCapture = ContentCapture { max_bytes: None };
+
+    /// Record content, each attribute cut to `max_bytes`.
+    pub fn up_to(max_bytes: usize) -> Self {
+        Self { max_bytes: Some(max_bytes) }
+    }
+
+    /// From `[telemetry] record_content` and `max_content_bytes`.
+    pub fn from_config(cfg: &TelemetryConfig) -> Self {
+        if cfg.record_content { Self::up_to(cfg.max_content_bytes) } else { Self::OFF }
+    }
+
+    /// True when content is recorded.
+    pub fn is_on(&self) -> bool {
+        self.max_bytes.is_some()
+    }
+
+    /// Sets attribute `key` on `span` to `text` cut to the limit; does nothing when off.
+    pub fn record(&self, span: &tracing::Span, key: &'static str, text: &str) {
+        if let Some(max) = self.max_bytes {
+            span.set_attribute(key, clip(text, max));
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary, saying how much was cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [truncated {} bytes]", &s[..end], s.len() - end)
+}
+
+/// Wraps a model so every call gets a `chat {model}` span (GenAI semantic conventions) under the
+/// caller's trace context, with token usage, error type and (when enabled) content recorded, and
+/// feeds the LLM metrics. The runtime wraps every role's model with it, so providers need no
+/// telemetry code of their own.
+pub struct Traced {
+    inner: SharedModel,
+    content: ContentCapture,
+}
+
+impl Traced {
+    /// Wraps `inner`; `content` says whether prompts and outputs go into the span.
+    pub fn new(inner: SharedModel, content: ContentCapture) -> Self {
+        Self { inner, content }
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatModel for Traced {
+    fn model_name(&self) -> &str {
+        self.inner.model_name()
+    }
+
+    fn provider(&self) -> &str {
+        self.inner.provider()
+    }
+
+    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let model = self.inner.model_name();
+        let role = request.context.role;
+        let span = tracing::info_span!(
+            "chat",
+            otel.name = %format_args!("chat {model}"),
+            otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = "chat",
+            gen_ai.system = self.inner.provider(),
+            gen_ai.provider.name = self.inner.provider(),
+            gen_ai.request.model = model,
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            stepwise.role = role.as_str(),
+            stepwise.run.id = %request.context.run_id,
+            stepwise.step.id = tracing::field::Empty,
+            stepwise.step.attempt = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        // Before anything starts the span: see the module docs.
+        request.context.trace.parent(&span);
+        if let Some(step) = &request.context.step {
+            span.record("stepwise.step.id", step.as_str());
+            span.record("stepwise.step.attempt", request.context.attempt);
+        }
+        if self.content.is_on() {
+            let input = serde_json::to_string(&request.messages).unwrap_or_default();
+            self.content.record(&span, "gen_ai.input.messages", &input);
+        }
+        let started = Instant::now();
+        let result = self.inner.chat(request).instrument(span.clone()).await;
+        let usage = result.as_ref().ok().map(|r| r.usage);
+        metrics::global().llm_call(role.as_str(), model, result.is_ok(), usage, started.elapsed());
+        match &result {
+            Ok(r) => {
+                span.record("gen_ai.usage.input_tokens", r.usage.input_tokens);
+                span.record("gen_ai.usage.output_tokens", r.usage.output_tokens);
+                if !r.model.is_empty() {
+                    span.record("gen_ai.response.model", r.model.as_str());
+                }
+                if self.content.is_on() {
+                    let output = serde_json::json!([{
+                        "role": "assistant", "content": r.content, "tool_calls": r.tool_calls,
+                    }]);
+                    self.content.record(&span, "gen_ai.output.messages", &output.to_string());
+                }
+            }
+            Err(e) => {
+                // The error's type only: its message may quote a provider's response body.
+                span.record("error.type", llm_error_type(e));
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
+    }
+}
+
+/// The `error.type` of a model error.
+fn llm_error_type(e: &LlmError) -> &'static str {
+    match e {
+        LlmError::Status { .. } => "http_status",
+        LlmError::Timeout(_) => "timeout",
+        LlmError::Transport(_) => "transport",
+        LlmError::InvalidResponse(_) => "invalid_response",
+        LlmError::Structured { .. } => "invalid_structured_output",
+        LlmError::Script(_) => "script",
+        LlmError::Config(_) => "config",
+    }
+}
+
+/// Wraps every role's model in [`Traced`].
+pub fn traced(models: &Models, content: ContentCapture) -> Models {
+    let wrap = |role| -> SharedModel { Arc::new(Traced::new(models.get(role).clone(), content)) };
+    let mut out = Models::uniform(wrap(AgentRole::Planner));
+    for role in AgentRole::ALL {
+        out = out.with(role, wrap(role));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_respects_char_boundaries() {
+        assert_eq!(clip("short", 10), "short");
+        let t = clip("ééééé", 3);
+        assert!(t.starts_with('é') && t.ends_with("[truncated 8 bytes]"), "{t}");
+    }
+
+    #[test]
+    fn content_capture_follows_the_config() {
+        let mut cfg = TelemetryConfig::default();
+        assert!(!ContentCapture::from_config(&cfg).is_on());
+        cfg.record_content = true;
+        cfg.max_content_bytes = 10;
+        assert_eq!(ContentCapture::from_config(&cfg), ContentCapture::up_to(10));
+    }
+}
