@@ -23,6 +23,7 @@ pub mod plan;
 pub mod prompts;
 pub mod run;
 pub mod runtime;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tools;

@@ -1,0 +1,206 @@
+//! The HTTP API of `stepwise serve` (DESIGN §6): submit runs, list and read them, follow their
+//! events over SSE, approve / reject / cancel, plus health, readiness, metrics and OpenAPI.
+//!
+//! Build a [`ServerState`] around a [`Runtime`], then either mount [`router`] in your own axum
+//! app or call [`serve`] with a bound listener and a shutdown signal.
+//!
+//! Choices made here (the design is silent on them):
+//! - **Auth.** Every `/v1` route and `/metrics` need `Authorization: Bearer <token>` when tokens
+//!   are configured (`STEPWISE_API_TOKENS`). `/metrics` is protected too: it reveals the load and
+//!   activity of the service, and Prometheus sends a bearer token just as easily
+//!   (`authorization: {credentials: …}`). `/healthz`, `/readyz` and `/openapi.json` are open:
+//!   probes and API clients need them before they hold a token, and they reveal nothing about
+//!   runs. With no tokens configured auth is off, which [`check_bind`] only allows on loopback.
+//! - **Per-run options** in `POST /v1/runs` are merged key by key onto the runtime's defaults
+//!   (`{"policy": {"max_retries": 3}}` changes that key only); a top-level `require_approval`
+//!   wins over `policy.require_approval`.
+//! - **Queue limit.** `queue_limit` bounds the runs in progress in this process (runs awaiting
+//!   approval included). It is checked before each submission, so concurrent submissions may
+//!   overshoot it by the number of requests racing; it is a load-shedding limit, not a quota.
+//! - **Control responses.** approve / reject / cancel answer `200 {"id","status"}` with the
+//!   status right after the change was committed.
+//! - **SSE.** `Last-Event-ID` wins over `?after=`, since a reconnecting `EventSource` keeps its
+//!   original URL. On shutdown, open streams end (the client reconnects elsewhere with
+//!   `Last-Event-ID`), so a graceful shutdown never waits on a run awaiting approval.
+
+mod auth;
+mod body;
+mod error;
+pub mod load;
+mod openapi;
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+use crate::Runtime;
+use crate::config::ServerConfig;
+
+pub use error::ServerError;
+pub use load::{LoadReport, load_probe};
+pub use openapi::openapi_json;
+
+/// Renders the Prometheus text exposition served at `/metrics`.
+pub type MetricsHook = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Everything the handlers share: the runtime, the auth tokens and the limits.
+///
+/// A builder: `ServerState::new(runtime).tokens(t).max_body_bytes(n)…`; unset limits take the
+/// defaults of [`ServerConfig`].
+#[derive(Clone)]
+pub struct ServerState {
+    runtime: Arc<Runtime>,
+    tokens: Arc<[String]>,
+    max_body_bytes: usize,
+    queue_limit: usize,
+    metrics: Option<MetricsHook>,
+    keep_alive: Duration,
+    shutdown: CancellationToken,
+}
+
+impl ServerState {
+    /// A state with no tokens (auth off) and the default limits of [`ServerConfig`].
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        let d = ServerConfig::default();
+        Self {
+            runtime,
+            tokens: Arc::from(Vec::new()),
+            max_body_bytes: d.max_body_bytes,
+            queue_limit: d.queue_limit,
+            metrics: None,
+            keep_alive: Duration::from_secs(15),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// A state with the limits of `config` and the bearer `tokens`.
+    pub fn from_config(runtime: Arc<Runtime>, config: &ServerConfig, tokens: Vec<String>) -> Self {
+        Self::new(runtime)
+            .tokens(tokens)
+            .max_body_bytes(config.max_body_bytes)
+            .queue_limit(config.queue_limit)
+    }
+
+    /// Bearer tokens accepted by the API; none turns auth off (loopback only, see [`check_bind`]).
+    pub fn tokens(mut self, tokens: Vec<String>) -> Self {
+        self.tokens = Arc::from(tokens);
+        self
+    }
+
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = n;
+        self
+    }
+
+    /// Runs in progress at once; a submission at or beyond it gets 429.
+    pub fn queue_limit(mut self, n: usize) -> Self {
+        self.queue_limit = n;
+        self
+    }
+
+    /// The Prometheus text served at `/metrics` (404 without one).
+    pub fn metrics(mut self, hook: MetricsHook) -> Self {
+        self.metrics = Some(hook);
+        self
+    }
+
+    /// Interval of the SSE keep-alive comments (default 15 s), which stop proxies from closing
+    /// quiet streams.
+    pub fn sse_keep_alive(mut self, every: Duration) -> Self {
+        self.keep_alive = every;
+        self
+    }
+
+    /// The runtime served.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+}
+
+/// The API's routes over `state`, ready to serve or to nest in a larger app.
+pub fn router(state: ServerState) -> Router {
+    let state = Arc::new(state);
+    let protected = Router::new()
+        .route("/v1/runs", post(routes::submit).get(routes::list))
+        .route("/v1/runs/{id}", get(routes::get_run))
+        .route("/v1/runs/{id}/events", get(routes::events))
+        .route("/v1/runs/{id}/approve", post(routes::approve))
+        .route("/v1/runs/{id}/reject", post(routes::reject))
+        .route("/v1/runs/{id}/cancel", post(routes::cancel))
+        .route("/metrics", get(routes::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+    let open = Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/openapi.json", get(routes::openapi));
+    protected
+        .merge(open)
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, ends open
+/// SSE streams and waits for in-flight requests to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ServerState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let stop = state.shutdown.clone();
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await
+}
+
+/// The bearer tokens in `STEPWISE_API_TOKENS`: comma-separated, trimmed, empty entries dropped.
+pub fn tokens_from_env(value: Option<&str>) -> Vec<String> {
+    value.unwrap_or_default().split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+}
+
+/// Refuses to listen on a non-loopback address without tokens: the API runs tasks with tools,
+/// so an open port reachable from the network must not accept anonymous requests.
+pub fn check_bind(addr: SocketAddr, tokens: &[String]) -> Result<(), ServerError> {
+    if tokens.is_empty() && !addr.ip().to_canonical().is_loopback() {
+        return Err(ServerError::InsecureBind(addr));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_split_trimmed_and_empties_dropped() {
+        assert_eq!(tokens_from_env(Some(" a, b ,,c ,")), vec!["a", "b", "c"]);
+        assert!(tokens_from_env(Some(" , ")).is_empty());
+        assert!(tokens_from_env(None).is_empty());
+    }
+
+    #[test]
+    fn only_loopback_binds_without_tokens() {
+        let t = vec!["secret".to_owned()];
+        assert!(check_bind("127.0.0.1:80".parse().unwrap(), &[]).is_ok());
+        assert!(check_bind("[::1]:80".parse().unwrap(), &[]).is_ok());
+        assert!(check_bind("[::ffff:127.0.0.1]:80".parse().unwrap(), &[]).is_ok());
+        assert!(check_bind("0.0.0.0:80".parse().unwrap(), &t).is_ok());
+        let err = check_bind("0.0.0.0:8080".parse().unwrap(), &[]).unwrap_err().to_string();
+        assert!(err.contains("0.0.0.0:8080") && err.contains("STEPWISE_API_TOKENS"), "{err}");
+        assert!(check_bind("[::]:80".parse().unwrap(), &[]).is_err());
+        assert!(check_bind("192.168.1.2:80".parse().unwrap(), &[]).is_err());
+    }
+}
