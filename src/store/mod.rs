@@ -3,14 +3,24 @@
 //! The tracker appends every event before acting on it, so a store that keeps them across a
 //! restart makes runs durable; the SQLite store does, [`MemoryStore`] does not (tests, benches,
 //! embedders who don't need durability).
+//!
+//! Backends: [`MemoryStore`], [`sqlite::SqliteStore`] (the default, one file) and, with the
+//! `postgres` feature, [`postgres::PostgresStore`] (shared by replicas). [`open_store`] picks
+//! one from a URL. All of them pass the same suite (`tests/store_suite.rs`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::run::{EventKind, RunEvent, RunId, RunStatus};
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod sqlite;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +37,9 @@ pub enum StoreError {
     /// A stored event could not be decoded.
     #[error("corrupt event in run {run} at seq {seq}: {message}")]
     Corrupt { run: RunId, seq: u64, message: String },
+    /// A store URL that names no usable backend (see [`open_store`]).
+    #[error("store url {url:?}: {message}")]
+    InvalidUrl { url: String, message: String },
 }
 
 /// A run as listed: enough to pick one without loading its events.
@@ -104,6 +117,19 @@ pub trait RunStore: Send + Sync + 'static {
     async fn list(&self, query: &ListQuery) -> Result<Vec<RunSummary>, StoreError>;
     /// Runs whose last event is not terminal: what a restarted service resumes.
     async fn unfinished(&self) -> Result<Vec<RunId>, StoreError>;
+
+    /// Appends several events (of one or more runs) in order, each checked like [`append`].
+    ///
+    /// The durable backends commit the whole batch in one transaction, all or nothing, which
+    /// costs about one append; this default appends one by one and may stop part way.
+    ///
+    /// [`append`]: RunStore::append
+    async fn append_batch(&self, events: &[RunEvent]) -> Result<(), StoreError> {
+        for e in events {
+            self.append(e).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Events in memory: fast, and gone when the process exits.
@@ -183,5 +209,337 @@ impl RunStore for MemoryStore {
             runs.values().filter(|r| !r.summary.status.is_terminal()).map(|r| r.summary.id.clone()).collect();
         ids.sort();
         Ok(ids)
+    }
+}
+
+/// Opens the store a URL names, for `stepwise serve` and the CLI.
+///
+/// - `None` → SQLite at `<data_dir>/stepwise.db` (file and directories created);
+/// - `sqlite://PATH`, `sqlite:PATH` or a plain path → SQLite (a relative path is relative to the
+///   working directory, not to `data_dir`);
+/// - `postgres://…` / `postgresql://…` → Postgres (only in builds with the `postgres` feature);
+/// - `memory:` → [`MemoryStore`] (nothing survives the process).
+///
+/// Anything else that starts with `scheme:` is refused with an error naming the scheme (write
+/// `./name:x.db` for a file whose name has a colon).
+pub async fn open_store(url: Option<&str>, data_dir: &Path) -> Result<Arc<dyn RunStore>, StoreError> {
+    let Some(url) = url else {
+        return Ok(Arc::new(sqlite::SqliteStore::open_path(&data_dir.join("stepwise.db")).await?));
+    };
+    let invalid = |message: String| StoreError::InvalidUrl { url: url.to_owned(), message };
+    match url_scheme(url).map(|s| s.to_ascii_lowercase()).as_deref() {
+        None => Ok(Arc::new(sqlite::SqliteStore::open_path(Path::new(url)).await?)),
+        Some("sqlite") => Ok(Arc::new(sqlite::SqliteStore::open(url).await?)),
+        Some("memory") if url.len() == "memory:".len() => Ok(Arc::new(MemoryStore::new())),
+        Some("memory") => Err(invalid("a memory store takes no path: write `memory:`".into())),
+        #[cfg(feature = "postgres")]
+        Some("postgres" | "postgresql") => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
+        #[cfg(not(feature = "postgres"))]
+        Some("postgres" | "postgresql") => Err(invalid(
+            "this stepwise was built without Postgres support; rebuild with `--features postgres`".into(),
+        )),
+        Some(other) => Err(invalid(format!(
+            "unknown scheme `{other}:` (use sqlite://PATH, a plain path, postgres://…, or memory:)"
+        ))),
+    }
+}
+
+/// The `scheme` of `scheme:rest`, if `url` starts with one (RFC 3986 syntax, 2+ characters so
+/// that `C:\\x` stays a path).
+fn url_scheme(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once(':')?;
+    let mut chars = scheme.chars();
+    let ok = scheme.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    ok.then_some(scheme)
+}
+
+// ---- helpers shared by the SQL backends ----
+
+/// A time as stored: RFC 3339 UTC with nanoseconds, fixed width (sorts as text, exact).
+pub(crate) fn time_to_sql(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// The inverse of [`time_to_sql`]; `run` and `seq` name the row in the `Corrupt` error.
+pub(crate) fn time_from_sql(s: &str, run: &RunId, seq: u64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| StoreError::Corrupt {
+        run: run.clone(),
+        seq,
+        message: format!("bad time {s:?}: {e}"),
+    })
+}
+
+/// A `runs` row: id, task, status, created_at, finished_at, last_seq, require_approval.
+pub(crate) type SummaryRow = (String, String, String, String, Option<String>, i64, bool);
+
+/// Decodes a `runs` row; a bad value is `Corrupt` at the run's last seq.
+pub(crate) fn summary_from_row(row: SummaryRow) -> Result<RunSummary, StoreError> {
+    let (id, task, status, created_at, finished_at, last_seq, require_approval) = row;
+    let id = RunId(id);
+    let seq = u64::try_from(last_seq).unwrap_or(0);
+    let status = status.parse::<RunStatus>().map_err(|message| StoreError::Corrupt {
+        run: id.clone(),
+        seq,
+        message: format!("runs row: {message}"),
+    })?;
+    let created_at = time_from_sql(&created_at, &id, seq)?;
+    let finished_at = finished_at.map(|t| time_from_sql(&t, &id, seq)).transpose()?;
+    Ok(RunSummary { id, task, status, created_at, finished_at, last_seq: seq, require_approval })
+}
+
+/// Decodes a stored event body and checks that it is the row it was stored as.
+pub(crate) fn event_from_sql(run: &RunId, seq: i64, body: &str) -> Result<RunEvent, StoreError> {
+    let seq = u64::try_from(seq).unwrap_or(0);
+    let corrupt = |message: String| StoreError::Corrupt { run: run.clone(), seq, message };
+    let event: RunEvent = serde_json::from_str(body).map_err(|e| corrupt(e.to_string()))?;
+    if &event.run_id != run || event.seq != seq {
+        return Err(corrupt(format!("the body is event {} of run {}", event.seq, event.run_id)));
+    }
+    Ok(event)
+}
+
+/// A seq as an SQL BIGINT (saturating: no run gets near 2^63 events).
+pub(crate) fn seq_to_sql(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// The checks every backend makes before writing `event` after `prev` (the run's summary, if
+/// the run exists): the seq is next, and the first event is a `RunSubmitted`. Returns the new
+/// summary.
+pub(crate) fn check_append(prev: Option<RunSummary>, event: &RunEvent) -> Result<RunSummary, StoreError> {
+    let expected = prev.as_ref().map_or(1, |s| s.last_seq + 1);
+    let conflict = || StoreError::Conflict { run: event.run_id.clone(), expected, got: event.seq };
+    if event.seq != expected {
+        return Err(conflict());
+    }
+    RunSummary::fold(prev, event).ok_or_else(conflict)
+}
+
+/// Maps a backend error.
+pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+// ---- a throughput figure ----
+
+/// What [`measure_append`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AppendFigure {
+    /// Events appended.
+    pub appends: usize,
+    /// Runs they were spread over.
+    pub runs: usize,
+    /// Events per `append_batch` call (1: plain `append`).
+    pub batch: usize,
+    /// Wall-clock time of all the appends.
+    pub elapsed: Duration,
+}
+
+impl AppendFigure {
+    /// Appends per second.
+    pub fn per_second(&self) -> f64 {
+        self.appends as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Microseconds per append.
+    pub fn micros_per_append(&self) -> f64 {
+        self.elapsed.as_secs_f64() * 1e6 / self.appends.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for AppendFigure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} appends over {} runs (batch {}) in {:.3} s: {:.0} appends/s, {:.1} µs/append",
+            self.appends,
+            self.runs,
+            self.batch,
+            self.elapsed.as_secs_f64(),
+            self.per_second(),
+            self.micros_per_append()
+        )
+    }
+}
+
+/// Appends `n` events to fresh runs as trackers would, one awaited append at a time (100 runs,
+/// round robin, each `RunSubmitted` then step and tool events of realistic size), and times it.
+///
+/// Used by the store suite to print a figure; `stepwise bench` may use it too.
+pub async fn measure_append(store: &dyn RunStore, n: usize) -> Result<AppendFigure, StoreError> {
+    measure_append_batched(store, n, 1).await
+}
+
+/// Like [`measure_append`], but each run appends `batch` events per [`RunStore::append_batch`]
+/// call (what a tracker that buffers a step's tool events would do).
+pub async fn measure_append_batched(
+    store: &dyn RunStore,
+    n: usize,
+    batch: usize,
+) -> Result<AppendFigure, StoreError> {
+    let runs = n.clamp(1, 100);
+    let batch = batch.max(1);
+    let ids: Vec<RunId> = (0..runs).map(|_| RunId::new()).collect();
+    let per_run: Vec<usize> = (0..runs).map(|r| n / runs + usize::from(r < n % runs)).collect();
+    let mut next = vec![1u64; runs];
+    let mut done = 0;
+    let start = Instant::now();
+    while done < n {
+        for r in 0..runs {
+            let left = per_run[r] - (next[r] - 1) as usize;
+            let take = left.min(batch);
+            if take == 0 {
+                continue;
+            }
+            let events: Vec<RunEvent> =
+                (0..take as u64).map(|i| sample_event(&ids[r], next[r] + i)).collect();
+            if take == 1 {
+                store.append(&events[0]).await?;
+            } else {
+                store.append_batch(&events).await?;
+            }
+            next[r] += take as u64;
+            done += take;
+        }
+    }
+    Ok(AppendFigure { appends: n, runs, batch, elapsed: start.elapsed() })
+}
+
+/// Event `seq` of a synthetic run: `RunSubmitted`, `PlanProposed`, then step started / tool
+/// called / tool returned / step completed, over and over (the run stays `running`).
+fn sample_event(run: &RunId, seq: u64) -> RunEvent {
+    use crate::plan::{PlanSpec, StepId, StepSpec};
+    let step = StepId::from(format!("s{}", (seq + 1) / 4).as_str());
+    let kind = match seq {
+        1 => EventKind::RunSubmitted {
+            task: "Summarise the release notes and open an issue per regression".into(),
+            options: Default::default(),
+        },
+        2 => EventKind::PlanProposed {
+            revision: 1,
+            plan: PlanSpec {
+                goal: "release notes summarised".into(),
+                steps: vec![StepSpec {
+                    id: "s1".into(),
+                    description: "grep the TODOs".into(),
+                    expected_outcome: "a list".into(),
+                    tool: Some("run_command".into()),
+                    depends_on: vec![],
+                }],
+            },
+            usage: Default::default(),
+        },
+        _ => match (seq - 3) % 4 {
+            0 => EventKind::StepStarted { step, attempt: 1 },
+            1 => EventKind::ToolCalled {
+                step,
+                attempt: 1,
+                call_id: format!("call_{seq}"),
+                tool: "run_command".into(),
+                arguments: serde_json::json!({"command": "grep", "args": ["-rn", "TODO", "src/"]}),
+            },
+            2 => EventKind::ToolReturned {
+                step,
+                attempt: 1,
+                call_id: format!("call_{}", seq - 1),
+                ok: true,
+                output: "src/lib.rs:12: TODO handle the empty plan\n".repeat(6),
+            },
+            _ => EventKind::StepCompleted {
+                step,
+                attempt: 1,
+                output: "Found 6 TODOs; none block the release.".into(),
+                usage: crate::run::LlmUsage { llm_calls: 2, input_tokens: 900, output_tokens: 120 },
+            },
+        },
+    };
+    RunEvent { run_id: run.clone(), seq, at: Utc::now(), kind }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submitted(run: &RunId) -> RunEvent {
+        RunEvent {
+            run_id: run.clone(),
+            seq: 1,
+            at: Utc::now(),
+            kind: EventKind::RunSubmitted { task: "t".into(), options: Default::default() },
+        }
+    }
+
+    async fn round_trip(store: &dyn RunStore) {
+        let id = RunId::new();
+        store.append(&submitted(&id)).await.unwrap();
+        assert_eq!(store.events(&id, 0).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn open_store_defaults_to_sqlite_in_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b");
+        let store = open_store(None, &data).await.unwrap();
+        round_trip(&*store).await;
+        assert!(data.join("stepwise.db").is_file());
+    }
+
+    #[tokio::test]
+    async fn open_store_takes_sqlite_urls_and_plain_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x/url.db");
+        let store = open_store(Some(&format!("sqlite://{}", file.display())), Path::new("/nonexistent"))
+            .await
+            .unwrap();
+        round_trip(&*store).await;
+        assert!(file.is_file());
+        let plain = dir.path().join("y/plain.db");
+        let store = open_store(Some(plain.to_str().unwrap()), Path::new("/nonexistent")).await.unwrap();
+        round_trip(&*store).await;
+        assert!(plain.is_file());
+    }
+
+    #[tokio::test]
+    async fn open_store_memory_and_bad_urls() {
+        let store = open_store(Some("memory:"), Path::new("/nonexistent")).await.unwrap();
+        round_trip(&*store).await;
+        let err = |url: &'static str| async move {
+            match open_store(Some(url), Path::new("/nonexistent")).await {
+                Err(e @ StoreError::InvalidUrl { .. }) => e.to_string(),
+                Err(e) => panic!("{url}: expected InvalidUrl, got {e}"),
+                Ok(_) => panic!("{url}: expected an error"),
+            }
+        };
+        let e = err("mysql://localhost/db").await;
+        assert!(e.contains("unknown scheme `mysql:`"), "{e}");
+        let e = err("memory:/tmp/x").await;
+        assert!(e.contains("memory:"), "{e}");
+        #[cfg(not(feature = "postgres"))]
+        {
+            let e = err("postgres://localhost/db").await;
+            assert!(e.contains("--features postgres"), "{e}");
+        }
+    }
+
+    #[test]
+    fn url_schemes_and_paths_are_told_apart() {
+        assert_eq!(url_scheme("sqlite:///x.db"), Some("sqlite"));
+        assert_eq!(url_scheme("postgresql://h/db"), Some("postgresql"));
+        assert_eq!(url_scheme("memory:"), Some("memory"));
+        assert_eq!(url_scheme("/var/lib/stepwise.db"), None);
+        assert_eq!(url_scheme("./a:b.db"), None);
+        assert_eq!(url_scheme("C:\\data\\x.db"), None);
+    }
+
+    #[test]
+    fn stored_times_are_exact_and_sort_as_text() {
+        let a = DateTime::parse_from_rfc3339("2026-11-24T09:00:00.000000001Z").unwrap().with_timezone(&Utc);
+        let b = DateTime::parse_from_rfc3339("2026-11-24T09:00:00.1Z").unwrap().with_timezone(&Utc);
+        let (sa, sb) = (time_to_sql(&a), time_to_sql(&b));
+        assert_eq!(sa.len(), sb.len());
+        assert!(sa < sb);
+        assert_eq!(time_from_sql(&sa, &RunId::new(), 1).unwrap(), a);
     }
 }
