@@ -99,6 +99,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Runs in progress at once; a submission beyond it gets 429.
     pub queue_limit: usize,
+    /// On SIGTERM, how long running runs may take to finish before the process exits anyway
+    /// (what is left resumes from the store on the next start), in seconds.
+    pub drain_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             store_url: None,
             max_body_bytes: 1024 * 1024,
             queue_limit: 1000,
+            drain_secs: 30,
         }
     }
 }

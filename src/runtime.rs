@@ -258,6 +258,11 @@ impl Runtime {
         self.shared.runs.len()
     }
 
+    /// Ids of the runs in progress in this process.
+    pub fn live_run_ids(&self) -> Vec<RunId> {
+        self.shared.runs.ids()
+    }
+
     /// Stops every actor. Unfinished runs stay in the store and resume with [`Runtime::recover`].
     pub async fn shutdown(mut self) {
         self.supervisor.stop(None);

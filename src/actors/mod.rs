@@ -134,6 +134,11 @@ impl RunTable {
     pub fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// Ids of the live runs.
+    pub fn ids(&self) -> Vec<RunId> {
+        self.lock().keys().cloned().collect()
+    }
 }
 
 /// The JSON Schema of `T`, for structured-output requests.

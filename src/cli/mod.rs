@@ -3,10 +3,19 @@
 
 pub mod bench;
 pub mod progress;
+pub mod run;
+pub mod runs;
+pub mod serve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use stepwise::config::Config;
+use stepwise::llm::config::ProviderKind;
+use stepwise::store::RunStore;
+use stepwise::{Runtime, Stepwise};
 
 /// stepwise: a Plan & Execute agent runtime.
 #[derive(Debug, Parser)]
@@ -22,6 +31,10 @@ pub struct Cli {
 pub enum Command {
     /// Plan and run one task, showing progress on stderr.
     Run(RunArgs),
+    /// Run the HTTP service; resumes unfinished runs from the store on start.
+    Serve(ServeArgs),
+    /// List or show stored runs, from the data dir or a running server.
+    Runs(RunsArgs),
     /// Measure the runtime: prints one JSON object per scenario.
     Bench(BenchArgs),
 }
@@ -113,4 +126,111 @@ pub struct RunArgs {
     /// Shared model flags.
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// `stepwise serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides `[server] bind`; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// Data directory: the SQLite store and the run workspaces (overrides `[runtime] data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Shared model flags.
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `stepwise runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// What to show.
+    #[command(subcommand)]
+    pub what: RunsCommand,
+    /// Config file (for the data dir and store URL).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory to read (overrides `[runtime] data_dir`).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Ask a running server instead (e.g. http://127.0.0.1:8080); its token comes from
+    /// `STEPWISE_API_TOKEN`.
+    #[arg(long, value_name = "URL", global = true)]
+    pub server: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `stepwise runs …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        /// Only runs in this status (planning, awaiting_approval, running, completed, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One run's result: plan, steps, output, usage.
+    Show {
+        /// Run id.
+        id: String,
+    },
+}
+
+/// Loads the config and applies the model flags on top of it.
+pub fn load_config(args: &ModelArgs) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if let Some(script) = &args.script {
+        cfg.llm.script = Some(script.clone());
+        if args.provider.is_none() {
+            cfg.llm.provider = ProviderKind::Scripted;
+        }
+    }
+    if let Some(p) = args.provider {
+        cfg.llm.provider = match p {
+            ProviderArg::Openai => ProviderKind::Openai,
+            ProviderArg::Anthropic => ProviderKind::Anthropic,
+            ProviderArg::Scripted => ProviderKind::Scripted,
+        };
+    }
+    if let Some(m) = &args.model {
+        cfg.llm.model = m.clone();
+    }
+    Ok(cfg)
+}
+
+/// Builds a runtime from the config, recording model exchanges to `record` when given, on
+/// `store` (default: in memory).
+pub async fn build_runtime(
+    cfg: &Config,
+    record: Option<&Path>,
+    store: Option<Arc<dyn RunStore>>,
+) -> anyhow::Result<Runtime> {
+    let mut models = stepwise::llm::providers::build_models(&cfg.llm, &stepwise::llm::providers::process_env)
+        .context("building the models")?;
+    if let Some(path) = record {
+        models = stepwise::llm::record::RecordingModel::wrap_models(&models, path)
+            .with_context(|| format!("recording to {}", path.display()))?;
+    }
+    let mut builder = Stepwise::builder();
+    if let Some(store) = store {
+        builder = builder.store(store);
+    }
+    let runtime = builder
+        .models(models)
+        .tools(stepwise::tools::builtin_registry(&cfg.tools))
+        .options(cfg.run_options())
+        .executor_pool_size(cfg.runtime.executor_pool_size)
+        .llm_concurrency(cfg.runtime.llm_concurrency)
+        .workspace_root(cfg.workspace_root())
+        .prompts(cfg.prompts()?)
+        .record_content(stepwise::telemetry::ContentCapture::from_config(&cfg.telemetry))
+        .build()
+        .await?;
+    Ok(runtime)
 }

@@ -1,0 +1,141 @@
+//! `stepwise runs list|show`: stored runs, read from the data dir's store or from a running
+//! server's HTTP API (`--server URL`, token from `STEPWISE_API_TOKEN`).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use stepwise::run::{RunId, RunResult, RunState, RunStatus};
+use stepwise::store::{ListQuery, RunSummary};
+
+use super::{RunsArgs, RunsCommand};
+
+/// Lists or shows runs.
+pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+    match &args.what {
+        RunsCommand::List { status, limit } => {
+            let status =
+                status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(anyhow::Error::msg)?;
+            let runs = match &args.server {
+                Some(url) => list_remote(url, status, *limit).await?,
+                None => {
+                    let store = open(&args).await?;
+                    store.list(&ListQuery { status, limit: *limit, before: None }).await?
+                }
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(&runs)?);
+            } else {
+                for r in &runs {
+                    println!(
+                        "{}  {:<17}  {}  {}",
+                        r.id,
+                        r.status.as_str(),
+                        r.created_at.format("%F %T"),
+                        one_line(&r.task)
+                    );
+                }
+            }
+        }
+        RunsCommand::Show { id } => {
+            let result = match &args.server {
+                Some(url) => get_remote(url, &format!("/v1/runs/{id}")).await?,
+                None => {
+                    let store = open(&args).await?;
+                    let events = store.events(&RunId(id.clone()), 0).await?;
+                    RunState::from_events(&events)?.with_context(|| format!("no run {id}"))?.result()
+                }
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print_result(&result);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open(args: &RunsArgs) -> anyhow::Result<std::sync::Arc<dyn stepwise::store::RunStore>> {
+    let mut cfg = stepwise::config::Config::load(args.config.as_deref())?;
+    if let Some(dir) = &args.data_dir {
+        cfg.runtime.data_dir = dir.clone();
+    }
+    if cfg.server.store_url.is_none() && !cfg.runtime.data_dir.join("stepwise.db").exists() {
+        bail!(
+            "no run store in {} (use --data-dir, or --server for a running service)",
+            cfg.runtime.data_dir.display()
+        );
+    }
+    Ok(stepwise::store::open_store(cfg.server.store_url.as_deref(), &cfg.runtime.data_dir).await?)
+}
+
+async fn get_remote<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> anyhow::Result<T> {
+    let mut req = reqwest::Client::new().get(format!("{}{path}", base.trim_end_matches('/')));
+    if let Ok(token) = std::env::var("STEPWISE_API_TOKEN") {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.with_context(|| format!("GET {base}{path}"))?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    if !status.is_success() {
+        bail!("GET {path}: HTTP {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {path}: unexpected body"))
+}
+
+async fn list_remote(base: &str, status: Option<RunStatus>, limit: usize) -> anyhow::Result<Vec<RunSummary>> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        runs: Vec<RunSummary>,
+    }
+    let mut path = format!("/v1/runs?limit={limit}");
+    if let Some(s) = status {
+        path.push_str(&format!("&status={}", s.as_str()));
+    }
+    Ok(get_remote::<Page>(base, &path).await?.runs)
+}
+
+fn one_line(s: &str) -> String {
+    let first = s.lines().next().unwrap_or("");
+    if first.chars().count() > 70 {
+        format!("{}…", first.chars().take(70).collect::<String>())
+    } else {
+        first.to_owned()
+    }
+}
+
+fn print_result(r: &RunResult) {
+    println!("run {}  {}", r.id, r.status.as_str());
+    println!("task: {}", r.task);
+    println!(
+        "plan revision {} ({} revisions, replanned: {})",
+        r.plan.revision,
+        r.revisions.len(),
+        r.replanned
+    );
+    for s in &r.plan.steps {
+        let deps = s.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ");
+        println!(
+            "  {:<12} {:<10} attempts {}  after [{}]  {}",
+            s.id,
+            format!("{:?}", s.status).to_lowercase(),
+            s.attempts,
+            deps,
+            one_line(&s.description)
+        );
+        if let Some(e) = &s.error {
+            println!("  {:<12} error: {}", "", one_line(e));
+        }
+    }
+    if let Some(out) = &r.final_output {
+        println!("final output:\n{out}");
+    }
+    if let Some(e) = &r.error {
+        println!("error: {e}");
+    }
+    let u = &r.usage;
+    println!(
+        "usage: {} LLM calls, {} input + {} output tokens, {} tool calls",
+        u.llm_calls, u.input_tokens, u.output_tokens, u.tool_calls
+    );
+}
