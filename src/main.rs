@@ -59,20 +59,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => cli::serve::serve(args).await,
         Command::Runs(args) => cli::runs::runs(args).await,
         Command::Bench(args) => {
-            let report = match args.scenario {
-                cli::BenchScenario::Overhead => {
-                    cli::bench::overhead(args.runs, args.steps, args.pool).await?
-                }
-                cli::BenchScenario::Makespan => {
-                    cli::bench::makespan(args.depth, args.width, args.latency_ms, args.pool).await?
-                }
-                cli::BenchScenario::Concurrency => {
-                    cli::bench::concurrency(args.runs, args.latency_ms, args.pool).await?
-                }
-                cli::BenchScenario::Tracing => {
-                    cli::bench::tracing(args.runs, args.steps, args.pool, args.reps).await?
-                }
-            };
+            let report = cli::bench::run(&args).await?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }

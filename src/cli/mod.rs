@@ -66,6 +66,16 @@ pub struct BenchArgs {
     /// Repetitions of each variant (scenario `tracing`).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Event store of the runtime under test.
+    #[arg(long, value_enum, default_value = "memory")]
+    pub store: StoreArg,
+    /// Seconds of submit + GET load (scenario `http`).
+    #[arg(long, default_value_t = 10)]
+    pub load_secs: u64,
+    /// Model flags: `--provider openai` (with `OPENAI_BASE_URL`) drives the scenarios with an
+    /// external OpenAI-compatible server instead of the scripted model.
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 /// Benchmark scenarios.
@@ -79,6 +89,17 @@ pub enum BenchScenario {
     Concurrency,
     /// Wall-time ratio of the `overhead` workload with OTLP export on versus off.
     Tracing,
+    /// The concurrency scenario through the HTTP API, a timed load, memory per idle run.
+    Http,
+}
+
+/// `--store` values of `stepwise bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreArg {
+    /// Events in memory.
+    Memory,
+    /// A SQLite file (WAL) in a temp dir, as `stepwise serve` uses by default.
+    Sqlite,
 }
 
 /// Model and config flags shared by the commands that run tasks.

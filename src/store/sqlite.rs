@@ -1,9 +1,13 @@
 //! The default durable store: one SQLite file in WAL mode.
 //!
-//! Every append is one `BEGIN IMMEDIATE` transaction that checks the seq against the run row,
-//! inserts the event and updates the run row (the fold of its events). `IMMEDIATE` takes the
-//! write lock up front, so two writers of one run serialise and the second gets `Conflict`
-//! instead of a lock upgrade failure. Readers never block the writer (WAL).
+//! Writes go through one writer task with one connection (group commit): appends that arrive
+//! while a transaction is being written are committed together in the next one, each inside its
+//! own savepoint, so a `Conflict` in one append (its seq is not the run's next) rolls back only
+//! that append. Every append checks the seq against the run row, inserts the event and updates
+//! the run row (the fold of its events). Callers get their answer after the commit, so an
+//! acknowledged append is as durable as a lone one; many concurrent runs share each commit
+//! instead of queueing on SQLite's write lock (whose busy handler sleeps). Readers use their own
+//! connections and never block the writer (WAL).
 //!
 //! Durability: `synchronous = NORMAL`. A committed append survives the process crashing or being
 //! killed (`kill -9`), which is what `stepwise serve` promises; an OS crash or power loss may
@@ -19,6 +23,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ListQuery, RunStore, RunSummary, StoreError, SummaryRow, backend, check_append, event_from_sql,
@@ -42,7 +47,18 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
+    writes: mpsc::Sender<WriteRequest>,
 }
+
+/// Appends waiting for the writer: one or more events committed all-or-nothing.
+struct WriteRequest {
+    events: Vec<RunEvent>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Most appends committed in one transaction.
+const MAX_GROUP: usize = 512;
 
 impl SqliteStore {
     /// Opens (creating file and parent directories) the store at a path or a `sqlite:` URL, and
@@ -81,22 +97,36 @@ impl SqliteStore {
             })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        // One writer at a time anyway (SQLite); a few connections let readers run beside it.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let opening = |e: sqlx::Error| StoreError::Backend(format!("opening {}: {e}", file.display()));
+        // One connection writes (see the module docs); a few more let readers run beside it.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await
-            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", file.display())))?;
+            .map_err(opening)?;
         MIGRATOR
-            .run(&pool)
+            .run(&writer)
             .await
             .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", file.display())))?;
-        Ok(Self { pool })
+        let pool =
+            SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(opening)?;
+        let (writes, queue) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(write_loop(writer.clone(), queue));
+        Ok(Self { pool, writer, writes })
     }
 
-    /// Closes the pool, waiting for connections to finish (checkpoints the WAL).
+    /// Closes the pools, waiting for connections to finish (checkpoints the WAL).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
+    }
+
+    /// Hands events to the writer and waits for their commit.
+    async fn write(&self, events: Vec<RunEvent>) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        let closed = || StoreError::Backend("the SQLite writer has stopped".into());
+        self.writes.send(WriteRequest { events, done }).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 }
 
@@ -124,6 +154,54 @@ fn split_durability(url: &str) -> Result<(String, Durability), StoreError> {
     }
     let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
     Ok((url, durability))
+}
+
+/// The writer task: takes every request that is waiting, commits them in one transaction.
+async fn write_loop(writer: SqlitePool, mut queue: mpsc::Receiver<WriteRequest>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let results = match commit_group(&writer, &group).await {
+            Ok(results) => results,
+            // The transaction itself failed: nothing of it was committed.
+            Err(e) => group.iter().map(|_| Err(StoreError::Backend(e.to_string()))).collect(),
+        };
+        for (request, result) in group.into_iter().zip(results) {
+            // The caller may have given up waiting; the commit stands either way.
+            let _ = request.done.send(result);
+        }
+    }
+}
+
+/// One transaction over a group of requests, each in its own savepoint.
+async fn commit_group(
+    writer: &SqlitePool,
+    group: &[WriteRequest],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+    let mut results = Vec::with_capacity(group.len());
+    for request in group {
+        sqlx::query("SAVEPOINT w").execute(&mut *tx).await.map_err(backend)?;
+        let mut result = Ok(());
+        for event in &request.events {
+            if let Err(e) = append_in(&mut tx, event).await {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_err() {
+            sqlx::query("ROLLBACK TO w").execute(&mut *tx).await.map_err(backend)?;
+        }
+        sqlx::query("RELEASE w").execute(&mut *tx).await.map_err(backend)?;
+        results.push(result);
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(results)
 }
 
 /// One append inside an open write transaction.
@@ -187,17 +265,11 @@ async fn append_in(conn: &mut SqliteConnection, event: &RunEvent) -> Result<(), 
 #[async_trait::async_trait]
 impl RunStore for SqliteStore {
     async fn append(&self, event: &RunEvent) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-        append_in(&mut tx, event).await?;
-        tx.commit().await.map_err(backend)
+        self.write(vec![event.clone()]).await
     }
 
     async fn append_batch(&self, events: &[RunEvent]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-        for event in events {
-            append_in(&mut tx, event).await?;
-        }
-        tx.commit().await.map_err(backend)
+        self.write(events.to_vec()).await
     }
 
     async fn events(&self, run: &RunId, after: u64) -> Result<Vec<RunEvent>, StoreError> {

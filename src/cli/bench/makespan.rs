@@ -1,0 +1,64 @@
+//! `makespan`: a layered plan at a fixed model latency, against its critical path.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use stepwise::run::RunStatus;
+
+use super::Setup;
+
+/// `depth` layers of `width` steps; every step of a layer depends on every step of the layer
+/// before, so the critical path holds one step per layer.
+fn layered_script(depth: usize, width: usize) -> Value {
+    let mut steps = Vec::with_capacity(depth * width);
+    for d in 0..depth {
+        for w in 0..width {
+            let deps: Vec<String> =
+                if d == 0 { vec![] } else { (0..width).map(|p| format!("l{}w{p}", d - 1)).collect() };
+            steps.push(json!({"id": format!("l{d}w{w}"), "description": format!("layer {d} step {w}"),
+                              "expected_outcome": "", "tool": null, "depends_on": deps}));
+        }
+    }
+    json!({
+        "planner": [{"json": {"goal": "bench", "steps": steps}}],
+        "executor": ["done"],
+        "synthesizer": ["merged"],
+        "model": "bench"
+    })
+}
+
+async fn one_run(setup: &Setup, script: Value, pool: usize) -> anyhow::Result<Duration> {
+    let (runtime, _store) = setup.runtime(script, setup.latency, pool).await?;
+    let t0 = Instant::now();
+    let result = runtime.run("makespan").await?;
+    let wall = t0.elapsed();
+    runtime.shutdown().await;
+    anyhow::ensure!(result.status == RunStatus::Completed, "bench run did not complete: {:?}", result.error);
+    Ok(wall)
+}
+
+/// One run on the pool, one on a single executor; the bound is one plan call, one call per layer
+/// and one synthesis call, each at the model latency.
+pub(super) async fn run(setup: &Setup, depth: usize, width: usize) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        setup.provider() == "scripted",
+        "makespan needs the scripted model (its plan shape is the scenario)"
+    );
+    let script = layered_script(depth, width);
+    let measured = one_run(setup, script.clone(), setup.pool).await?.as_secs_f64() * 1e3;
+    let sequential = one_run(setup, script, 1).await?.as_secs_f64() * 1e3;
+    let latency_ms = setup.latency.as_secs_f64() * 1e3;
+    let bound = (depth as f64 + 2.0) * latency_ms;
+    Ok(json!({
+        "scenario": "makespan",
+        "depth": depth,
+        "width": width,
+        "latency_ms": latency_ms,
+        "executor_pool": setup.pool,
+        "makespan_ms": measured,
+        "critical_path_ms": bound,
+        "ratio_to_bound": measured / bound,
+        "sequential_ms": sequential,
+        "speedup_over_sequential": sequential / measured,
+    }))
+}
