@@ -318,6 +318,32 @@ pub(crate) fn check_append(prev: Option<RunSummary>, event: &RunEvent) -> Result
 }
 
 /// Maps a backend error.
+/// The `list` query of the SQL stores, in either dialect (the builder writes the placeholders).
+pub(crate) fn list_query<DB>(query: &ListQuery) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Arguments: Default,
+    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::<DB>::new(
+        "SELECT id, task, status, created_at, finished_at, last_seq, require_approval FROM runs WHERE 1 = 1",
+    );
+    if let Some(status) = query.status {
+        q.push(" AND status = ").push_bind(status.as_str().to_owned());
+    }
+    if let Some(before) = &query.before {
+        q.push(" AND id < ").push_bind(before.0.clone());
+    }
+    let limit = if query.limit == 0 { 50 } else { query.limit };
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    q
+}
+
+/// Runs whose last event is not terminal; the same predicate as the partial index `runs_unfinished`.
+pub(crate) const UNFINISHED_SQL: &str =
+    "SELECT id FROM runs WHERE status NOT IN ('completed', 'failed', 'cancelled') ORDER BY id";
+
 pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }

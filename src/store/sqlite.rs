@@ -22,12 +22,12 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    ListQuery, RunStore, RunSummary, StoreError, SummaryRow, backend, check_append, event_from_sql,
-    seq_to_sql, summary_from_row, time_to_sql,
+    ListQuery, RunStore, RunSummary, StoreError, SummaryRow, UNFINISHED_SQL, backend, check_append,
+    event_from_sql, list_query, seq_to_sql, summary_from_row, time_to_sql,
 };
 use crate::run::{RunEvent, RunId};
 
@@ -294,29 +294,14 @@ impl RunStore for SqliteStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<RunSummary>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT id, task, status, created_at, finished_at, last_seq, require_approval FROM runs WHERE 1 = 1",
-        );
-        if let Some(status) = query.status {
-            q.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(before) = &query.before {
-            q.push(" AND id < ").push_bind(before.0.clone());
-        }
-        let limit = if query.limit == 0 { 50 } else { query.limit };
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows: Vec<SummaryRow> = q.build_query_as().fetch_all(&self.pool).await.map_err(backend)?;
+        let rows: Vec<SummaryRow> =
+            list_query::<Sqlite>(query).build_query_as().fetch_all(&self.pool).await.map_err(backend)?;
         rows.into_iter().map(summary_from_row).collect()
     }
 
     async fn unfinished(&self) -> Result<Vec<RunId>, StoreError> {
-        // Same predicate as the partial index runs_unfinished.
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM runs WHERE status NOT IN ('completed', 'failed', 'cancelled') ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let ids: Vec<String> =
+            sqlx::query_scalar(UNFINISHED_SQL).fetch_all(&self.pool).await.map_err(backend)?;
         Ok(ids.into_iter().map(RunId).collect())
     }
 }
