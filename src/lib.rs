@@ -26,6 +26,7 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tools;
 
 pub use runtime::{RunHandle, Runtime, RuntimeBuilder, RuntimeError, Stepwise};

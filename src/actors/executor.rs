@@ -19,6 +19,7 @@ use super::messages::{ExecutorMsg, StepJob, StepReport, TrackerMsg};
 use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput};
 use crate::plan::strip_code_fence;
 use crate::run::{EventKind, LlmUsage, StepError, StepErrorKind, StepVerdict};
+use crate::text::clip;
 use crate::tools::{ToolContext, ToolError};
 
 /// Longest observation (tool output) fed back to the model and stored in events, in bytes.
@@ -189,8 +190,8 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Res
                 }
             }
             let (ok, observation) = match &result {
-                Ok(out) => (true, truncate(out, MAX_OBSERVATION)),
-                Err(e) => (false, truncate(&format!("error: {e}"), MAX_OBSERVATION)),
+                Ok(out) => (true, clip(out, MAX_OBSERVATION)),
+                Err(e) => (false, clip(&format!("error: {e}"), MAX_OBSERVATION)),
             };
             notify(
                 job,
@@ -289,18 +290,6 @@ fn notify(job: &StepJob, kind: EventKind) {
     }
 }
 
-/// Cuts `s` to at most `max` bytes on a char boundary, saying how much was cut.
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [truncated {} bytes]", &s[..end], s.len() - end)
-}
-
 async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsage) -> Result<(), StepError> {
     let model = shared.models.get(AgentRole::Verifier).clone();
     let request = ChatRequest {
@@ -346,13 +335,6 @@ async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsa
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("short", 10), "short");
-        let t = truncate("ééééé", 3);
-        assert!(t.starts_with('é') && t.contains("truncated 8 bytes"), "{t}");
-    }
 
     #[test]
     fn panic_messages_are_extracted() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stepwise::plan::StepSpec;
 use stepwise::run::{EventKind, RunEvent};
+use stepwise::text::one_line;
 
 /// Renders events as they arrive.
 pub struct Progress {
@@ -111,7 +112,7 @@ impl Progress {
             EventKind::ToolReturned { .. } => {}
             EventKind::StepCompleted { step, output, .. } => {
                 self.done += 1;
-                self.step(step.as_str(), format!("✓ {}", one_line(output)), true);
+                self.step(step.as_str(), format!("✓ {}", one_line(output, 80)), true);
                 self.counts();
             }
             EventKind::StepFailed { step, error, .. } => {
@@ -121,7 +122,7 @@ impl Progress {
             }
             EventKind::StepSkipped { step, reason } => {
                 self.done += 1;
-                self.step(step.as_str(), format!("skipped: {}", one_line(reason)), true);
+                self.step(step.as_str(), format!("skipped: {}", one_line(reason, 80)), true);
                 self.counts();
             }
             EventKind::ReplanConsidered { reason, .. } => {
@@ -144,14 +145,5 @@ impl Progress {
                 self.header.finish_with_message(format!("cancelled: {reason}"))
             }
         }
-    }
-}
-
-fn one_line(s: &str) -> String {
-    let first = s.lines().next().unwrap_or("");
-    if first.chars().count() > 80 {
-        format!("{}…", first.chars().take(80).collect::<String>())
-    } else {
-        first.to_owned()
     }
 }

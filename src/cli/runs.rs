@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use stepwise::run::{RunId, RunResult, RunState, RunStatus};
 use stepwise::store::{ListQuery, RunSummary};
+use stepwise::text::one_line;
 
 use super::{RunsArgs, RunsCommand};
 
@@ -31,7 +32,7 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                         r.id,
                         r.status.as_str(),
                         r.created_at.format("%F %T"),
-                        one_line(&r.task)
+                        one_line(&r.task, 70)
                     );
                 }
             }
@@ -95,15 +96,6 @@ async fn list_remote(base: &str, status: Option<RunStatus>, limit: usize) -> any
     Ok(get_remote::<Page>(base, &path).await?.runs)
 }
 
-fn one_line(s: &str) -> String {
-    let first = s.lines().next().unwrap_or("");
-    if first.chars().count() > 70 {
-        format!("{}…", first.chars().take(70).collect::<String>())
-    } else {
-        first.to_owned()
-    }
-}
-
 fn print_result(r: &RunResult) {
     println!("run {}  {}", r.id, r.status.as_str());
     println!("task: {}", r.task);
@@ -121,10 +113,10 @@ fn print_result(r: &RunResult) {
             format!("{:?}", s.status).to_lowercase(),
             s.attempts,
             deps,
-            one_line(&s.description)
+            one_line(&s.description, 70)
         );
         if let Some(e) = &s.error {
-            println!("  {:<12} error: {}", "", one_line(e));
+            println!("  {:<12} error: {}", "", one_line(e, 70));
         }
     }
     if let Some(out) = &r.final_output {

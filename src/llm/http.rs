@@ -9,6 +9,7 @@
 //! scrubbed of it (some servers echo the key back in their error text), so neither logs nor
 //! `LlmError`s can carry it.
 
+use crate::text::clip;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -172,7 +173,7 @@ impl HttpTransport {
                 Err(e) => Attempt::Final(HttpFailure {
                     error: LlmError::InvalidResponse(format!(
                         "response from {shown} is not JSON ({e}): {}",
-                        truncate(&text, 300)
+                        clip(&text, 300)
                     )),
                     body: Some(text),
                 }),
@@ -272,11 +273,11 @@ pub fn error_message(body: &str) -> String {
     if let Ok(v) = serde_json::from_str::<Value>(body) {
         let candidates = [&v["error"]["message"], &v["error"], &v["message"], &v["detail"]];
         if let Some(s) = candidates.iter().find_map(|c| c.as_str().filter(|s| !s.trim().is_empty())) {
-            return truncate(s, 1000);
+            return clip(s, 1000);
         }
     }
     let body = body.trim();
-    if body.is_empty() { "(empty body)".into() } else { truncate(body, 500) }
+    if body.is_empty() { "(empty body)".into() } else { clip(body, 500) }
 }
 
 /// `url` without user info or query string, for messages and logs.
@@ -304,17 +305,6 @@ fn error_chain(e: reqwest::Error) -> String {
         source = s.source();
     }
     out
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@
 mod export;
 pub mod metrics;
 
+use crate::text::clip;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -128,18 +129,6 @@ impl ContentCapture {
             span.set_attribute(key, clip(text, max));
         }
     }
-}
-
-/// Cuts `s` to at most `max` bytes on a char boundary, saying how much was cut.
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [truncated {} bytes]", &s[..end], s.len() - end)
 }
 
 /// Wraps a model so every call gets a `chat {model}` span (GenAI semantic conventions) under the
@@ -252,13 +241,6 @@ pub fn traced(models: &Models, content: ContentCapture) -> Models {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clip_respects_char_boundaries() {
-        assert_eq!(clip("short", 10), "short");
-        let t = clip("ééééé", 3);
-        assert!(t.starts_with('é') && t.ends_with("[truncated 8 bytes]"), "{t}");
-    }
 
     #[test]
     fn content_capture_follows_the_config() {
