@@ -592,3 +592,19 @@ async fn a_crashed_tracker_is_respawned_from_its_events_and_the_run_completes() 
     let events = store.inner.events(handle.id(), 0).await.unwrap();
     assert_gapless(&events);
 }
+
+#[tokio::test]
+async fn the_run_token_budget_ends_a_run_that_spends_too_much() {
+    let script = json!({
+        "planner": [plan(json!([step("s1", &[]), step("s2", &["s1"])]))],
+        "steps": {"s1": [{"content": "big", "usage": {"input_tokens": 500, "output_tokens": 500}}], "s2": ["never"]},
+        "synthesizer": ["never"]
+    });
+    let mut opts = RunOptions::default();
+    opts.run_budget.max_tokens = 800;
+    let rt = runtime(script, opts).await;
+    let (r, _) = run_collecting(&rt, "expensive").await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
+    assert!(r.error.as_deref().unwrap().contains("run budget exhausted"), "{:?}", r.error);
+    assert_eq!(status_of(&r, "s2"), StepStatus::Pending, "nothing starts once the budget is gone");
+}

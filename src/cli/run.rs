@@ -1,8 +1,13 @@
 //! `stepwise run TASK`: plan and run one task with live progress on stderr.
+//!
+//! The run is recorded in the configured store (by default the SQLite file in the data dir), so
+//! `stepwise runs list|show` find it afterwards. Ctrl-C cancels it (recorded as cancelled, in-flight
+//! tools signalled) rather than leaving it unfinished for a later `serve` to resume.
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use futures::StreamExt;
 use stepwise::RunHandle;
 use stepwise::run::{EventKind, RunStatus};
@@ -12,7 +17,12 @@ use super::{RunArgs, build_runtime, load_config};
 /// Runs the task; exit 0 only when the run completed.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&args.model)?;
-    let runtime = build_runtime(&cfg, args.model.record.as_deref(), None).await?;
+    std::fs::create_dir_all(&cfg.runtime.data_dir)
+        .with_context(|| format!("creating the data dir {}", cfg.runtime.data_dir.display()))?;
+    let store = stepwise::store::open_store(cfg.server.store_url.as_deref(), &cfg.runtime.data_dir)
+        .await
+        .context("opening the run store")?;
+    let runtime = build_runtime(&cfg, args.model.record.as_deref(), Some(store)).await?;
     let mut options = cfg.run_options();
     if args.approve {
         options.policy.require_approval = true;
@@ -20,7 +30,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let handle = runtime.submit_with(&args.task, options).await?;
     let mut progress = super::progress::Progress::new();
     let mut events = handle.events();
-    while let Some(event) = events.next().await {
+    let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut interrupted = false;
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = &mut interrupt, if !interrupted => {
+                interrupted = true;
+                // Already ended is fine: the stream then ends by itself.
+                let _ = handle.cancel("interrupted (Ctrl-C)").await;
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         let event = event?;
         progress.event(&event);
         if args.approve && matches!(event.kind, EventKind::PlanProposed { .. }) {

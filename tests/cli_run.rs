@@ -1,0 +1,99 @@
+//! The `stepwise` binary's `run --approve` (answered on stdin) and `runs list|show` against the
+//! data dir the runs were recorded in.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{Value, json};
+
+fn fixture(dir: &Path) {
+    let script = json!({
+        "planner": [{"json": {"goal": "g", "steps": [
+            {"id": "s1", "description": "say hello", "expected_outcome": "", "tool": null, "depends_on": []}
+        ]}}],
+        "steps": {"s1": ["hello"]},
+        "synthesizer": ["the answer"]
+    });
+    std::fs::write(dir.join("script.json"), script.to_string()).unwrap();
+}
+
+fn stepwise(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(args)
+        .current_dir(dir)
+        .env("STEPWISE_RUNTIME__DATA_DIR", dir.join("data"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn approve_on_the_terminal_then_find_the_runs_in_the_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fixture(dir);
+
+    let yes =
+        stepwise(dir, &["run", "approved task", "--script", "script.json", "--approve", "--json"], "y\n");
+    let stderr = String::from_utf8_lossy(&yes.stderr);
+    assert!(yes.status.success(), "{stderr}");
+    assert!(stderr.contains("Run this plan? [y/N]"), "{stderr}");
+    let approved: Value = serde_json::from_slice(&yes.stdout).unwrap();
+    assert_eq!(approved["status"], "completed");
+
+    let no =
+        stepwise(dir, &["run", "rejected task", "--script", "script.json", "--approve", "--json"], "n\n");
+    assert!(!no.status.success());
+    let rejected: Value = serde_json::from_slice(&no.stdout).unwrap();
+    assert_eq!(rejected["status"], "cancelled");
+    assert_eq!(rejected["error"], "plan rejected: rejected on the terminal");
+    assert_eq!(rejected["plan"]["steps"][0]["attempts"], 0, "no step runs before approval");
+
+    let list = stepwise(dir, &["runs", "list", "--json"], "");
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let runs: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["id"], rejected["id"], "newest first");
+    assert_eq!(runs[1]["status"], "completed");
+
+    let completed = stepwise(dir, &["runs", "list", "--status", "completed"], "");
+    let table = String::from_utf8_lossy(&completed.stdout);
+    assert!(
+        table.contains(approved["id"].as_str().unwrap()) && !table.contains(rejected["id"].as_str().unwrap()),
+        "{table}"
+    );
+
+    let show = stepwise(dir, &["runs", "show", approved["id"].as_str().unwrap()], "");
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success());
+    assert!(
+        text.contains("completed") && text.contains("say hello") && text.contains("the answer"),
+        "{text}"
+    );
+
+    let missing = stepwise(dir, &["runs", "show", "no-such-run"], "");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-run"));
+
+    let bad = stepwise(dir, &["runs", "list", "--status", "sleeping"], "");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown run status \"sleeping\""));
+}
+
+#[test]
+fn a_bad_config_key_is_an_error_that_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fixture(dir);
+    std::fs::write(dir.join("bad.toml"), "[policy]\nmax_retrys = 3\n").unwrap();
+    let out = stepwise(dir, &["run", "x", "--script", "script.json", "--config", "bad.toml"], "");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_retrys") && stderr.contains("bad.toml"), "{stderr}");
+}
