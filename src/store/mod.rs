@@ -317,7 +317,6 @@ pub(crate) fn check_append(prev: Option<RunSummary>, event: &RunEvent) -> Result
     RunSummary::fold(prev, event).ok_or_else(conflict)
 }
 
-/// Maps a backend error.
 /// The `list` query of the SQL stores, in either dialect (the builder writes the placeholders).
 pub(crate) fn list_query<DB>(query: &ListQuery) -> sqlx::QueryBuilder<DB>
 where
@@ -344,6 +343,7 @@ where
 pub(crate) const UNFINISHED_SQL: &str =
     "SELECT id FROM runs WHERE status NOT IN ('completed', 'failed', 'cancelled') ORDER BY id";
 
+/// Maps a backend error.
 pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }

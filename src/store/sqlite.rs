@@ -1,13 +1,14 @@
 //! The default durable store: one SQLite file in WAL mode.
 //!
 //! Writes go through one writer task with one connection (group commit): appends that arrive
-//! while a transaction is being written are committed together in the next one, each inside its
-//! own savepoint, so a `Conflict` in one append (its seq is not the run's next) rolls back only
-//! that append. Every append checks the seq against the run row, inserts the event and updates
-//! the run row (the fold of its events). Callers get their answer after the commit, so an
-//! acknowledged append is as durable as a lone one; many concurrent runs share each commit
-//! instead of queueing on SQLite's write lock (whose busy handler sleeps). Readers use their own
-//! connections and never block the writer (WAL).
+//! while a transaction is being written are committed together in the next one. Each append is
+//! checked first (its seq must be the run's next; the writer keeps the summary of every live run
+//! it writes, so this needs no read), and only accepted appends are written: the events with
+//! multi-row inserts, each changed run's row (the fold of its events) with one upsert. Callers get
+//! their answer after the commit, so an acknowledged append is as durable as a lone one, and many
+//! concurrent runs share each commit instead of queueing on SQLite's write lock (whose busy
+//! handler sleeps). The writer assumes it is the file's only writer (one process per file).
+//! Readers use their own connections and never block it (WAL).
 //!
 //! Durability: `synchronous = NORMAL`. A committed append survives the process crashing or being
 //! killed (`kill -9`), which is what `stepwise serve` promises; an OS crash or power loss may
@@ -15,6 +16,7 @@
 //! [`Durability::Full`], also survives those at the price of an fsync per append (see the
 //! figures printed by `tests/store_suite.rs`).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -156,8 +158,16 @@ fn split_durability(url: &str) -> Result<(String, Durability), StoreError> {
     Ok((url, durability))
 }
 
+/// The writer task's view of the runs it is writing: each run's summary after its last committed
+/// event, so appends are checked without reading the database; a run leaves it when it ends.
+type Known = HashMap<RunId, RunSummary>;
+
+/// Bind parameters per statement stay well under SQLite's limit (32766).
+const ROWS_PER_STATEMENT: usize = 500;
+
 /// The writer task: takes every request that is waiting, commits them in one transaction.
 async fn write_loop(writer: SqlitePool, mut queue: mpsc::Receiver<WriteRequest>) {
+    let mut known = Known::new();
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -166,11 +176,7 @@ async fn write_loop(writer: SqlitePool, mut queue: mpsc::Receiver<WriteRequest>)
                 Err(_) => break,
             }
         }
-        let results = match commit_group(&writer, &group).await {
-            Ok(results) => results,
-            // The transaction itself failed: nothing of it was committed.
-            Err(e) => group.iter().map(|_| Err(StoreError::Backend(e.to_string()))).collect(),
-        };
+        let results = commit_group(&writer, &mut known, &group).await;
         for (request, result) in group.into_iter().zip(results) {
             // The caller may have given up waiting; the commit stands either way.
             let _ = request.done.send(result);
@@ -178,88 +184,120 @@ async fn write_loop(writer: SqlitePool, mut queue: mpsc::Receiver<WriteRequest>)
     }
 }
 
-/// One transaction over a group of requests, each in its own savepoint.
+/// Checks every request of a group in order (each all-or-nothing, later ones seeing earlier
+/// accepted ones), then writes the accepted events and the runs they change in one transaction.
 async fn commit_group(
     writer: &SqlitePool,
+    known: &mut Known,
     group: &[WriteRequest],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+) -> Vec<Result<(), StoreError>> {
+    let mut after: HashMap<RunId, RunSummary> = HashMap::new();
+    let mut accepted: Vec<&RunEvent> = Vec::new();
     let mut results = Vec::with_capacity(group.len());
     for request in group {
-        sqlx::query("SAVEPOINT w").execute(&mut *tx).await.map_err(backend)?;
+        let mut staged: HashMap<RunId, RunSummary> = HashMap::new();
         let mut result = Ok(());
         for event in &request.events {
-            if let Err(e) = append_in(&mut tx, event).await {
-                result = Err(e);
-                break;
+            let prev = match staged.get(&event.run_id).or_else(|| after.get(&event.run_id)) {
+                Some(s) => Ok(Some(s.clone())),
+                None => match known.get(&event.run_id) {
+                    Some(s) => Ok(Some(s.clone())),
+                    None => load_summary(writer, &event.run_id).await,
+                },
+            };
+            match prev.and_then(|prev| check_append(prev, event)) {
+                Ok(next) => {
+                    staged.insert(event.run_id.clone(), next);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        if result.is_err() {
-            sqlx::query("ROLLBACK TO w").execute(&mut *tx).await.map_err(backend)?;
+        if result.is_ok() {
+            after.extend(staged);
+            accepted.extend(&request.events);
         }
-        sqlx::query("RELEASE w").execute(&mut *tx).await.map_err(backend)?;
         results.push(result);
     }
-    tx.commit().await.map_err(backend)?;
-    Ok(results)
+    if accepted.is_empty() {
+        return results;
+    }
+    match write_rows(writer, &accepted, &after).await {
+        Ok(()) => {
+            for (id, summary) in after {
+                if summary.status.is_terminal() {
+                    known.remove(&id);
+                } else {
+                    known.insert(id, summary);
+                }
+            }
+            results
+        }
+        Err(e) => {
+            // Nothing of the group was committed; forget what we thought we knew.
+            known.clear();
+            results.into_iter().map(|r| r.and_then(|()| Err(StoreError::Backend(e.to_string())))).collect()
+        }
+    }
 }
 
-/// One append inside an open write transaction.
-async fn append_in(conn: &mut SqliteConnection, event: &RunEvent) -> Result<(), StoreError> {
+/// A run's summary as stored, or None for a run not seen yet.
+async fn load_summary(writer: &SqlitePool, run: &RunId) -> Result<Option<RunSummary>, StoreError> {
     let row: Option<SummaryRow> = sqlx::query_as(
         "SELECT id, task, status, created_at, finished_at, last_seq, require_approval FROM runs WHERE id = ?",
     )
-    .bind(event.run_id.as_str())
-    .fetch_optional(&mut *conn)
+    .bind(run.as_str())
+    .fetch_optional(writer)
     .await
     .map_err(backend)?;
-    let exists = row.is_some();
-    let prev = row.map(summary_from_row).transpose()?;
-    let expected = prev.as_ref().map_or(1, |s| s.last_seq + 1);
-    let next = check_append(prev, event)?;
-    let finished_at = next.finished_at.as_ref().map(time_to_sql);
-    if exists {
-        sqlx::query("UPDATE runs SET status = ?, finished_at = ?, last_seq = ? WHERE id = ?")
-            .bind(next.status.as_str())
-            .bind(finished_at)
-            .bind(seq_to_sql(next.last_seq))
-            .bind(event.run_id.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-    } else {
-        sqlx::query(
-            "INSERT INTO runs (id, task, status, created_at, finished_at, last_seq, require_approval) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(event.run_id.as_str())
-        .bind(&next.task)
-        .bind(next.status.as_str())
-        .bind(time_to_sql(&next.created_at))
-        .bind(finished_at)
-        .bind(seq_to_sql(next.last_seq))
-        .bind(next.require_approval)
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
+    row.map(summary_from_row).transpose()
+}
+
+/// One transaction: each changed run's row (upserts; events refer to it), then the events
+/// (multi-row inserts).
+async fn write_rows(
+    writer: &SqlitePool,
+    events: &[&RunEvent],
+    runs: &HashMap<RunId, RunSummary>,
+) -> Result<(), StoreError> {
+    let bodies: Vec<String> =
+        events.iter().map(serde_json::to_string).collect::<Result<_, _>>().map_err(backend)?;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+    let summaries: Vec<&RunSummary> = runs.values().collect();
+    for chunk in summaries.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO runs (id, task, status, created_at, finished_at, last_seq, require_approval) ",
+        );
+        q.push_values(chunk, |mut b, s| {
+            b.push_bind(s.id.as_str())
+                .push_bind(s.task.as_str())
+                .push_bind(s.status.as_str())
+                .push_bind(time_to_sql(&s.created_at))
+                .push_bind(s.finished_at.as_ref().map(time_to_sql))
+                .push_bind(seq_to_sql(s.last_seq))
+                .push_bind(s.require_approval);
+        });
+        q.push(
+            " ON CONFLICT(id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, \
+             last_seq = excluded.last_seq",
+        );
+        q.build().execute(&mut *tx).await.map_err(backend)?;
     }
-    let body = serde_json::to_string(event).map_err(backend)?;
-    sqlx::query("INSERT INTO events (run_id, seq, at, type, body) VALUES (?, ?, ?, ?, ?)")
-        .bind(event.run_id.as_str())
-        .bind(seq_to_sql(event.seq))
-        .bind(time_to_sql(&event.at))
-        .bind(event.kind.name())
-        .bind(body)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| match e.as_database_error() {
-            // Only reachable if the run row and the events disagree; still never a second seq N.
-            Some(d) if d.is_unique_violation() => {
-                StoreError::Conflict { run: event.run_id.clone(), expected, got: event.seq }
-            }
-            _ => backend(e),
-        })?;
-    Ok(())
+    let rows: Vec<(&&RunEvent, &String)> = events.iter().zip(&bodies).collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO events (run_id, seq, at, type, body) ");
+        q.push_values(chunk, |mut b, (e, body)| {
+            b.push_bind(e.run_id.as_str())
+                .push_bind(seq_to_sql(e.seq))
+                .push_bind(time_to_sql(&e.at))
+                .push_bind(e.kind.name())
+                .push_bind(body.as_str());
+        });
+        q.build().execute(&mut *tx).await.map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)
 }
 
 #[async_trait::async_trait]
