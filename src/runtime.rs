@@ -159,11 +159,13 @@ impl RuntimeBuilder {
         let models =
             self.models.ok_or_else(|| RuntimeError::Config("no model: call .model() or .models()".into()))?;
         let tool_names = self.tools.names().into_iter().map(str::to_owned).collect();
+        let tool_specs = self.tools.specs();
         let shared = Arc::new(Shared {
             models: crate::telemetry::traced(&models, self.content),
             content: self.content,
             tools: self.tools,
             tool_names,
+            tool_specs,
             prompts: self.prompts,
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             workspace_root: self

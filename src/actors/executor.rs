@@ -129,7 +129,7 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Res
     };
     let mut messages =
         vec![Message::system(shared.prompts.executor.clone()), Message::user(step_prompt(job))];
-    let tools = shared.tools.specs();
+    let tools = &shared.tool_specs;
     let budget = &job.budget;
     let mut tool_calls_made: u32 = 0;
     for _iteration in 0..budget.max_iterations {

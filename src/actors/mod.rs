@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub models: Models,
     pub tools: ToolRegistry,
     pub tool_names: Vec<String>,
+    /// The tools as the model sees them, built once: their schemas are not free to generate.
+    pub tool_specs: Vec<crate::llm::ToolSpec>,
     pub prompts: Prompts,
     pub store: Arc<dyn RunStore>,
     pub workspace_root: PathBuf,
