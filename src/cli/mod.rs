@@ -54,9 +54,10 @@ pub struct BenchArgs {
     /// Executors in the pool.
     #[arg(long, default_value_t = 8)]
     pub pool: usize,
-    /// Simulated latency of every model call, in ms (makespan, concurrency).
-    #[arg(long, default_value_t = 50)]
-    pub latency_ms: u64,
+    /// Simulated latency of every model call, in ms (default: 50 for makespan, concurrency and
+    /// http; 0 for tracing).
+    #[arg(long)]
+    pub latency_ms: Option<u64>,
     /// Layers of the makespan plan.
     #[arg(long, default_value_t = 8)]
     pub depth: usize,

@@ -39,7 +39,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         BenchScenario::Makespan => makespan::run(&setup, args.depth, args.width).await,
         BenchScenario::Concurrency => concurrency::run(&setup, args.runs).await,
         BenchScenario::Http => http::run(&setup, args.runs, Duration::from_secs(args.load_secs)).await,
-        BenchScenario::Tracing => tracing::run(args.runs, args.steps, args.pool, args.reps).await,
+        BenchScenario::Tracing => {
+            let latency = Duration::from_millis(args.latency_ms.unwrap_or(0));
+            tracing::run(args.runs, args.steps, args.pool, args.reps, latency).await
+        }
     }
 }
 
@@ -68,7 +71,7 @@ impl Setup {
         Ok(Self {
             external,
             pool: args.pool,
-            latency: Duration::from_millis(args.latency_ms),
+            latency: Duration::from_millis(args.latency_ms.unwrap_or(50)),
             store: args.store,
         })
     }

@@ -15,8 +15,8 @@ use stepwise::run::RunStatus;
 use super::{flat_script as overhead_script, median};
 
 /// One repetition of the overhead workload on the current runtime: the measured wall time.
-async fn workload(runs: usize, steps: usize, pool: usize) -> anyhow::Result<Duration> {
-    let model = Arc::new(ScriptedModel::from_json(overhead_script(steps))?);
+async fn workload(runs: usize, steps: usize, pool: usize, latency: Duration) -> anyhow::Result<Duration> {
+    let model = Arc::new(ScriptedModel::from_json(overhead_script(steps))?.with_latency(latency));
     let runtime = Stepwise::builder().model(model).executor_pool_size(pool).build().await?;
     runtime.run("warm-up").await?;
     let t0 = Instant::now();
@@ -66,6 +66,7 @@ async fn tracing_rep(
     runs: usize,
     steps: usize,
     pool: usize,
+    latency: Duration,
     export: Option<stepwise::telemetry::ExportSettings>,
 ) -> anyhow::Result<Duration> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
@@ -82,7 +83,7 @@ async fn tracing_rep(
             .with_filter(tracing_subscriber::EnvFilter::new("warn"));
         let subscriber = tracing_subscriber::registry().with(logs).with(pipeline.as_ref().map(|p| p.layer()));
         let _default = tracing::subscriber::set_default(subscriber);
-        let wall = rt.block_on(workload(runs, steps, pool))?;
+        let wall = rt.block_on(workload(runs, steps, pool, latency))?;
         let flush = Instant::now();
         drop(pipeline.map(|p| p.into_guard()));
         Ok(wall + flush.elapsed())
@@ -96,6 +97,7 @@ pub(super) async fn run(
     steps: usize,
     pool: usize,
     reps: usize,
+    latency: Duration,
 ) -> anyhow::Result<serde_json::Value> {
     let receiver = DiscardReceiver::start().await?;
     let settings = stepwise::telemetry::ExportSettings {
@@ -108,8 +110,8 @@ pub(super) async fn run(
     };
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..reps.max(1) {
-        off.push(tracing_rep(runs, steps, pool, None).await?.as_secs_f64() * 1e3);
-        on.push(tracing_rep(runs, steps, pool, Some(settings.clone())).await?.as_secs_f64() * 1e3);
+        off.push(tracing_rep(runs, steps, pool, latency, None).await?.as_secs_f64() * 1e3);
+        on.push(tracing_rep(runs, steps, pool, latency, Some(settings.clone())).await?.as_secs_f64() * 1e3);
     }
     let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
     Ok(json!({
@@ -118,6 +120,7 @@ pub(super) async fn run(
         "steps_per_run": steps,
         "executor_pool": pool,
         "repetitions": off.len(),
+        "latency_ms": latency.as_secs_f64() * 1e3,
         "wall_ms_export_off": off,
         "wall_ms_export_on": on,
         "median_wall_ms_export_off": median(&off),
