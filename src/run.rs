@@ -150,6 +150,20 @@ impl StepError {
     }
 }
 
+impl StepError {
+    /// Reads back an error from its display form (`kind: message`), as kept in a step's `error`;
+    /// text without a known kind prefix becomes an `llm_error`.
+    pub fn parse(text: &str) -> StepError {
+        text.split_once(": ")
+            .and_then(|(kind, message)| {
+                let kind: StepErrorKind =
+                    serde_json::from_value(serde_json::Value::String(kind.to_owned())).ok()?;
+                Some(StepError::new(kind, message))
+            })
+            .unwrap_or_else(|| StepError::new(StepErrorKind::LlmError, text))
+    }
+}
+
 impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind.as_str(), self.message)
@@ -1132,6 +1146,16 @@ mod tests {
         assert!(!replan_after_success(&opts.policy, &l.state()), "nothing pending to revise");
         let on_failure = Policy::default();
         assert!(!replan_after_success(&on_failure, &l.state()));
+    }
+
+    #[test]
+    fn a_step_error_reads_back_from_its_display_form() {
+        let e = StepError::new(StepErrorKind::BudgetExhausted, "max_iterations (3) reached: a: b");
+        assert_eq!(StepError::parse(&e.to_string()), e);
+        assert_eq!(
+            StepError::parse("something else"),
+            StepError::new(StepErrorKind::LlmError, "something else")
+        );
     }
 
     #[test]

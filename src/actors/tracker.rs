@@ -277,7 +277,7 @@ impl Tracker {
                     .map(|s| (s.id.clone(), s.failures, s.error.clone().unwrap_or_default()))
                     .collect();
                 for (step, failures, error) in failed {
-                    let error = StepError::new(StepErrorKind::ExecutorCrashed, error);
+                    let error = StepError::parse(&error);
                     self.decide_failure(st, step, failures, &error).await?;
                 }
                 self.advance(me, st).await?;
