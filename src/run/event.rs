@@ -1,0 +1,226 @@
+//! What can happen to a run: every state change is a [`RunEvent`] (DESIGN §2).
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{LlmUsage, RunId, StepError};
+use crate::options::RunOptions;
+use crate::plan::{PlanSpec, StepId, StepSpec};
+
+/// What the replanner decided (DESIGN §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Keep the plan as it is (a failed step is then skipped).
+    Continue,
+    /// Replace every step that is not completed with `steps`.
+    Replan,
+    /// Stop now; `final_answer` is the run's output.
+    Finish,
+    /// Fail the run with `reason`.
+    Abort,
+}
+
+/// The replanner's answer, as JSON from the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplanDecision {
+    /// What to do.
+    pub decision: Decision,
+    /// Why, in a sentence.
+    #[serde(default)]
+    pub reason: String,
+    /// New remaining steps (for `replan`).
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+    /// The answer (for `finish`).
+    #[serde(default)]
+    pub final_answer: Option<String>,
+}
+
+/// The verifier's answer about a step's expected outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepVerdict {
+    /// Whether the output meets the expected outcome.
+    pub passed: bool,
+    /// Why, in a sentence.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// One state change of a run. Every variant is stored, streamed and folded (DESIGN §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum EventKind {
+    /// The run was accepted.
+    RunSubmitted {
+        /// The task.
+        task: String,
+        /// Its policies and budgets.
+        options: RunOptions,
+    },
+    /// The planner wrote a valid plan.
+    PlanProposed {
+        /// Always 1 (later revisions are `Replanned`).
+        revision: u32,
+        /// The plan.
+        plan: PlanSpec,
+        /// Planner usage.
+        usage: LlmUsage,
+    },
+    /// A person approved the plan, possibly edited.
+    PlanApproved {
+        /// The edited plan, when the approver changed it.
+        #[serde(default)]
+        edited: Option<PlanSpec>,
+    },
+    /// A step attempt was dispatched.
+    StepStarted {
+        /// Step.
+        step: StepId,
+        /// Attempt, 1-based.
+        attempt: u32,
+    },
+    /// The executor called a tool.
+    ToolCalled {
+        /// Step.
+        step: StepId,
+        /// Attempt.
+        attempt: u32,
+        /// The model's call id.
+        call_id: String,
+        /// Tool name.
+        tool: String,
+        /// Arguments.
+        arguments: serde_json::Value,
+    },
+    /// A tool call finished.
+    ToolReturned {
+        /// Step.
+        step: StepId,
+        /// Attempt.
+        attempt: u32,
+        /// The model's call id.
+        call_id: String,
+        /// False when the tool failed (the error is the output).
+        ok: bool,
+        /// The observation (truncated).
+        output: String,
+    },
+    /// A step attempt succeeded.
+    StepCompleted {
+        /// Step.
+        step: StepId,
+        /// Attempt.
+        attempt: u32,
+        /// Final answer.
+        output: String,
+        /// Executor and verifier usage.
+        usage: LlmUsage,
+    },
+    /// A step attempt failed.
+    StepFailed {
+        /// Step.
+        step: StepId,
+        /// Attempt.
+        attempt: u32,
+        /// What went wrong.
+        error: StepError,
+        /// Executor and verifier usage.
+        usage: LlmUsage,
+    },
+    /// A step was skipped (policy `skip`, or the replanner chose to continue without it).
+    StepSkipped {
+        /// Step.
+        step: StepId,
+        /// Why.
+        reason: String,
+    },
+    /// The replanner was asked and kept the plan (`continue`).
+    ReplanConsidered {
+        /// The replanner's reason.
+        reason: String,
+        /// Replanner usage.
+        usage: LlmUsage,
+    },
+    /// The replanner replaced the remaining steps: a new revision.
+    Replanned {
+        /// The new revision number.
+        revision: u32,
+        /// Why.
+        reason: String,
+        /// The new remaining steps.
+        steps: Vec<StepSpec>,
+        /// The failed step that led to it, if any.
+        #[serde(default)]
+        caused_by: Option<StepId>,
+        /// Replanner usage.
+        usage: LlmUsage,
+    },
+    /// The run finished with an answer.
+    RunCompleted {
+        /// The final answer.
+        final_output: String,
+        /// Synthesizer (or finishing replanner) usage.
+        usage: LlmUsage,
+    },
+    /// The run failed.
+    RunFailed {
+        /// Why, naming the step or limit.
+        error: String,
+        /// Usage of the model work that led here, if any.
+        #[serde(default)]
+        usage: LlmUsage,
+    },
+    /// The run was cancelled.
+    RunCancelled {
+        /// Who or what cancelled it.
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// The variant name (the SSE `event:` field).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::RunSubmitted { .. } => "RunSubmitted",
+            EventKind::PlanProposed { .. } => "PlanProposed",
+            EventKind::PlanApproved { .. } => "PlanApproved",
+            EventKind::StepStarted { .. } => "StepStarted",
+            EventKind::ToolCalled { .. } => "ToolCalled",
+            EventKind::ToolReturned { .. } => "ToolReturned",
+            EventKind::StepCompleted { .. } => "StepCompleted",
+            EventKind::StepFailed { .. } => "StepFailed",
+            EventKind::StepSkipped { .. } => "StepSkipped",
+            EventKind::ReplanConsidered { .. } => "ReplanConsidered",
+            EventKind::Replanned { .. } => "Replanned",
+            EventKind::RunCompleted { .. } => "RunCompleted",
+            EventKind::RunFailed { .. } => "RunFailed",
+            EventKind::RunCancelled { .. } => "RunCancelled",
+        }
+    }
+
+    /// True for the events that end a run.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventKind::RunCompleted { .. } | EventKind::RunFailed { .. } | EventKind::RunCancelled { .. }
+        )
+    }
+}
+
+/// An event with its place in the run: `seq` starts at 1 and has no gaps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunEvent {
+    /// The run.
+    pub run_id: RunId,
+    /// Position in the run's event log (1, 2, …).
+    pub seq: u64,
+    /// When it happened (microsecond precision).
+    pub at: DateTime<Utc>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}

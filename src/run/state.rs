@@ -1,0 +1,405 @@
+//! A run's state as the fold of its events, and the result it shows.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{EventKind, RunEvent, RunId, Usage};
+use crate::options::RunOptions;
+use crate::plan::{Plan, StepId, StepSpec, StepStatus};
+
+/// A run's lifecycle state (DESIGN §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting for the planner.
+    Planning,
+    /// The plan waits for a person.
+    AwaitingApproval,
+    /// Steps are running.
+    Running,
+    /// Finished with an answer.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Completed, failed or cancelled.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+    }
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Planning => "planning",
+            RunStatus::AwaitingApproval => "awaiting_approval",
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+            format!("unknown run status {s:?} (planning, awaiting_approval, running, completed, failed, cancelled)")
+        })
+    }
+}
+
+/// One plan revision, kept so revisions can be compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanRevision {
+    /// 1 for the planner's plan, then one per replan.
+    pub revision: u32,
+    /// Why this revision was made (none for the first).
+    pub reason: Option<String>,
+    /// The steps this revision introduced (completed steps of earlier revisions are kept).
+    pub steps: Vec<StepSpec>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The outcome of a run, as the library, `--json` and `GET /v1/runs/{id}` return it (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunResult {
+    /// Run id.
+    pub id: RunId,
+    /// The task.
+    pub task: String,
+    /// Status.
+    pub status: RunStatus,
+    /// The latest plan revision with every step's state.
+    pub plan: Plan,
+    /// Every revision, oldest first.
+    pub revisions: Vec<PlanRevision>,
+    /// True when the replanner revised the plan at least once.
+    pub replanned: bool,
+    /// The synthesised answer of a completed run.
+    pub final_output: Option<String>,
+    /// Why the run failed or was cancelled.
+    pub error: Option<String>,
+    /// Model and tool usage.
+    pub usage: Usage,
+    /// When the run was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An event that does not fit the state it is applied to: a bug or a corrupted log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// `seq` is not the next number.
+    #[error("run {run}: event seq {got} where {expected} was expected")]
+    Sequence { run: RunId, expected: u64, got: u64 },
+    /// The event belongs to another run.
+    #[error("event of run {got} applied to run {run}")]
+    WrongRun { run: RunId, got: RunId },
+    /// The event makes no sense in the current state.
+    #[error("run {run}, event {seq} ({event}): {message}")]
+    Transition { run: RunId, seq: u64, event: &'static str, message: String },
+}
+
+/// A run's state: the fold of its events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    /// Run id.
+    pub id: RunId,
+    /// Task.
+    pub task: String,
+    /// Policies and budgets.
+    pub options: RunOptions,
+    /// Lifecycle state.
+    pub status: RunStatus,
+    /// Live plan.
+    pub plan: Plan,
+    /// Revisions.
+    pub revisions: Vec<PlanRevision>,
+    /// Final answer.
+    pub final_output: Option<String>,
+    /// Failure or cancel reason.
+    pub error: Option<String>,
+    /// Usage so far.
+    pub usage: Usage,
+    /// Submission time.
+    pub created_at: DateTime<Utc>,
+    /// End time.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Seq of the last applied event.
+    pub last_seq: u64,
+}
+
+impl RunState {
+    /// A state for a run just submitted (seq 0: nothing applied yet).
+    pub fn new(id: RunId, task: String, options: RunOptions, created_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            task,
+            options,
+            status: RunStatus::Planning,
+            plan: Plan::default(),
+            revisions: Vec::new(),
+            final_output: None,
+            error: None,
+            usage: Usage::default(),
+            created_at,
+            finished_at: None,
+            last_seq: 0,
+        }
+    }
+
+    /// Rebuilds a state from a run's whole event log (first event: `RunSubmitted`).
+    pub fn from_events<'a>(
+        events: impl IntoIterator<Item = &'a RunEvent>,
+    ) -> Result<Option<Self>, StateError> {
+        let mut state: Option<RunState> = None;
+        for e in events {
+            match &mut state {
+                None => {
+                    let EventKind::RunSubmitted { task, options } = &e.kind else {
+                        return Err(StateError::Transition {
+                            run: e.run_id.clone(),
+                            seq: e.seq,
+                            event: e.kind.name(),
+                            message: "the first event of a run must be RunSubmitted".into(),
+                        });
+                    };
+                    let mut s = RunState::new(e.run_id.clone(), task.clone(), options.clone(), e.at);
+                    s.apply(e)?;
+                    state = Some(s);
+                }
+                Some(s) => s.apply(e)?,
+            }
+        }
+        Ok(state)
+    }
+
+    /// The number the next event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.last_seq + 1
+    }
+
+    /// Replans made so far.
+    pub fn replans(&self) -> u32 {
+        self.revisions.len().saturating_sub(1) as u32
+    }
+
+    /// Applies one event. Rejects gaps, other runs' events and impossible transitions.
+    pub fn apply(&mut self, e: &RunEvent) -> Result<(), StateError> {
+        if e.run_id != self.id {
+            return Err(StateError::WrongRun { run: self.id.clone(), got: e.run_id.clone() });
+        }
+        if e.seq != self.next_seq() {
+            return Err(StateError::Sequence { run: self.id.clone(), expected: self.next_seq(), got: e.seq });
+        }
+        let bad = |message: String| StateError::Transition {
+            run: e.run_id.clone(),
+            seq: e.seq,
+            event: e.kind.name(),
+            message,
+        };
+        if self.status.is_terminal() {
+            return Err(bad(format!("the run already ended ({})", self.status.as_str())));
+        }
+        match &e.kind {
+            EventKind::RunSubmitted { .. } => {
+                if e.seq != 1 {
+                    return Err(bad("RunSubmitted must be the first event".into()));
+                }
+            }
+            EventKind::PlanProposed { revision, plan, usage } => {
+                if self.status != RunStatus::Planning {
+                    return Err(bad(format!("no plan was expected in status {}", self.status.as_str())));
+                }
+                self.plan = Plan::from_spec(plan.clone(), *revision);
+                self.revisions.push(PlanRevision {
+                    revision: *revision,
+                    reason: None,
+                    steps: plan.steps.clone(),
+                    created_at: e.at,
+                });
+                self.usage.add_llm(usage);
+                self.status = if self.options.policy.require_approval {
+                    RunStatus::AwaitingApproval
+                } else {
+                    RunStatus::Running
+                };
+            }
+            EventKind::PlanApproved { edited } => {
+                if self.status != RunStatus::AwaitingApproval {
+                    return Err(bad("the plan is not awaiting approval".into()));
+                }
+                if let Some(plan) = edited {
+                    self.plan = Plan::from_spec(plan.clone(), self.plan.revision);
+                    if let Some(r) = self.revisions.last_mut() {
+                        r.steps = plan.steps.clone();
+                        r.reason = Some("edited on approval".into());
+                    }
+                }
+                self.status = RunStatus::Running;
+            }
+            EventKind::StepStarted { step, attempt } => {
+                self.expect_running(&bad)?;
+                let s = self.plan.step_mut(step).ok_or_else(|| bad(format!("unknown step {step}")))?;
+                // Failed → running is a retry; running → running is a restarted service
+                // re-dispatching a step that was interrupted.
+                if !matches!(s.status, StepStatus::Pending | StepStatus::Running | StepStatus::Failed) {
+                    return Err(bad(format!("step {step} is {:?}, not pending", s.status)));
+                }
+                s.status = StepStatus::Running;
+                s.attempts = *attempt;
+                s.started_at = Some(e.at);
+            }
+            EventKind::ToolCalled { step, .. } => {
+                self.running_step(step, &bad)?;
+                self.usage.tool_calls += 1;
+            }
+            EventKind::ToolReturned { step, .. } => {
+                self.running_step(step, &bad)?;
+            }
+            EventKind::StepCompleted { step, attempt, output, usage } => {
+                let s = self.running_step(step, &bad)?;
+                if s.attempts != *attempt {
+                    return Err(bad(format!("step {step} is on attempt {}, not {attempt}", s.attempts)));
+                }
+                s.status = StepStatus::Completed;
+                s.output = Some(output.clone());
+                s.error = None;
+                s.finished_at = Some(e.at);
+                self.usage.add_llm(usage);
+            }
+            EventKind::StepFailed { step, attempt, error, usage } => {
+                let s = self.running_step(step, &bad)?;
+                if s.attempts != *attempt {
+                    return Err(bad(format!("step {step} is on attempt {}, not {attempt}", s.attempts)));
+                }
+                s.status = StepStatus::Failed;
+                s.failures += 1;
+                s.error = Some(error.to_string());
+                s.finished_at = Some(e.at);
+                self.usage.add_llm(usage);
+            }
+            EventKind::StepSkipped { step, reason } => {
+                self.expect_running(&bad)?;
+                let s = self.plan.step_mut(step).ok_or_else(|| bad(format!("unknown step {step}")))?;
+                if s.status == StepStatus::Completed {
+                    return Err(bad(format!("step {step} is completed and cannot be skipped")));
+                }
+                s.status = StepStatus::Skipped;
+                s.error = Some(reason.clone());
+                s.finished_at = Some(e.at);
+            }
+            EventKind::ReplanConsidered { usage, .. } => {
+                self.expect_running(&bad)?;
+                self.usage.add_llm(usage);
+            }
+            EventKind::Replanned { revision, reason, steps, usage, .. } => {
+                self.expect_running(&bad)?;
+                if *revision != self.plan.revision + 1 {
+                    return Err(bad(format!("revision {revision} follows revision {}", self.plan.revision)));
+                }
+                self.plan.replace_remaining(steps.clone());
+                self.revisions.push(PlanRevision {
+                    revision: *revision,
+                    reason: Some(reason.clone()),
+                    steps: steps.clone(),
+                    created_at: e.at,
+                });
+                self.usage.add_llm(usage);
+            }
+            EventKind::RunCompleted { final_output, usage } => {
+                self.usage.add_llm(usage);
+                self.final_output = Some(final_output.clone());
+                self.finish(RunStatus::Completed, e.at);
+            }
+            EventKind::RunFailed { error, usage } => {
+                self.usage.add_llm(usage);
+                self.error = Some(error.clone());
+                self.finish(RunStatus::Failed, e.at);
+            }
+            EventKind::RunCancelled { reason } => {
+                self.error = Some(reason.clone());
+                self.finish(RunStatus::Cancelled, e.at);
+            }
+        }
+        self.last_seq = e.seq;
+        Ok(())
+    }
+
+    fn finish(&mut self, status: RunStatus, at: DateTime<Utc>) {
+        self.status = status;
+        self.finished_at = Some(at);
+        // A step cut off by the end of the run did not complete; say so instead of "running".
+        for s in &mut self.plan.steps {
+            if s.status == StepStatus::Running {
+                s.status = StepStatus::Failed;
+                s.error.get_or_insert_with(|| format!("interrupted: run {}", status.as_str()));
+            }
+        }
+    }
+
+    fn expect_running(&self, bad: &impl Fn(String) -> StateError) -> Result<(), StateError> {
+        if self.status == RunStatus::Running {
+            Ok(())
+        } else {
+            Err(bad(format!("the run is {}, not running", self.status.as_str())))
+        }
+    }
+
+    fn running_step(
+        &mut self,
+        step: &StepId,
+        bad: &impl Fn(String) -> StateError,
+    ) -> Result<&mut crate::plan::Step, StateError> {
+        self.expect_running(bad)?;
+        let s = self.plan.step_mut(step).ok_or_else(|| bad(format!("unknown step {step}")))?;
+        if s.status != StepStatus::Running {
+            return Err(bad(format!("step {step} is {:?}, not running", s.status)));
+        }
+        Ok(s)
+    }
+
+    /// The result as the API returns it.
+    pub fn result(&self) -> RunResult {
+        RunResult {
+            id: self.id.clone(),
+            task: self.task.clone(),
+            status: self.status,
+            plan: self.plan.clone(),
+            revisions: self.revisions.clone(),
+            replanned: self.revisions.len() > 1,
+            final_output: self.final_output.clone(),
+            error: self.error.clone(),
+            usage: self.usage,
+            created_at: self.created_at,
+            finished_at: self.finished_at,
+        }
+    }
+
+    /// Which run-level budget is used up, if any (tokens, tool calls).
+    pub fn run_budget_exceeded(&self) -> Option<String> {
+        let b = &self.options.run_budget;
+        if b.max_tokens > 0 && self.usage.tokens() > b.max_tokens {
+            return Some(format!(
+                "run budget exhausted: {} tokens used, limit {}",
+                self.usage.tokens(),
+                b.max_tokens
+            ));
+        }
+        if b.max_tool_calls > 0 && self.usage.tool_calls > b.max_tool_calls {
+            return Some(format!(
+                "run budget exhausted: {} tool calls made, limit {}",
+                self.usage.tool_calls, b.max_tool_calls
+            ));
+        }
+        None
+    }
+}
