@@ -85,19 +85,15 @@ impl AnthropicSettings {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, LlmError> {
         let inh = inherited(cfg, role, ProviderKind::Anthropic)?;
-        let base_url = inh
-            .base_url
-            .or_else(|| env("ANTHROPIC_BASE_URL").filter(|s| !s.trim().is_empty()))
-            .unwrap_or_else(|| DEFAULT_ANTHROPIC_BASE_URL.into());
-        let key_var = inh.api_key_env.unwrap_or_else(|| "ANTHROPIC_API_KEY".into());
-        let api_key =
-            env(&key_var).map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).ok_or_else(|| {
-                LlmError::Config(format!(
-                    "the anthropic provider needs an API key: set the {key_var} environment variable"
-                ))
-            })?;
+        let base_url = inh.base_url(env, "ANTHROPIC_BASE_URL", DEFAULT_ANTHROPIC_BASE_URL)?;
+        let (key_var, api_key) = inh.api_key(env, "ANTHROPIC_API_KEY");
+        let api_key = api_key.ok_or_else(|| {
+            LlmError::Config(format!(
+                "the anthropic provider needs an API key: set the {key_var} environment variable"
+            ))
+        })?;
         let mut s = Self::new(inh.model, api_key);
-        s.base_url = normalize_base_url(&base_url)?;
+        s.base_url = base_url;
         s.timeout = Duration::from_secs(cfg.request_timeout_secs);
         s.max_retries = cfg.max_retries;
         s.max_tokens = cfg.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);

@@ -99,13 +99,8 @@ impl OpenAiSettings {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, LlmError> {
         let inh = inherited(cfg, role, ProviderKind::Openai)?;
-        let base_url = inh
-            .base_url
-            .or_else(|| env("OPENAI_BASE_URL").filter(|s| !s.trim().is_empty()))
-            .unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.into());
-        let base_url = normalize_base_url(&base_url)?;
-        let key_var = inh.api_key_env.unwrap_or_else(|| "OPENAI_API_KEY".into());
-        let api_key = env(&key_var).map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
+        let base_url = inh.base_url(env, "OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL)?;
+        let (key_var, api_key) = inh.api_key(env, "OPENAI_API_KEY");
         if api_key.is_none() && is_public_openai(&base_url) {
             return Err(LlmError::Config(format!(
                 "the openai provider needs an API key for {base_url}: set the {key_var} environment variable \

@@ -101,6 +101,36 @@ pub(crate) struct Inherited {
     pub api_key_env: Option<String>,
 }
 
+impl Inherited {
+    /// The base URL: the inherited one, else the environment variable `var`, else `default`;
+    /// normalised (no trailing slash, no credentials).
+    pub fn base_url(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        var: &str,
+        default: &str,
+    ) -> Result<String, LlmError> {
+        let url = self
+            .base_url
+            .clone()
+            .or_else(|| env(var).filter(|s| !s.trim().is_empty()))
+            .unwrap_or_else(|| default.to_owned());
+        super::openai::normalize_base_url(&url)
+    }
+
+    /// The name of the variable holding the key (`default_var` unless configured) and the key
+    /// it holds, if set and not blank.
+    pub fn api_key(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        default_var: &str,
+    ) -> (String, Option<String>) {
+        let var = self.api_key_env.clone().unwrap_or_else(|| default_var.to_owned());
+        let key = env(&var).map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
+        (var, key)
+    }
+}
+
 /// The model, base URL and key variable for `kind`: the role's own values, else `[llm]`'s when
 /// `[llm].provider` is `kind`. Errors when no model name results.
 pub(crate) fn inherited(
