@@ -221,7 +221,8 @@ async fn kill_9_mid_run_then_restart_completes_every_run_without_rerunning_compl
     }
 
     // SIGTERM: the service drains and exits on its own.
-    let term = Command::new("kill").args(["-s", "TERM", &second.id().to_string()]).status().unwrap();
+    // The shell's builtin kill: no dependency on a procps binary being installed.
+    let term = Command::new("sh").args(["-c", &format!("kill -TERM {}", second.id())]).status().unwrap();
     assert!(term.success());
     let exited = tokio::task::spawn_blocking(move || second.wait()).await.unwrap().unwrap();
     assert!(exited.success(), "{exited:?}");
