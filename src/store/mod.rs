@@ -339,6 +339,43 @@ where
     q
 }
 
+/// A run's events after `after`, in either dialect; `body` is the body column as text.
+pub(crate) fn events_query<DB>(run: &RunId, after: u64, body: &str) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Arguments: Default,
+    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::<DB>::new(format!("SELECT seq, {body} FROM events WHERE run_id = "));
+    q.push_bind(run.0.clone()).push(" AND seq > ").push_bind(seq_to_sql(after)).push(" ORDER BY seq");
+    q
+}
+
+/// How many runs have this id (0 or 1), in either dialect.
+pub(crate) fn run_count_query<DB>(run: &RunId) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Arguments: Default,
+    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT COUNT(*) FROM runs WHERE id = ");
+    q.push_bind(run.0.clone());
+    q
+}
+
+/// Decodes a run's event rows; no rows for a run the store does not know is `UnknownRun`.
+pub(crate) fn events_from_rows(
+    run: &RunId,
+    rows: &[(i64, String)],
+    known: bool,
+) -> Result<Vec<RunEvent>, StoreError> {
+    if rows.is_empty() && !known {
+        return Err(StoreError::UnknownRun(run.clone()));
+    }
+    rows.iter().map(|(seq, body)| event_from_sql(run, *seq, body)).collect()
+}
+
 /// Runs whose last event is not terminal; the same predicate as the partial index `runs_unfinished`.
 pub(crate) const UNFINISHED_SQL: &str =
     "SELECT id FROM runs WHERE status NOT IN ('completed', 'failed', 'cancelled') ORDER BY id";

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ListQuery, RunStore, RunSummary, StoreError, SummaryRow, UNFINISHED_SQL, backend, check_append,
-    event_from_sql, list_query, seq_to_sql, summary_from_row, time_to_sql,
+    events_from_rows, events_query, list_query, run_count_query, seq_to_sql, summary_from_row, time_to_sql,
 };
 use crate::run::{RunEvent, RunId};
 
@@ -311,24 +311,19 @@ impl RunStore for SqliteStore {
     }
 
     async fn events(&self, run: &RunId, after: u64) -> Result<Vec<RunEvent>, StoreError> {
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT seq, body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq")
-                .bind(run.as_str())
-                .bind(seq_to_sql(after))
-                .fetch_all(&self.pool)
+        let rows: Vec<(i64, String)> = events_query::<Sqlite>(run, after, "body")
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let known = !rows.is_empty()
+            || run_count_query::<Sqlite>(run)
+                .build_query_scalar::<i64>()
+                .fetch_one(&self.pool)
                 .await
-                .map_err(backend)?;
-        if rows.is_empty() {
-            let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM runs WHERE id = ?")
-                .bind(run.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-            if known.is_none() {
-                return Err(StoreError::UnknownRun(run.clone()));
-            }
-        }
-        rows.iter().map(|(seq, body)| event_from_sql(run, *seq, body)).collect()
+                .map_err(backend)?
+                > 0;
+        events_from_rows(run, &rows, known)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<RunSummary>, StoreError> {
