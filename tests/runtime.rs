@@ -608,3 +608,16 @@ async fn the_run_token_budget_ends_a_run_that_spends_too_much() {
     assert!(r.error.as_deref().unwrap().contains("run budget exhausted"), "{:?}", r.error);
     assert_eq!(status_of(&r, "s2"), StepStatus::Pending, "nothing starts once the budget is gone");
 }
+
+#[tokio::test]
+async fn a_finished_run_leaves_no_state_in_the_model() {
+    let script =
+        json!({"planner": [plan(json!([step("s1", &[])]))], "steps": {"s1": ["x"]}, "synthesizer": ["y"]});
+    let model = Arc::new(ScriptedModel::from_json(script).unwrap());
+    let rt = Stepwise::builder().model(model.clone()).build().await.unwrap();
+    for i in 0..5 {
+        assert_eq!(rt.run(&format!("run {i}")).await.unwrap().status, RunStatus::Completed);
+    }
+    // A long-lived service must not grow with every run it has served.
+    assert_eq!(model.runs_tracked(), 0);
+}

@@ -736,6 +736,9 @@ impl Tracker {
             st.span.record("otel.status_code", "ERROR");
         }
         telemetry::metrics::global().run_ended(st.run.status.as_str());
+        for role in crate::llm::AgentRole::ALL {
+            self.shared.models.get(role).run_finished(st.run.id.as_str());
+        }
         // Leave the live table first: whoever sees the result must not still find the run live.
         self.shared.runs.remove(&st.run.id);
         st.channels.result.send_replace(Some(st.run.result()));

@@ -257,6 +257,10 @@ pub trait ChatModel: Send + Sync + 'static {
     fn provider(&self) -> &str;
     /// One call. Providers retry transient failures themselves; errors here are final.
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError>;
+
+    /// Called once a run has ended, so a model that keeps per-run state (the scripted provider's
+    /// position in its script) can drop it: a long-lived service must not grow with every run.
+    fn run_finished(&self, _run_id: &str) {}
 }
 
 /// A shared model handle.

@@ -198,6 +198,10 @@ impl ChatModel for RecordingModel {
         self.inner.provider()
     }
 
+    fn run_finished(&self, run_id: &str) {
+        self.inner.run_finished(run_id);
+    }
+
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let slot = self.log.reserve(&request.context).await;
         let result = self.inner.chat(request).await;

@@ -254,6 +254,11 @@ impl ScriptedModel {
         self.lock().remove(run_id);
     }
 
+    /// How many runs the model holds a position for (those not finished yet).
+    pub fn runs_tracked(&self) -> usize {
+        self.lock().len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunCursor>> {
         // A panic never happens while the lock is held, but a poisoned map is still consistent.
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
@@ -336,6 +341,10 @@ impl super::ChatModel for ScriptedModel {
 
     fn provider(&self) -> &str {
         "scripted"
+    }
+
+    fn run_finished(&self, run_id: &str) {
+        self.forget_run(run_id);
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {

@@ -157,6 +157,10 @@ impl ChatModel for Traced {
         self.inner.provider()
     }
 
+    fn run_finished(&self, run_id: &str) {
+        self.inner.run_finished(run_id);
+    }
+
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let model = self.inner.model_name();
         let role = request.context.role;
