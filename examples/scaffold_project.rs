@@ -217,14 +217,7 @@ mod tests {
         let tools = builtin_registry(&tools_config());
         assert_eq!(tools.names(), ["list_dir", "read_file", "run_command", "write_file"]);
         let dir = tempfile::tempdir().unwrap();
-        let ctx = stepwise::tools::ToolContext {
-            run_id: "r".into(),
-            step_id: "s".into(),
-            attempt: 1,
-            call_index: 0,
-            workspace: dir.path().to_path_buf(),
-            cancel: Default::default(),
-        };
+        let ctx = stepwise::tools::ToolContext::standalone(dir.path());
         let run = tools.get("run_command").unwrap();
         let denied = run.call(serde_json::json!({"program": "rm", "args": ["-rf", "."]}), &ctx).await;
         assert!(matches!(denied, Err(stepwise::tools::ToolError::Denied(_))), "{denied:?}");

@@ -301,17 +301,9 @@ mod tests {
 
     use super::*;
     use serde_json::json;
-    use tokio_util::sync::CancellationToken;
 
     fn ctx(workspace: &Path) -> ToolContext {
-        ToolContext {
-            run_id: "r1".into(),
-            step_id: "s1".into(),
-            attempt: 1,
-            call_index: 0,
-            workspace: workspace.to_path_buf(),
-            cancel: CancellationToken::new(),
-        }
+        ToolContext::standalone(workspace)
     }
 
     fn tool(allow: &[&str]) -> RunCommandTool {

@@ -323,19 +323,11 @@ mod tests {
     use axum::http::{StatusCode, header};
     use axum::routing::get;
     use serde_json::json;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
 
     fn ctx() -> ToolContext {
-        ToolContext {
-            run_id: "r1".into(),
-            step_id: "s1".into(),
-            attempt: 1,
-            call_index: 0,
-            workspace: std::env::temp_dir(),
-            cancel: CancellationToken::new(),
-        }
+        ToolContext::standalone(std::env::temp_dir())
     }
 
     fn config(allow_private: bool) -> HttpGetConfig {

@@ -38,6 +38,19 @@ pub struct ToolContext {
 }
 
 impl ToolContext {
+    /// A context for calling a tool outside any run (tests, scripts, an embedder's own code):
+    /// run `standalone`, step `standalone`, attempt 1, a fresh cancellation token.
+    pub fn standalone(workspace: impl Into<PathBuf>) -> Self {
+        Self {
+            run_id: "standalone".into(),
+            step_id: "standalone".into(),
+            attempt: 1,
+            call_index: 0,
+            workspace: workspace.into(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
     /// A key unique to this call (run, step, attempt, call index) that a tool with side effects
     /// can use to deduplicate: steps interrupted by a crash run again (at-least-once).
     pub fn idempotency_key(&self) -> String {
