@@ -318,7 +318,7 @@ pub(crate) fn check_append(prev: Option<RunSummary>, event: &RunEvent) -> Result
 }
 
 /// The `list` query of the SQL stores, in either dialect (the builder writes the placeholders).
-pub(crate) fn list_query<DB>(query: &ListQuery) -> sqlx::QueryBuilder<DB>
+fn list_query<DB>(query: &ListQuery) -> sqlx::QueryBuilder<DB>
 where
     DB: sqlx::Database,
     <DB as sqlx::Database>::Arguments: Default,
@@ -340,7 +340,7 @@ where
 }
 
 /// A run's events after `after`, in either dialect; `body` is the body column as text.
-pub(crate) fn events_query<DB>(run: &RunId, after: u64, body: &str) -> sqlx::QueryBuilder<DB>
+fn events_query<DB>(run: &RunId, after: u64, body: &str) -> sqlx::QueryBuilder<DB>
 where
     DB: sqlx::Database,
     <DB as sqlx::Database>::Arguments: Default,
@@ -353,7 +353,7 @@ where
 }
 
 /// How many runs have this id (0 or 1), in either dialect.
-pub(crate) fn run_count_query<DB>(run: &RunId) -> sqlx::QueryBuilder<DB>
+fn run_count_query<DB>(run: &RunId) -> sqlx::QueryBuilder<DB>
 where
     DB: sqlx::Database,
     <DB as sqlx::Database>::Arguments: Default,
@@ -365,7 +365,7 @@ where
 }
 
 /// Decodes a run's event rows; no rows for a run the store does not know is `UnknownRun`.
-pub(crate) fn events_from_rows(
+fn events_from_rows(
     run: &RunId,
     rows: &[(i64, String)],
     known: bool,
@@ -376,8 +376,62 @@ pub(crate) fn events_from_rows(
     rows.iter().map(|(seq, body)| event_from_sql(run, *seq, body)).collect()
 }
 
+/// `RunStore::events` for the SQL stores; `body` is the events body column read as text.
+pub(crate) async fn sql_events<DB>(
+    pool: &sqlx::Pool<DB>,
+    run: &RunId,
+    after: u64,
+    body: &str,
+) -> Result<Vec<RunEvent>, StoreError>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Arguments: Default + sqlx::IntoArguments<DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    i64: for<'t> sqlx::Encode<'t, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (i64, String): for<'r> sqlx::FromRow<'r, DB::Row>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let rows: Vec<(i64, String)> =
+        events_query::<DB>(run, after, body).build_query_as().fetch_all(pool).await.map_err(backend)?;
+    let known = !rows.is_empty()
+        || run_count_query::<DB>(run).build_query_scalar::<i64>().fetch_one(pool).await.map_err(backend)? > 0;
+    events_from_rows(run, &rows, known)
+}
+
+/// `RunStore::list` for the SQL stores.
+pub(crate) async fn sql_list<DB>(
+    pool: &sqlx::Pool<DB>,
+    query: &ListQuery,
+) -> Result<Vec<RunSummary>, StoreError>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Arguments: Default + sqlx::IntoArguments<DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    SummaryRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let rows: Vec<SummaryRow> =
+        list_query::<DB>(query).build_query_as().fetch_all(pool).await.map_err(backend)?;
+    rows.into_iter().map(summary_from_row).collect()
+}
+
+/// `RunStore::unfinished` for the SQL stores.
+pub(crate) async fn sql_unfinished<DB>(pool: &sqlx::Pool<DB>) -> Result<Vec<RunId>, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    String: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let ids: Vec<String> = sqlx::query_scalar(UNFINISHED_SQL).fetch_all(pool).await.map_err(backend)?;
+    Ok(ids.into_iter().map(RunId).collect())
+}
+
 /// Runs whose last event is not terminal; the same predicate as the partial index `runs_unfinished`.
-pub(crate) const UNFINISHED_SQL: &str =
+const UNFINISHED_SQL: &str =
     "SELECT id FROM runs WHERE status NOT IN ('completed', 'failed', 'cancelled') ORDER BY id";
 
 /// Maps a backend error.

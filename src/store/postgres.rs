@@ -14,12 +14,11 @@
 
 use std::time::Duration;
 
-use sqlx::Postgres;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
 use super::{
-    ListQuery, RunStore, RunSummary, StoreError, SummaryRow, UNFINISHED_SQL, backend, check_append,
-    events_from_rows, events_query, list_query, run_count_query, seq_to_sql, summary_from_row, time_to_sql,
+    ListQuery, RunStore, RunSummary, StoreError, SummaryRow, backend, check_append, seq_to_sql, sql_events,
+    sql_list, sql_unfinished, summary_from_row, time_to_sql,
 };
 use crate::run::{RunEvent, RunId};
 
@@ -163,30 +162,14 @@ impl RunStore for PostgresStore {
     }
 
     async fn events(&self, run: &RunId, after: u64) -> Result<Vec<RunEvent>, StoreError> {
-        let rows: Vec<(i64, String)> = events_query::<Postgres>(run, after, "body::text")
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        let known = !rows.is_empty()
-            || run_count_query::<Postgres>(run)
-                .build_query_scalar::<i64>()
-                .fetch_one(&self.pool)
-                .await
-                .map_err(backend)?
-                > 0;
-        events_from_rows(run, &rows, known)
+        sql_events(&self.pool, run, after, "body::text").await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<RunSummary>, StoreError> {
-        let rows: Vec<SummaryRow> =
-            list_query::<Postgres>(query).build_query_as().fetch_all(&self.pool).await.map_err(backend)?;
-        rows.into_iter().map(summary_from_row).collect()
+        sql_list(&self.pool, query).await
     }
 
     async fn unfinished(&self) -> Result<Vec<RunId>, StoreError> {
-        let ids: Vec<String> =
-            sqlx::query_scalar(UNFINISHED_SQL).fetch_all(&self.pool).await.map_err(backend)?;
-        Ok(ids.into_iter().map(RunId).collect())
+        sql_unfinished(&self.pool).await
     }
 }
