@@ -365,11 +365,7 @@ where
 }
 
 /// Decodes a run's event rows; no rows for a run the store does not know is `UnknownRun`.
-fn events_from_rows(
-    run: &RunId,
-    rows: &[(i64, String)],
-    known: bool,
-) -> Result<Vec<RunEvent>, StoreError> {
+fn events_from_rows(run: &RunId, rows: &[(i64, String)], known: bool) -> Result<Vec<RunEvent>, StoreError> {
     if rows.is_empty() && !known {
         return Err(StoreError::UnknownRun(run.clone()));
     }
