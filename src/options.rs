@@ -50,6 +50,10 @@ pub struct Policy {
     pub require_approval: bool,
     /// How long a plan waits for approval before the run is cancelled, in seconds (0: forever).
     pub approval_timeout_secs: u64,
+    /// Stream the plan from the model and start each step as soon as it is parsed and its
+    /// dependencies are met, before the rest of the plan has arrived (LLMCompiler-style). Not
+    /// used with `require_approval`, which needs the whole plan first.
+    pub stream_plan: bool,
 }
 
 impl Default for Policy {
@@ -62,6 +66,7 @@ impl Default for Policy {
             verify_outcome: false,
             require_approval: false,
             approval_timeout_secs: 0,
+            stream_plan: false,
         }
     }
 }
