@@ -444,3 +444,116 @@ async fn api_key_never_appears_in_errors() {
     let err = m.chat(text_request("x")).await.unwrap_err();
     assert!(!err.to_string().contains(KEY));
 }
+
+fn chunk(delta: Value, finish: Option<&str>) -> Value {
+    json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test-0613",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+}
+
+fn usage_chunk() -> Value {
+    json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test-0613",
+           "choices": [], "usage": {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30}})
+}
+
+/// Collects what a streaming call hands over, piece by piece.
+fn collector() -> (std::sync::Arc<std::sync::Mutex<Vec<String>>>, impl Fn(&str) + Send + Sync) {
+    let pieces = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let p = pieces.clone();
+    (pieces, move |s: &str| p.lock().unwrap().push(s.to_owned()))
+}
+
+#[tokio::test]
+async fn streaming_hands_over_each_delta_and_assembles_the_answer() {
+    let parts = [r#"{"goal":"g","#, r#""steps":[{"id":"a","description":"d"}"#, "]}"];
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    events.extend(parts.iter().map(|p| chunk(json!({"content": p}), None)));
+    events.push(chunk(json!({}), Some("stop")));
+    events.push(usage_chunk());
+    let server = FakeServer::with_replies(vec![Reply::sse(&events)]).await;
+    let (pieces, sink) = collector();
+    let r = model(&server.url).chat_streaming(plan_request(), &sink).await.unwrap();
+    assert_eq!(*pieces.lock().unwrap(), parts);
+    assert_eq!(r.content, parts.concat());
+    assert_eq!(r.usage, TokenUsage { input_tokens: 21, output_tokens: 9 });
+    assert_eq!(r.model, "gpt-test-0613");
+    let body = &server.bodies()[0];
+    assert_eq!(body["stream"], json!(true));
+    assert_eq!(body["stream_options"], json!({"include_usage": true}));
+    assert_eq!(body["response_format"]["json_schema"]["name"], json!("plan"));
+}
+
+#[tokio::test]
+async fn streaming_in_tool_mode_hands_over_the_forced_calls_arguments() {
+    let events = vec![
+        chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_1",
+                   "type": "function", "function": {"name": "plan", "arguments": ""}}]}),
+            None,
+        ),
+        chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"goal\":"}}]}), None),
+        chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"g\",\"steps\":[]}"}}]}), None),
+        chunk(json!({}), Some("tool_calls")),
+    ];
+    let server = FakeServer::with_replies(vec![Reply::sse(&events)]).await;
+    let mut s = settings(&server.url);
+    s.structured = StructuredMode::Tool;
+    let (pieces, sink) = collector();
+    let r = OpenAiModel::new(s).unwrap().chat_streaming(plan_request(), &sink).await.unwrap();
+    assert_eq!(pieces.lock().unwrap().concat(), PLAN);
+    assert_eq!(r.content, PLAN);
+    assert!(r.tool_calls.is_empty(), "the forced call is the answer, not a tool call");
+    assert_eq!(r.usage, TokenUsage::default(), "no usage chunk was sent");
+}
+
+#[tokio::test]
+async fn streaming_executor_tool_calls_are_assembled_from_fragments() {
+    let events = vec![
+        chunk(
+            json!({"role": "assistant", "tool_calls": [
+                {"index": 0, "id": "call_a", "type": "function", "function": {"name": "read_file", "arguments": ""}},
+                {"index": 1, "id": "call_b", "type": "function", "function": {"name": "list_dir", "arguments": "{}"}}]}),
+            None,
+        ),
+        chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"path\":\"a.txt\"}"}}]}), None),
+        chunk(json!({}), Some("tool_calls")),
+        usage_chunk(),
+    ];
+    let server = FakeServer::with_replies(vec![Reply::sse(&events)]).await;
+    let (pieces, sink) = collector();
+    let r = model(&server.url).chat_streaming(text_request("go"), &sink).await.unwrap();
+    assert!(pieces.lock().unwrap().is_empty(), "no text to hand over");
+    assert_eq!(
+        r.tool_calls,
+        vec![
+            ToolCall { id: "call_a".into(), name: "read_file".into(), arguments: json!({"path": "a.txt"}) },
+            ToolCall { id: "call_b".into(), name: "list_dir".into(), arguments: json!({}) },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn streaming_accepts_a_server_that_answers_whole_and_reports_stream_errors() {
+    let server = FakeServer::with_replies(vec![
+        Reply::ok(completion(PLAN)),
+        Reply::sse(&[
+            chunk(json!({"content": "{\"goal\""}), None),
+            json!({"error": {"message": "overloaded"}}),
+        ]),
+        Reply::status(503, error_body("busy")),
+        Reply::sse(&[chunk(json!({"content": "ok"}), Some("stop"))]),
+    ])
+    .await;
+    let m = model(&server.url);
+    let (pieces, sink) = collector();
+    let r = m.chat_streaming(plan_request(), &sink).await.unwrap();
+    assert_eq!((r.content.as_str(), pieces.lock().unwrap().concat()), (PLAN, PLAN.to_owned()));
+    assert_eq!(r.usage, TokenUsage { input_tokens: 11, output_tokens: 7 });
+
+    let err = m.chat_streaming(plan_request(), &sink).await.unwrap_err();
+    assert!(matches!(&err, LlmError::InvalidResponse(m) if m.contains("overloaded")), "{err}");
+
+    // An error status before the stream starts is retried like any other call.
+    let r = m.chat_streaming(text_request("hi"), &sink).await.unwrap();
+    assert_eq!(r.content, "ok");
+    assert_eq!(server.received().len(), 4);
+}

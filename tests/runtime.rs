@@ -621,3 +621,172 @@ async fn a_finished_run_leaves_no_state_in_the_model() {
     // A long-lived service must not grow with every run it has served.
     assert_eq!(model.runs_tracked(), 0);
 }
+
+/// A plan whose JSON the scripted planner writes over `ms` milliseconds (streamed when asked).
+fn slow_plan(steps: Value, ms: u64) -> Value {
+    json!({"json": {"goal": "test goal", "steps": steps}, "delay_ms": ms})
+}
+
+fn streaming() -> RunOptions {
+    let mut o = RunOptions::default();
+    o.policy.stream_plan = true;
+    o
+}
+
+/// The sequence number of the first `name` event (for `step`, when given).
+fn seq_of(events: &[RunEvent], name: &str, step: Option<&str>) -> u64 {
+    events
+        .iter()
+        .find(|e| {
+            e.kind.name() == name
+                && step.is_none_or(|want| match &e.kind {
+                    EventKind::StepStarted { step, .. } | EventKind::StepCompleted { step, .. } => {
+                        step.as_str() == want
+                    }
+                    _ => false,
+                })
+        })
+        .unwrap_or_else(|| panic!("no {name} {step:?} in {events:#?}"))
+        .seq
+}
+
+fn count(events: &[RunEvent], name: &str, step: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| match &e.kind {
+            EventKind::StepStarted { step: s, .. } => name == "StepStarted" && s.as_str() == step,
+            _ => false,
+        })
+        .count()
+}
+
+/// Ids streamed, in order, over every `PlanStreamed` event.
+fn streamed_ids(events: &[RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::PlanStreamed { steps } => {
+                Some(steps.iter().map(|s| s.id.0.clone()).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_streamed_plan_starts_steps_before_the_whole_plan_has_arrived() {
+    // `c` is long, so the plan's text ends well after `a` and `b` have streamed in.
+    let mut c = step("c", &[]);
+    c["description"] = json!("x".repeat(800));
+    let steps = json!([step("a", &[]), step("b", &["a"]), c]);
+    let script = json!({
+        "planner": [slow_plan(steps, 1500)],
+        "steps": {"a": ["A"], "b": ["B"], "c": ["C"]},
+        "synthesizer": ["done"]
+    });
+    let rt = runtime(script.clone(), streaming()).await;
+    let (r, events) = run_collecting(&rt, "stream it").await;
+    assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
+    assert_gapless(&events);
+    let proposed = seq_of(&events, "PlanProposed", None);
+    assert!(seq_of(&events, "PlanStreamed", None) < proposed);
+    assert!(seq_of(&events, "StepCompleted", Some("a")) < proposed, "{events:#?}");
+    assert!(seq_of(&events, "StepStarted", Some("b")) < proposed, "{events:#?}");
+    assert_eq!(streamed_ids(&events), ["a", "b", "c"]);
+    let ids: Vec<&str> = r.plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert!(r.plan.steps.iter().all(|s| s.status == StepStatus::Completed && s.attempts == 1), "{r:#?}");
+    assert_eq!((r.plan.revision, r.revisions.len()), (1, 1));
+    assert_eq!(r.plan.steps[1].output.as_deref(), Some("B"));
+
+    // The same run without `stream_plan` starts nothing before the plan is whole.
+    let rt = runtime(script, RunOptions::default()).await;
+    let (r, events) = run_collecting(&rt, "do not stream").await;
+    assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
+    assert!(streamed_ids(&events).is_empty());
+    assert!(seq_of(&events, "StepStarted", Some("a")) > seq_of(&events, "PlanProposed", None));
+}
+
+#[tokio::test]
+async fn a_streamed_plan_waits_for_approval_as_a_whole() {
+    let mut opts = streaming();
+    opts.policy.require_approval = true;
+    let script = json!({"planner": [slow_plan(json!([step("a", &[])]), 200)], "steps": {"a": ["A"]},
+                        "synthesizer": ["done"]});
+    let rt = runtime(script, opts).await;
+    let handle = rt.submit("approve first").await.unwrap();
+    let mut events = handle.events();
+    while let Some(e) = events.next().await {
+        let e = e.unwrap();
+        assert_ne!(e.kind.name(), "PlanStreamed", "nothing may start before approval");
+        if e.kind.name() == "PlanProposed" {
+            break;
+        }
+    }
+    handle.approve(None).await.unwrap();
+    assert_eq!(handle.result().await.unwrap().status, RunStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_streamed_plan_that_needs_repair_keeps_what_already_ran() {
+    // `bad` names a step that does not exist: the whole plan is invalid, but `a` and `b` were
+    // fine on their own and started while it streamed. The repair drops `b` and adds `c`.
+    let mut bad = step("bad", &["zzz"]);
+    bad["description"] = json!("y".repeat(600));
+    let first = slow_plan(json!([step("a", &[]), step("b", &["a"]), bad]), 1200);
+    let repaired = plan(json!([step("a", &[]), step("c", &["a"])]));
+    let script = json!({
+        "planner": [first, repaired],
+        "steps": {"a": ["A"], "b": ["B"], "c": ["C"]},
+        "synthesizer": ["done"]
+    });
+    let rt = runtime(script, streaming()).await;
+    let (r, events) = run_collecting(&rt, "repair a streamed plan").await;
+    assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
+    assert_gapless(&events);
+    assert_eq!(streamed_ids(&events), ["a", "b"], "`bad` could not start on its own");
+    assert_eq!(count(&events, "StepStarted", "a"), 1, "the repair does not run `a` again");
+    assert!(seq_of(&events, "StepCompleted", Some("a")) < seq_of(&events, "PlanProposed", None));
+    assert_eq!(status_of(&r, "a"), StepStatus::Completed);
+    assert_eq!(status_of(&r, "c"), StepStatus::Completed);
+    assert!(r.plan.steps.iter().all(|s| s.id.as_str() != "bad"));
+    // `b` finished before the repair arrived (kept, with its output) or was stopped and dropped.
+    if let Some(b) = r.plan.steps.iter().find(|s| s.id.as_str() == "b") {
+        assert_eq!((b.status, b.output.as_deref()), (StepStatus::Completed, Some("B")));
+    }
+}
+
+#[tokio::test]
+async fn a_tracker_that_crashes_while_the_plan_streams_resumes_without_repeating_steps() {
+    let steps = json!([step("a", &[]), step("b", &["a"]), step("c", &["b"])]);
+    let script = json!({
+        "planner": [slow_plan(steps.clone(), 1000), slow_plan(steps, 300)],
+        "steps": {"a": ["A"], "b": ["B"], "c": ["C"]},
+        "synthesizer": ["done"]
+    });
+    // The store panics on the first StepCompleted (`a`'s, while the plan is still streaming).
+    let store = Arc::new(PanicOnceStore {
+        inner: stepwise::store::MemoryStore::new(),
+        armed: std::sync::atomic::AtomicBool::new(true),
+    });
+    let rt = Stepwise::builder()
+        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
+        .options(streaming())
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    let handle = rt.submit("crash while streaming").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), handle.result()).await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
+    let events = store.inner.events(handle.id(), 0).await.unwrap();
+    assert_gapless(&events);
+    // `a` ran again (its completion was lost with the crash); the second plan's stream brought
+    // no step twice; nothing else repeated.
+    assert_eq!(r.plan.steps.iter().map(|s| s.attempts).collect::<Vec<_>>(), [2, 1, 1], "{r:#?}");
+    let mut ids = streamed_ids(&events);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), streamed_ids(&events).len(), "{events:#?}");
+}

@@ -31,6 +31,10 @@ pub async fn drive(
 pub fn print_event(event: &RunEvent) {
     let line = match &event.kind {
         EventKind::RunSubmitted { task, .. } => format!("submitted: {task}"),
+        EventKind::PlanStreamed { steps } => {
+            let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+            format!("plan streaming: {}", ids.join(", "))
+        }
         EventKind::PlanProposed { plan, .. } => {
             let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
             format!("plan r1: {} steps ({})", ids.len(), ids.join(", "))

@@ -93,6 +93,10 @@ pub struct PlanJob {
     pub task: String,
     /// The run span's context.
     pub trace: TraceContext,
+    /// Stream the plan and send each step to the tracker as soon as it is parsed
+    /// ([`TrackerMsg::PlanStreamed`]), before [`TrackerMsg::PlanReady`] brings the whole plan.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// Messages to the planner.
@@ -167,6 +171,8 @@ pub enum ControlError {
 pub enum TrackerMsg {
     /// Begin, or resume from the stored events.
     Start,
+    /// Steps parsed from the plan while it is still streaming in (`stream_plan`), in order.
+    PlanStreamed(Vec<StepSpec>),
     /// The planner answered.
     PlanReady(ServiceResult<PlanSpec>),
     /// The replanner answered.

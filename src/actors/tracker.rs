@@ -22,7 +22,7 @@ use super::messages::{
 };
 use super::{RunChannels, Services, Shared};
 use crate::options::StepBudget;
-use crate::plan::{PlanSpec, StepId, StepStatus, validate_steps};
+use crate::plan::{PlanSpec, StepId, StepSpec, StepStatus, validate_steps, validate_streamed_step};
 use crate::run::{
     Decision, EventKind, FailureAction, LlmUsage, ReplanDecision, RunEvent, RunId, RunState, RunStatus,
     StepError, StepErrorKind, on_step_failure, replan_after_success,
@@ -39,6 +39,8 @@ struct InFlight {
     attempt: u32,
     span: tracing::Span,
     started: Instant,
+    /// Stops this attempt alone (a child of the run's token).
+    cancel: CancellationToken,
 }
 
 /// Which model-backed service the run is waiting for.
@@ -133,6 +135,7 @@ impl Actor for Tracker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TrackerMsg::Start => self.resume(&me, st).await?,
+            TrackerMsg::PlanStreamed(steps) => self.on_plan_streamed(&me, st, steps).await?,
             TrackerMsg::PlanReady(result) => self.on_plan(&me, st, result).await?,
             TrackerMsg::StepFinished(report) => self.on_step(&me, st, report).await?,
             TrackerMsg::ReplanReady(result) => self.on_replan(&me, st, result).await?,
@@ -252,39 +255,51 @@ impl Tracker {
             me.send_after(left, || TrackerMsg::RunTimeout);
         }
         match st.run.status {
-            RunStatus::Planning => self.ask_planner(me, st),
-            RunStatus::AwaitingApproval => self.arm_approval_timeout(me, st),
-            RunStatus::Running => {
-                // Steps that were running when the previous tracker died run again (at-least-once).
-                let interrupted: Vec<StepId> = st
-                    .run
-                    .plan
-                    .steps
-                    .iter()
-                    .filter(|s| s.status == StepStatus::Running)
-                    .map(|s| s.id.clone())
-                    .collect();
-                for step in interrupted {
-                    self.dispatch(me, st, step).await?;
-                }
-                // A failure whose decision was not recorded yet is decided again.
-                let failed: Vec<(StepId, u32, String)> = st
-                    .run
-                    .plan
-                    .steps
-                    .iter()
-                    .filter(|s| s.status == StepStatus::Failed)
-                    .map(|s| (s.id.clone(), s.failures, s.error.clone().unwrap_or_default()))
-                    .collect();
-                for (step, failures, error) in failed {
-                    let error = StepError::parse(&error);
-                    self.decide_failure(st, step, failures, &error).await?;
-                }
-                self.advance(me, st).await?;
+            RunStatus::Planning => {
+                self.ask_planner(me, st);
+                // Steps of a plan that was streaming in when the previous tracker died.
+                self.resume_steps(me, st).await?;
             }
+            RunStatus::AwaitingApproval => self.arm_approval_timeout(me, st),
+            RunStatus::Running => self.resume_steps(me, st).await?,
             RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {}
         }
         Ok(())
+    }
+
+    /// Re-dispatches the steps that were running when the previous tracker died, decides the
+    /// failures it had not decided yet, and moves on.
+    async fn resume_steps(
+        &self,
+        me: &ActorRef<TrackerMsg>,
+        st: &mut TrackerState,
+    ) -> Result<(), TrackerError> {
+        // Steps that were running when the previous tracker died run again (at-least-once).
+        let interrupted: Vec<StepId> = st
+            .run
+            .plan
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Running)
+            .map(|s| s.id.clone())
+            .collect();
+        for step in interrupted {
+            self.dispatch(me, st, step).await?;
+        }
+        // A failure whose decision was not recorded yet is decided again.
+        let failed: Vec<(StepId, u32, String)> = st
+            .run
+            .plan
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Failed)
+            .map(|s| (s.id.clone(), s.failures, s.error.clone().unwrap_or_default()))
+            .collect();
+        for (step, failures, error) in failed {
+            let error = StepError::parse(&error);
+            self.decide_failure(st, step, failures, &error).await?;
+        }
+        self.advance(me, st).await
     }
 
     fn ask_planner(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState) {
@@ -293,13 +308,55 @@ impl Tracker {
             "stepwise.plan",
             stepwise.plan.revision = 1u32,
             stepwise.plan.steps = tracing::field::Empty,
+            stepwise.plan.streamed_steps = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        let job =
-            PlanJob { run_id: st.run.id.clone(), task: st.run.task.clone(), trace: TraceContext::of(&span) };
+        let policy = &st.run.options.policy;
+        let job = PlanJob {
+            run_id: st.run.id.clone(),
+            task: st.run.task.clone(),
+            trace: TraceContext::of(&span),
+            // Approval needs the whole plan before anything runs.
+            stream: policy.stream_plan && !policy.require_approval,
+        };
         st.waiting = Waiting::Plan(span);
         let _ = st.services.planner.cast(super::messages::PlannerMsg::Plan(job, me.clone()));
+    }
+
+    /// Takes steps of a plan that is still streaming in, and starts those that are ready. A
+    /// step that cannot be judged on its own yet (it depends on a step still to come, or reuses
+    /// an id) waits for the whole plan.
+    async fn on_plan_streamed(
+        &self,
+        me: &ActorRef<TrackerMsg>,
+        st: &mut TrackerState,
+        steps: Vec<StepSpec>,
+    ) -> Result<(), TrackerError> {
+        let Waiting::Plan(span) = &st.waiting else { return Ok(()) };
+        if st.run.status != RunStatus::Planning {
+            return Ok(());
+        }
+        let tools = self.shared.tool_name_refs();
+        let mut known: Vec<StepId> = st.run.plan.steps.iter().map(|s| s.id.clone()).collect();
+        let mut accepted = Vec::with_capacity(steps.len());
+        for step in steps {
+            match validate_streamed_step(&step, &known, &tools) {
+                Ok(()) => {
+                    known.push(step.id.clone());
+                    accepted.push(step);
+                }
+                Err(e) => {
+                    tracing::debug!(run = %st.run.id, error = %e, "streamed step waits for the whole plan")
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        span.record("stepwise.plan.streamed_steps", known.len());
+        self.emit(st, EventKind::PlanStreamed { steps: accepted }).await?;
+        self.advance(me, st).await
     }
 
     async fn on_plan(
@@ -317,6 +374,16 @@ impl Tracker {
                 span.record("stepwise.plan.steps", plan.steps.len());
                 drop(span);
                 self.emit(st, EventKind::PlanProposed { revision: 1, plan, usage }).await?;
+                // A streamed step that the whole plan left out (a repair rewrote it) stops.
+                let dropped: Vec<StepId> =
+                    st.in_flight.keys().filter(|id| st.run.plan.step(id).is_none()).cloned().collect();
+                for id in dropped {
+                    if let Some(f) = st.in_flight.remove(&id) {
+                        f.cancel.cancel();
+                        f.span.record("stepwise.step.status", "cancelled");
+                        telemetry::metrics::global().step_ended("cancelled", Some(f.started.elapsed()));
+                    }
+                }
                 if st.run.status == RunStatus::AwaitingApproval {
                     self.arm_approval_timeout(me, st);
                 }
@@ -363,6 +430,14 @@ impl Tracker {
 
     /// Moves the run forward: dispatch ready steps, start a due replan, or synthesise.
     async fn advance(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState) -> Result<(), TrackerError> {
+        if st.run.status == RunStatus::Planning && st.run.steps_may_run() {
+            // The plan is still streaming in: start what is ready; replans, synthesis and the
+            // check for a stuck plan wait for the whole plan.
+            if st.replan_due.is_none() {
+                self.dispatch_ready(me, st).await?;
+            }
+            return Ok(());
+        }
         if st.run.status != RunStatus::Running || !matches!(st.waiting, Waiting::Nothing) {
             return Ok(());
         }
@@ -377,18 +452,7 @@ impl Tracker {
             }
             return Ok(());
         }
-        let mut ready: Vec<StepId> = std::mem::take(&mut st.retry_due);
-        ready.extend(
-            st.run
-                .plan
-                .ready()
-                .into_iter()
-                .filter(|s| !st.in_flight.contains_key(&s.id))
-                .map(|s| s.id.clone()),
-        );
-        for step in ready {
-            self.dispatch(me, st, step).await?;
-        }
+        self.dispatch_ready(me, st).await?;
         if st.in_flight.is_empty() {
             if st.run.plan.all_resolved() {
                 self.ask_synthesizer(me, st);
@@ -404,6 +468,27 @@ impl Tracker {
                 let error = format!("no step can make progress: {}", stuck.join(", "));
                 return self.emit(st, EventKind::RunFailed { error, usage: LlmUsage::default() }).await;
             }
+        }
+        Ok(())
+    }
+
+    /// Starts the retries that are due and every step whose dependencies are resolved.
+    async fn dispatch_ready(
+        &self,
+        me: &ActorRef<TrackerMsg>,
+        st: &mut TrackerState,
+    ) -> Result<(), TrackerError> {
+        let mut ready: Vec<StepId> = std::mem::take(&mut st.retry_due);
+        ready.extend(
+            st.run
+                .plan
+                .ready()
+                .into_iter()
+                .filter(|s| !st.in_flight.contains_key(&s.id))
+                .map(|s| s.id.clone()),
+        );
+        for step in ready {
+            self.dispatch(me, st, step).await?;
         }
         Ok(())
     }
@@ -460,7 +545,10 @@ impl Tracker {
             cancel: cancel.clone(),
             events_to: Some(me.clone()),
         };
-        st.in_flight.insert(step.clone(), InFlight { attempt, span, started: Instant::now() });
+        st.in_flight.insert(
+            step.clone(),
+            InFlight { attempt, span, started: Instant::now(), cancel: cancel.clone() },
+        );
         let (tx, rx) = ractor::concurrency::oneshot();
         let sent = st
             .services
@@ -495,7 +583,7 @@ impl Tracker {
         report: StepReport,
     ) -> Result<(), TrackerError> {
         let current = st.in_flight.get(&report.step).is_some_and(|f| f.attempt == report.attempt);
-        if !current || st.run.status != RunStatus::Running {
+        if !current || !st.run.steps_may_run() {
             return Ok(());
         }
         let Some(flight) = st.in_flight.remove(&report.step) else { return Ok(()) };
@@ -550,7 +638,7 @@ impl Tracker {
         failures: u32,
         error: &StepError,
     ) -> Result<(), TrackerError> {
-        if st.run.status != RunStatus::Running {
+        if !st.run.steps_may_run() {
             return Ok(());
         }
         let replans = st.run.replans();

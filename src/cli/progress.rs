@@ -53,7 +53,11 @@ impl Progress {
     }
 
     fn add_steps(&mut self, steps: &[StepSpec]) {
+        // A streamed plan shows its steps as they arrive; the whole plan adds only the rest.
         for s in steps {
+            if self.bars.contains_key(s.id.as_str()) {
+                continue;
+            }
             self.total += 1;
             let deps = s.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ");
             self.line(format!(
@@ -92,6 +96,12 @@ impl Progress {
     pub fn event(&mut self, e: &RunEvent) {
         match &e.kind {
             EventKind::RunSubmitted { task, .. } => self.line(format!("task: {task}")),
+            EventKind::PlanStreamed { steps } => {
+                if self.bars.is_empty() {
+                    self.line("plan (streaming)".into());
+                }
+                self.add_steps(steps);
+            }
             EventKind::PlanProposed { plan, revision, .. } => {
                 self.line(format!("plan (revision {revision}): {}", plan.goal));
                 self.add_steps(&plan.steps);

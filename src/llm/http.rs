@@ -76,8 +76,8 @@ impl std::fmt::Debug for HttpTransport {
 }
 
 /// What one attempt produced, before the retry decision.
-enum Attempt {
-    Done(Value),
+enum Attempt<T> {
+    Done(T),
     Final(HttpFailure),
     Retry { failure: HttpFailure, retry_after: Option<Duration> },
 }
@@ -116,25 +116,86 @@ impl HttpTransport {
         give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
     ) -> Result<Value, HttpFailure> {
         let shown = display_url(url);
-        let mut attempt = 0u32;
+        self.retrying(&shown, || async {
+            match self.open(url, &shown, body, give_up).await {
+                Attempt::Done(response) => self.read_json(response, &shown).await,
+                Attempt::Final(f) => Attempt::Final(f),
+                Attempt::Retry { failure, retry_after } => Attempt::Retry { failure, retry_after },
+            }
+        })
+        .await
+    }
+
+    /// POSTs `body` and reads a server-sent-events answer, handing each event's `data` to
+    /// `on_data` as it arrives; `on_data` returns `false` to stop reading (e.g. at `[DONE]`).
+    /// Connecting and error statuses are retried per the policy, as for [`Self::post_json_with`];
+    /// once events flow, a broken stream is final (what was handed on cannot be taken back).
+    pub async fn post_sse(
+        &self,
+        url: &str,
+        body: &Value,
+        give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
+        on_data: &mut (dyn FnMut(&str) -> bool + Send),
+    ) -> Result<(), HttpFailure> {
+        use futures::StreamExt;
+        let shown = display_url(url);
+        let response = self.retrying(&shown, || self.open(url, &shown, body, give_up)).await?;
+        let is_json = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if is_json {
+            // A server that does not stream answers whole: one event carrying the whole answer.
+            let text = response.text().await.map_err(|e| self.stream_failure(&shown, e))?;
+            on_data(&text);
+            return Ok(());
+        }
+        let mut stream = response.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.stream_failure(&shown, e))?;
+            buf.extend_from_slice(&chunk);
+            while let Some((end, skip)) = event_end(&buf) {
+                let event: Vec<u8> = buf.drain(..end + skip).take(end).collect();
+                let event = String::from_utf8_lossy(&event);
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if !data.is_empty() && !on_data(&data.join("\n")) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retries are used up.
+    async fn retrying<T, F>(&self, shown: &str, attempt: impl Fn() -> F) -> Result<T, HttpFailure>
+    where
+        F: std::future::Future<Output = Attempt<T>>,
+    {
+        let mut retries = 0u32;
         loop {
-            let (failure, retry_after) = match self.attempt(url, &shown, body, give_up).await {
+            let (failure, retry_after) = match attempt().await {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Final(f) => return Err(f),
                 Attempt::Retry { failure, retry_after } => (failure, retry_after),
             };
-            if attempt >= self.policy.max_retries {
+            if retries >= self.policy.max_retries {
                 return Err(failure);
             }
             let delay = match retry_after {
                 Some(d) => d.min(self.policy.max_retry_after),
-                None => backoff_delay(&self.policy, attempt),
+                None => backoff_delay(&self.policy, retries),
             };
-            attempt += 1;
+            retries += 1;
             tracing::warn!(
                 url = %shown,
                 error = %failure.error,
-                retry = attempt,
+                retry = retries,
                 max_retries = self.policy.max_retries,
                 delay_ms = delay.as_millis() as u64,
                 "model request failed; retrying"
@@ -143,19 +204,23 @@ impl HttpTransport {
         }
     }
 
-    async fn attempt(
+    /// Sends the request; a success status hands back the response with its body unread.
+    async fn open(
         &self,
         url: &str,
         shown: &str,
         body: &Value,
         give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
-    ) -> Attempt {
+    ) -> Attempt<reqwest::Response> {
         let sent = self.client.post(url).headers(self.headers.clone()).json(body).send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => return self.send_error(shown, e),
         };
         let status = response.status();
+        if status.is_success() {
+            return Attempt::Done(response);
+        }
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -165,21 +230,6 @@ impl HttpTransport {
             Ok(t) => t,
             Err(e) => return self.send_error(shown, e),
         };
-        if status.is_success() {
-            // A successful body is the model's answer: never rewrite it (a short placeholder key
-            // such as "x" would otherwise corrupt every answer that contains that letter).
-            return match serde_json::from_str(&text) {
-                Ok(v) => Attempt::Done(v),
-                Err(e) => Attempt::Final(HttpFailure {
-                    error: LlmError::InvalidResponse(format!(
-                        "response from {shown} is not JSON ({e}): {}",
-                        clip(&text, 300)
-                    )),
-                    body: Some(text),
-                }),
-            }
-            .redacted(self);
-        }
         let text = self.redact(text);
         let code = status.as_u16();
         let failure = HttpFailure {
@@ -194,7 +244,39 @@ impl HttpTransport {
         }
     }
 
-    fn send_error(&self, shown: &str, e: reqwest::Error) -> Attempt {
+    /// Reads a successful answer as JSON.
+    async fn read_json(&self, response: reqwest::Response, shown: &str) -> Attempt<Value> {
+        let text = match response.text().await {
+            Ok(t) => t,
+            Err(e) => return self.send_error(shown, e),
+        };
+        // A successful body is the model's answer: never rewrite it (a short placeholder key
+        // such as "x" would otherwise corrupt every answer that contains that letter).
+        match serde_json::from_str(&text) {
+            Ok(v) => Attempt::Done(v),
+            Err(e) => Attempt::Final(HttpFailure {
+                error: LlmError::InvalidResponse(
+                    self.redact(format!("response from {shown} is not JSON ({e}): {}", clip(&text, 300))),
+                ),
+                body: Some(self.redact(text)),
+            }),
+        }
+    }
+
+    /// A read error once the answer is flowing: final, whatever its kind.
+    fn stream_failure(&self, shown: &str, e: reqwest::Error) -> HttpFailure {
+        self.transport_failure(shown, e).0
+    }
+
+    fn send_error<T>(&self, shown: &str, e: reqwest::Error) -> Attempt<T> {
+        match self.transport_failure(shown, e) {
+            (failure, true) => Attempt::Retry { failure, retry_after: None },
+            (failure, false) => Attempt::Final(failure),
+        }
+    }
+
+    /// A transport error as a failure, and whether trying again may help.
+    fn transport_failure(&self, shown: &str, e: reqwest::Error) -> (HttpFailure, bool) {
         let timeout = e.is_timeout();
         let retryable = timeout || e.is_connect() || e.is_request() || e.is_body();
         let error = if timeout {
@@ -202,8 +284,7 @@ impl HttpTransport {
         } else {
             LlmError::Transport(self.redact(format!("POST {shown}: {}", error_chain(e.without_url()))))
         };
-        let failure = HttpFailure { error, body: None };
-        if retryable { Attempt::Retry { failure, retry_after: None } } else { Attempt::Final(failure) }
+        (HttpFailure { error, body: None }, retryable)
     }
 
     fn redact(&self, text: String) -> String {
@@ -219,21 +300,6 @@ impl HttpTransport {
 /// Keys shorter than this are placeholders for local servers (`OPENAI_API_KEY=x`), not secrets;
 /// scrubbing them would mangle every message containing those characters.
 const MIN_SECRET_LEN: usize = 8;
-
-impl Attempt {
-    /// Scrubs the secret from an error this attempt carries.
-    fn redacted(self, t: &HttpTransport) -> Attempt {
-        match self {
-            Attempt::Final(HttpFailure { error: LlmError::InvalidResponse(m), body }) => {
-                Attempt::Final(HttpFailure {
-                    error: LlmError::InvalidResponse(t.redact(m)),
-                    body: body.map(|b| t.redact(b)),
-                })
-            }
-            other => other,
-        }
-    }
-}
 
 /// A header value holding a secret, marked sensitive so it never shows in `Debug` output.
 pub fn secret_header(value: &str) -> Result<reqwest::header::HeaderValue, LlmError> {
@@ -278,6 +344,19 @@ pub fn error_message(body: &str) -> String {
     }
     let body = body.trim();
     if body.is_empty() { "(empty body)".into() } else { clip(body, 500) }
+}
+
+/// Where the first server-sent event in `buf` ends: its length and the blank line's length.
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    (0..buf.len()).find_map(|i| {
+        if buf[i..].starts_with(b"\r\n\r\n") {
+            Some((i, 4))
+        } else if buf[i..].starts_with(b"\n\n") {
+            Some((i, 2))
+        } else {
+            None
+        }
+    })
 }
 
 /// `url` without user info or query string, for messages and logs.

@@ -248,6 +248,9 @@ pub enum LlmError {
     Config(String),
 }
 
+/// Receives an answer's text piece by piece while the model is still writing it.
+pub type TextSink<'a> = dyn Fn(&str) + Send + Sync + 'a;
+
 /// A chat model. Implementations must be cheap to share (`Arc`) and safe to call concurrently.
 #[async_trait::async_trait]
 pub trait ChatModel: Send + Sync + 'static {
@@ -257,6 +260,21 @@ pub trait ChatModel: Send + Sync + 'static {
     fn provider(&self) -> &str;
     /// One call. Providers retry transient failures themselves; errors here are final.
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError>;
+
+    /// Like [`ChatModel::chat`], and also hands the answer's text (for a structured call: the
+    /// JSON) to `sink` piece by piece as it is generated, so a caller can act on a prefix: the
+    /// streaming planner starts steps before the plan is finished. The pieces concatenate to the
+    /// returned `content`, give or take a code fence. Providers that cannot stream keep this
+    /// default, which hands over the whole text once it is there.
+    async fn chat_streaming(
+        &self,
+        request: ChatRequest,
+        sink: &TextSink<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        let response = self.chat(request).await?;
+        sink(&response.content);
+        Ok(response)
+    }
 
     /// Called once a run has ended, so a model that keeps per-run state (the scripted provider's
     /// position in its script) can drop it: a long-lived service must not grow with every run.
@@ -318,11 +336,25 @@ pub struct Structured<T> {
 /// `parse` returns a human-readable error the model can act on (it names the offending step).
 pub async fn structured_call<T>(
     model: &dyn ChatModel,
+    request: ChatRequest,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Structured<T>, LlmError> {
+    structured_call_streaming(model, request, None, parse).await
+}
+
+/// [`structured_call`] whose first call streams its text into `sink` (the repair call, if
+/// any, does not: what streamed first was the rejected answer).
+pub async fn structured_call_streaming<T>(
+    model: &dyn ChatModel,
     mut request: ChatRequest,
+    sink: Option<&TextSink<'_>>,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Structured<T>, LlmError> {
     let schema = request.structured.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| "json".into());
-    let first = model.chat(request.clone()).await?;
+    let first = match sink {
+        Some(sink) => model.chat_streaming(request.clone(), sink).await?,
+        None => model.chat(request.clone()).await?,
+    };
     let mut usage = first.usage;
     match parse(&first.content) {
         Ok(value) => Ok(Structured { value, usage, calls: 1 }),

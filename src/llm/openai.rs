@@ -25,7 +25,8 @@ use super::config::{LlmConfig, ProviderKind, RoleModelConfig, StructuredMode};
 use super::http::{HttpFailure, HttpTransport, RetryPolicy, secret_header};
 use super::providers::inherited;
 use super::{
-    ChatModel, ChatRequest, ChatResponse, LlmError, Message, Role, StructuredOutput, TokenUsage, ToolCall,
+    ChatModel, ChatRequest, ChatResponse, LlmError, Message, Role, StructuredOutput, TextSink, TokenUsage,
+    ToolCall,
 };
 
 /// The public OpenAI endpoint, used when neither config nor `OPENAI_BASE_URL` names another.
@@ -310,12 +311,157 @@ impl OpenAiModel {
         Ok(ChatResponse { content, tool_calls, usage, model })
     }
 
-    async fn send(&self, body: &Value, may_fall_back: bool) -> Result<Value, HttpFailure> {
-        if may_fall_back {
-            self.http.post_json_with(&self.url, body, &|status, body| rejects_structured(status, body)).await
-        } else {
-            self.http.post_json(&self.url, body).await
+    /// Sends `body` and returns the answer in the non-streaming shape; with a sink, asks for a
+    /// stream and hands the text to it as it arrives.
+    async fn send(
+        &self,
+        mut body: Value,
+        may_fall_back: bool,
+        sink: Option<(&TextSink<'_>, Option<&str>)>,
+    ) -> Result<Value, HttpFailure> {
+        let give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync) =
+            if may_fall_back { &|status, body| rejects_structured(status, body) } else { &|_, _| false };
+        let Some((sink, tool)) = sink else {
+            return self.http.post_json_with(&self.url, &body, give_up).await;
+        };
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let mut answer = StreamedAnswer::new(tool);
+        let mut on_data = |data: &str| answer.read(data, sink);
+        self.http.post_sse(&self.url, &body, give_up, &mut on_data).await?;
+        answer.into_response().map_err(|error| HttpFailure { error, body: None })
+    }
+}
+
+/// A streamed answer (`chat.completion.chunk` events) put back together.
+struct StreamedAnswer<'a> {
+    /// The forced structured tool whose arguments are the answer's text (tool mode).
+    tool: Option<&'a str>,
+    content: String,
+    /// Tool calls by index: id, name, arguments so far.
+    calls: Vec<(String, String, String)>,
+    usage: Option<Value>,
+    model: Option<String>,
+    error: Option<LlmError>,
+    done: bool,
+    /// A whole (non-streaming) answer, from a server that ignored `stream: true`.
+    whole: Option<Value>,
+}
+
+impl<'a> StreamedAnswer<'a> {
+    fn new(tool: Option<&'a str>) -> Self {
+        Self {
+            tool,
+            content: String::new(),
+            calls: Vec::new(),
+            usage: None,
+            model: None,
+            error: None,
+            done: false,
+            whole: None,
         }
+    }
+
+    /// Takes one event's data; false once the stream is over (`[DONE]` or an error event).
+    fn read(&mut self, data: &str, sink: &TextSink<'_>) -> bool {
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return false;
+        }
+        let chunk: Value = match serde_json::from_str(data) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error = Some(LlmError::InvalidResponse(format!("stream event is not JSON ({e})")));
+                return false;
+            }
+        };
+        if let Some(error) = chunk.get("error") {
+            let message = super::http::error_message(&json!({"error": error}).to_string());
+            self.error =
+                Some(LlmError::InvalidResponse(format!("the stream ended with an error: {message}")));
+            return false;
+        }
+        if let Some(message) = chunk.pointer("/choices/0/message") {
+            let text = match self.tool {
+                Some(tool) => message
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .and_then(|calls| {
+                        calls.iter().find(|c| c.pointer("/function/name") == Some(&json!(tool)))
+                    })
+                    .and_then(|c| c.pointer("/function/arguments"))
+                    .and_then(Value::as_str),
+                None => message.get("content").and_then(Value::as_str),
+            };
+            sink(text.unwrap_or_default());
+            self.whole = Some(chunk);
+            return false;
+        }
+        if let Some(m) = chunk.get("model").and_then(Value::as_str) {
+            self.model = Some(m.to_owned());
+        }
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u.clone());
+        }
+        let Some(delta) = chunk.pointer("/choices/0/delta") else { return true };
+        if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            self.content.push_str(text);
+            if self.tool.is_none() {
+                sink(text);
+            }
+        }
+        for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+            if self.calls.len() <= index {
+                self.calls.resize(index + 1, Default::default());
+            }
+            let slot = &mut self.calls[index];
+            if let Some(id) = call.get("id").and_then(Value::as_str) {
+                slot.0 = id.to_owned();
+            }
+            if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
+                slot.1.push_str(name);
+            }
+            if let Some(args) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                slot.2.push_str(args);
+                if self.tool.is_some_and(|t| t == slot.1) {
+                    sink(args);
+                }
+            }
+        }
+        true
+    }
+
+    /// The answer as a non-streaming response body, for [`OpenAiModel::parse_response`].
+    fn into_response(self) -> Result<Value, LlmError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if let Some(whole) = self.whole {
+            return Ok(whole);
+        }
+        if !self.done && self.content.is_empty() && self.calls.is_empty() {
+            return Err(LlmError::InvalidResponse("the stream ended before any answer".into()));
+        }
+        let calls: Vec<Value> = self
+            .calls
+            .into_iter()
+            .map(|(id, name, arguments)| {
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+            })
+            .collect();
+        let mut message = json!({"role": "assistant", "content": self.content});
+        if !calls.is_empty() {
+            message["tool_calls"] = Value::Array(calls);
+        }
+        let mut body = json!({"choices": [{"index": 0, "message": message}]});
+        if let Some(u) = self.usage {
+            body["usage"] = u;
+        }
+        if let Some(m) = self.model {
+            body["model"] = json!(m);
+        }
+        Ok(body)
     }
 }
 
@@ -344,16 +490,37 @@ impl ChatModel for OpenAiModel {
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.complete(request, None).await
+    }
+
+    async fn chat_streaming(
+        &self,
+        request: ChatRequest,
+        sink: &TextSink<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        self.complete(request, Some(sink)).await
+    }
+}
+
+impl OpenAiModel {
+    /// One call, in the configured structured-output mode (falling back under `auto`), streamed
+    /// into `sink` when there is one.
+    async fn complete(
+        &self,
+        request: ChatRequest,
+        sink: Option<&TextSink<'_>>,
+    ) -> Result<ChatResponse, LlmError> {
         let Some(structured) = request.structured.as_ref() else {
             let body = self.request_body(&request, StructuredMode::JsonSchema);
-            let v = self.send(&body, false).await?;
+            let v = self.send(body, false, sink.map(|s| (s, None))).await?;
             return self.parse_response(v, None);
         };
         let auto = self.settings.structured == StructuredMode::Auto;
         let mut mode = if auto { auto_mode_for(&self.settings.base_url) } else { self.settings.structured };
         loop {
             let body = self.request_body(&request, mode);
-            match self.send(&body, auto && next_fallback(mode).is_some()).await {
+            let tool = (mode == StructuredMode::Tool).then_some(structured.name.as_str());
+            match self.send(body, auto && next_fallback(mode).is_some(), sink.map(|s| (s, tool))).await {
                 Ok(v) => {
                     if auto && mode != StructuredMode::JsonSchema {
                         let previous = learned_modes().insert(self.settings.base_url.clone(), mode);

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::{AgentRole, CallContext, ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel};
+use super::{
+    AgentRole, CallContext, ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel, TextSink,
+};
 
 /// A model that passes every call to `inner` and records the exchange (see the module docs).
 pub struct RecordingModel {
@@ -203,8 +205,30 @@ impl ChatModel for RecordingModel {
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.call(request, None).await
+    }
+
+    async fn chat_streaming(
+        &self,
+        request: ChatRequest,
+        sink: &TextSink<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        self.call(request, Some(sink)).await
+    }
+}
+
+impl RecordingModel {
+    /// One call to the wrapped model (streamed when there is a sink), written to the recording.
+    async fn call(
+        &self,
+        request: ChatRequest,
+        sink: Option<&TextSink<'_>>,
+    ) -> Result<ChatResponse, LlmError> {
         let slot = self.log.reserve(&request.context).await;
-        let result = self.inner.chat(request).await;
+        let result = match sink {
+            Some(sink) => self.inner.chat_streaming(request, sink).await,
+            None => self.inner.chat(request).await,
+        };
         if let Some(slot) = slot {
             self.log.fill(slot, entry(&result)).await;
         }

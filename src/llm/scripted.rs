@@ -35,7 +35,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::{AgentRole, ChatRequest, ChatResponse, LlmError, Message, TokenUsage, ToolCall};
+use super::{AgentRole, ChatRequest, ChatResponse, LlmError, Message, TextSink, TokenUsage, ToolCall};
 
 /// A whole script: per-role response lists plus global settings. Deserialised strictly: an
 /// unknown key is an error naming it, so a typo cannot silently change what a test replays.
@@ -348,6 +348,47 @@ impl super::ChatModel for ScriptedModel {
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.answer(request, None).await
+    }
+
+    async fn chat_streaming(
+        &self,
+        request: ChatRequest,
+        sink: &TextSink<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        self.answer(request, Some(sink)).await
+    }
+}
+
+/// Roughly a few tokens: the size of the pieces a streamed scripted answer arrives in.
+const STREAM_PIECE_CHARS: usize = 24;
+
+/// Sends `text` to `sink` in pieces spread evenly over `delay`, as a model generating tokens at
+/// a steady rate would (deadlines from one start instant, so timer granularity does not add up).
+async fn stream_over(text: &str, delay: Duration, sink: &TextSink<'_>) {
+    let bounds: Vec<usize> = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .step_by(STREAM_PIECE_CHARS)
+        .skip(1)
+        .chain(std::iter::once(text.len()))
+        .collect();
+    let start = tokio::time::Instant::now();
+    let mut from = 0;
+    for (n, &to) in bounds.iter().enumerate() {
+        tokio::time::sleep_until(start + delay.mul_f64((n + 1) as f64 / bounds.len() as f64)).await;
+        sink(&text[from..to]);
+        from = to;
+    }
+}
+
+impl ScriptedModel {
+    /// The next scripted answer for `request`; with a sink, its text streams in over the delay.
+    async fn answer(
+        &self,
+        request: ChatRequest,
+        sink: Option<&TextSink<'_>>,
+    ) -> Result<ChatResponse, LlmError> {
         let (entry, mut next_id) = self.next_entry(&request)?;
         let reply = match entry {
             ScriptedResponse::Text(content) => ScriptedReply { content: Some(content), ..Default::default() },
@@ -355,8 +396,17 @@ impl super::ChatModel for ScriptedModel {
         };
 
         let delay = self.latency + Duration::from_millis(reply.delay_ms.unwrap_or(0));
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        let fails = reply.panic.is_some() || reply.error.is_some();
+        let content = match (&reply.content, &reply.json) {
+            (_, Some(json)) => json.to_string(),
+            (Some(content), None) => content.clone(),
+            (None, None) => String::new(),
+        };
+        match sink {
+            Some(sink) if !fails && !delay.is_zero() => stream_over(&content, delay, sink).await,
+            Some(sink) if !fails => sink(&content),
+            _ if !delay.is_zero() => tokio::time::sleep(delay).await,
+            _ => {}
         }
         if let Some(message) = reply.panic {
             panic!("scripted panic: {message}");
@@ -366,11 +416,6 @@ impl super::ChatModel for ScriptedModel {
         }
         reply.check().map_err(LlmError::Script)?;
 
-        let content = match (reply.content, reply.json) {
-            (_, Some(json)) => json.to_string(),
-            (Some(content), None) => content,
-            (None, None) => String::new(),
-        };
         let tool_calls: Vec<ToolCall> = reply
             .tool_calls
             .into_iter()
@@ -589,6 +634,31 @@ mod tests {
         m.chat(req("r", AgentRole::Planner, None, 1)).await.unwrap();
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(50) && took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn streaming_spreads_the_text_over_the_latency() {
+        let text = "x".repeat(10 * STREAM_PIECE_CHARS);
+        let m = model(json!({"latency_ms": 200, "planner": [text.clone()]}));
+        let start = std::time::Instant::now();
+        let pieces = std::sync::Mutex::new(Vec::new());
+        let sink = |p: &str| pieces.lock().unwrap().push((start.elapsed(), p.to_owned()));
+        let r = m.chat_streaming(req("r", AgentRole::Planner, None, 1), &sink).await.unwrap();
+        let pieces = pieces.into_inner().unwrap();
+        assert_eq!(r.content, text);
+        assert_eq!(pieces.iter().map(|(_, p)| p.as_str()).collect::<String>(), text);
+        assert_eq!(pieces.len(), 10);
+        // The first piece comes after a tenth of the latency, the last after all of it.
+        assert!(pieces[0].0 >= Duration::from_millis(20), "{:?}", pieces[0].0);
+        assert!(pieces[9].0 >= Duration::from_millis(200), "{:?}", pieces[9].0);
+        assert!(pieces[0].0 < pieces[9].0);
+        // Without latency the whole text arrives at once; an error entry streams nothing.
+        let m = model(json!({"planner": ["héllo", {"error": "boom"}]}));
+        let got = std::sync::Mutex::new(String::new());
+        let sink = |p: &str| got.lock().unwrap().push_str(p);
+        m.chat_streaming(req("r", AgentRole::Planner, None, 1), &sink).await.unwrap();
+        assert!(m.chat_streaming(req("r", AgentRole::Planner, None, 1), &sink).await.is_err());
+        assert_eq!(got.into_inner().unwrap(), "héllo");
     }
 
     #[tokio::test]

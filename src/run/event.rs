@@ -61,6 +61,13 @@ pub enum EventKind {
         /// Its policies and budgets.
         options: RunOptions,
     },
+    /// Steps the planner has written so far, parsed while its plan is still streaming in
+    /// (`stream_plan`); each may start as soon as its dependencies are met. `PlanProposed`
+    /// follows with the whole plan.
+    PlanStreamed {
+        /// The steps new since the last `PlanStreamed`, in plan order.
+        steps: Vec<StepSpec>,
+    },
     /// The planner wrote a valid plan.
     PlanProposed {
         /// Always 1 (later revisions are `Replanned`).
@@ -186,6 +193,7 @@ impl EventKind {
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::RunSubmitted { .. } => "RunSubmitted",
+            EventKind::PlanStreamed { .. } => "PlanStreamed",
             EventKind::PlanProposed { .. } => "PlanProposed",
             EventKind::PlanApproved { .. } => "PlanApproved",
             EventKind::StepStarted { .. } => "StepStarted",

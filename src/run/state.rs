@@ -215,11 +215,20 @@ impl RunState {
                     return Err(bad("RunSubmitted must be the first event".into()));
                 }
             }
+            EventKind::PlanStreamed { steps } => {
+                if self.status != RunStatus::Planning {
+                    return Err(bad(format!("no plan was expected in status {}", self.status.as_str())));
+                }
+                if let Some(dup) = steps.iter().find(|s| self.plan.step(&s.id).is_some()) {
+                    return Err(bad(format!("step {} was already streamed", dup.id)));
+                }
+                self.plan.extend_streamed(steps);
+            }
             EventKind::PlanProposed { revision, plan, usage } => {
                 if self.status != RunStatus::Planning {
                     return Err(bad(format!("no plan was expected in status {}", self.status.as_str())));
                 }
-                self.plan = Plan::from_spec(plan.clone(), *revision);
+                self.plan.adopt(plan.clone(), *revision);
                 self.revisions.push(PlanRevision {
                     revision: *revision,
                     reason: None,
@@ -346,8 +355,15 @@ impl RunState {
         }
     }
 
+    /// True while steps may run: the run is running, or its plan is still streaming in and some
+    /// of its steps have arrived.
+    pub fn steps_may_run(&self) -> bool {
+        self.status == RunStatus::Running
+            || (self.status == RunStatus::Planning && !self.plan.steps.is_empty())
+    }
+
     fn expect_running(&self, bad: &impl Fn(String) -> StateError) -> Result<(), StateError> {
-        if self.status == RunStatus::Running {
+        if self.steps_may_run() {
             Ok(())
         } else {
             Err(bad(format!("the run is {}, not running", self.status.as_str())))

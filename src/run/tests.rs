@@ -314,3 +314,64 @@ fn run_budget_names_the_limit() {
     let why = l.state().run_budget_exceeded().unwrap();
     assert!(why.contains("12 tokens used, limit 10"), "{why}");
 }
+
+#[test]
+fn fold_of_a_streamed_plan_keeps_what_ran_before_the_whole_plan() {
+    let mut l = Log::new(RunOptions::default());
+    // Nothing may start before any step has streamed in.
+    let mut early = Log::new(RunOptions::default());
+    early.push(EventKind::StepStarted { step: "a".into(), attempt: 1 });
+    assert!(RunState::from_events(&early.events).is_err());
+
+    let streamed = spec(&[("a", &[]), ("b", &["a"]), ("gone", &[])]).steps;
+    l.push(EventKind::PlanStreamed { steps: streamed[..2].to_vec() })
+        .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
+        .push(EventKind::PlanStreamed { steps: streamed[2..].to_vec() })
+        .push(EventKind::StepStarted { step: "gone".into(), attempt: 1 })
+        .push(EventKind::StepCompleted {
+            step: "gone".into(),
+            attempt: 1,
+            output: "G".into(),
+            usage: usage(1, 1),
+        })
+        .push(EventKind::StepCompleted {
+            step: "a".into(),
+            attempt: 1,
+            output: "A".into(),
+            usage: usage(1, 1),
+        })
+        .push(EventKind::StepStarted { step: "b".into(), attempt: 1 });
+    let s = l.state();
+    assert_eq!(s.status, RunStatus::Planning);
+    assert_eq!(s.plan.revision, 1);
+    assert!(s.steps_may_run());
+
+    // The whole plan: `gone` is left out (kept, being completed), `b` keeps running, `c` is new.
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[]), ("b", &["a"]), ("c", &["b"])]),
+        usage: usage(1, 10),
+    });
+    let s = l.state();
+    assert_eq!(s.status, RunStatus::Running);
+    let got: Vec<(&str, StepStatus, u32)> =
+        s.plan.steps.iter().map(|x| (x.id.as_str(), x.status, x.attempts)).collect();
+    assert_eq!(
+        got,
+        [
+            ("gone", StepStatus::Completed, 1),
+            ("a", StepStatus::Completed, 1),
+            ("b", StepStatus::Running, 1),
+            ("c", StepStatus::Pending, 0),
+        ]
+    );
+    assert_eq!(s.plan.step(&"a".into()).unwrap().output.as_deref(), Some("A"));
+    assert_eq!(s.revisions.len(), 1);
+    assert_eq!(s.usage.llm_calls, 3);
+
+    // A step streamed twice is a broken log.
+    let mut dup = Log::new(RunOptions::default());
+    dup.push(EventKind::PlanStreamed { steps: streamed[..1].to_vec() })
+        .push(EventKind::PlanStreamed { steps: streamed[..1].to_vec() });
+    assert!(RunState::from_events(&dup.events).is_err());
+}

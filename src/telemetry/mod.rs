@@ -49,7 +49,7 @@ pub use export::{
 pub use metrics::prometheus_text;
 
 use crate::config::TelemetryConfig;
-use crate::llm::{AgentRole, ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel};
+use crate::llm::{AgentRole, ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel, TextSink};
 
 /// A W3C trace-context carrier (`traceparent`, `tracestate`); empty when tracing is off.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +162,25 @@ impl ChatModel for Traced {
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.call(request, None).await
+    }
+
+    async fn chat_streaming(
+        &self,
+        request: ChatRequest,
+        sink: &TextSink<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        self.call(request, Some(sink)).await
+    }
+}
+
+impl Traced {
+    /// One call, streamed into `sink` when there is one, inside its `chat` span.
+    async fn call(
+        &self,
+        request: ChatRequest,
+        sink: Option<&TextSink<'_>>,
+    ) -> Result<ChatResponse, LlmError> {
         let model = self.inner.model_name();
         let role = request.context.role;
         let span = tracing::info_span!(
@@ -192,7 +211,10 @@ impl ChatModel for Traced {
             self.content.record(&span, "gen_ai.input.messages", &input);
         }
         let started = Instant::now();
-        let result = self.inner.chat(request).instrument(span.clone()).await;
+        let result = match sink {
+            Some(sink) => self.inner.chat_streaming(request, sink).instrument(span.clone()).await,
+            None => self.inner.chat(request).instrument(span.clone()).await,
+        };
         let usage = result.as_ref().ok().map(|r| r.usage);
         metrics::global().llm_call(role.as_str(), model, result.is_ok(), usage, started.elapsed());
         match &result {

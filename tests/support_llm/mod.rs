@@ -20,6 +20,7 @@ pub struct Reply {
     pub body: String,
     pub headers: Vec<(String, String)>,
     pub delay: Duration,
+    pub content_type: &'static str,
 }
 
 impl Reply {
@@ -29,7 +30,19 @@ impl Reply {
     }
     /// `status` with a JSON body.
     pub fn status(status: u16, body: Value) -> Self {
-        Self { status, body: body.to_string(), headers: vec![], delay: Duration::ZERO }
+        Self {
+            status,
+            body: body.to_string(),
+            headers: vec![],
+            delay: Duration::ZERO,
+            content_type: "application/json",
+        }
+    }
+    /// 200 with a server-sent-events body: one `data:` event per item, then `data: [DONE]`.
+    pub fn sse(events: &[Value]) -> Self {
+        let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+        body.push_str("data: [DONE]\n\n");
+        Self { body, content_type: "text/event-stream", ..Self::ok(Value::Null) }
     }
     /// Adds a response header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -123,7 +136,7 @@ async fn handle(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body
         tokio::time::sleep(reply.delay).await;
     }
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
-    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    response.headers_mut().insert("content-type", reply.content_type.parse().unwrap());
     for (k, v) in reply.headers {
         response
             .headers_mut()

@@ -10,6 +10,9 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod stream;
+pub use stream::StepStream;
+
 /// A step's id, unique within a run across every plan revision.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
@@ -167,6 +170,18 @@ pub fn validate_steps(
         return Err(PlanError::Cycle { steps: cycle });
     }
     Ok(())
+}
+
+/// Checks one step streamed before the rest of its plan, so that it can start early: a valid
+/// id not used by the steps `before` it, a description, a known tool, and dependencies on those
+/// earlier steps only (a step that waits on one still to come is not started early; the
+/// whole plan's validation decides about it).
+pub fn validate_streamed_step(
+    step: &StepSpec,
+    before: &[StepId],
+    known_tools: &[&str],
+) -> Result<(), PlanError> {
+    validate_steps(std::slice::from_ref(step), before, known_tools)
 }
 
 /// Finds one dependency cycle among `steps` (edges to ids outside `steps` are ignored).
@@ -352,6 +367,41 @@ impl Plan {
     /// True when every step is completed or skipped.
     pub fn all_resolved(&self) -> bool {
         self.steps.iter().all(|s| s.status.is_resolved())
+    }
+
+    /// Adds steps parsed from a plan that is still streaming in (`stream_plan`); the plan
+    /// becomes revision 1 with its first streamed step.
+    pub fn extend_streamed(&mut self, steps: &[StepSpec]) {
+        self.revision = self.revision.max(1);
+        self.steps.extend(steps.iter().cloned().map(Step::from_spec));
+    }
+
+    /// Takes the whole plan once the stream has ended: its steps, in its order, keep whatever
+    /// already happened to the streamed step of the same id. A streamed step the final plan
+    /// leaves out is kept, first, if it completed (its work is done and its output goes to the
+    /// synthesis) and dropped otherwise, as a replan drops unfinished steps.
+    pub fn adopt(&mut self, spec: PlanSpec, revision: u32) {
+        let mut next = Plan::from_spec(spec, revision);
+        let wanted: HashSet<StepId> = next.steps.iter().map(|s| s.id.clone()).collect();
+        let (carried, left_out): (Vec<Step>, Vec<Step>) =
+            self.steps.drain(..).partition(|s| wanted.contains(&s.id));
+        let mut carried: HashMap<StepId, Step> = carried.into_iter().map(|s| (s.id.clone(), s)).collect();
+        for step in &mut next.steps {
+            if let Some(old) = carried.remove(&step.id) {
+                step.status = old.status;
+                step.attempts = old.attempts;
+                step.failures = old.failures;
+                step.output = old.output;
+                step.error = old.error;
+                step.started_at = old.started_at;
+                step.finished_at = old.finished_at;
+            }
+        }
+        let mut kept: Vec<Step> =
+            left_out.into_iter().filter(|s| s.status == StepStatus::Completed).collect();
+        kept.append(&mut next.steps);
+        next.steps = kept;
+        *self = next;
     }
 
     /// Replaces every step that is not completed with `new_steps` and bumps the revision.
