@@ -105,8 +105,11 @@ pub(super) async fn run(
         protocol: stepwise::telemetry::OtlpProtocol::HttpProtobuf,
         service_name: "stepwise-bench".into(),
         resource_attributes: vec![],
-        // Large enough that no span is dropped: a dropped span would make export look cheaper.
-        max_queue_size: 1 << 20,
+        // Room for every span of a repetition (a run has a run, plan, synthesis and three chat
+        // spans, a step a step and a chat span), so none is dropped, which would make export
+        // look cheaper; and no more: the SDK preallocates its queue, and touching and freeing
+        // an oversized one (1 << 20 slots is about 1 GiB) would be billed to export instead.
+        max_queue_size: ((runs + 1) * (2 * steps + 8)).next_power_of_two(),
     };
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..reps.max(1) {
