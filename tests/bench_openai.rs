@@ -128,6 +128,8 @@ async fn a_streamed_answer_is_openai_chunks_then_usage_then_done() {
     assert!(content_chunks[1..].iter().all(|c| c["choices"][0]["finish_reason"].is_null()));
     let content: String =
         content_chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    // In the order a model writes it, so a streaming reader meets each step's id first.
+    assert!(content.starts_with(r#"{"goal":"bench","steps":[{"id":"l0w0","#), "{content}");
     let plan: Value = serde_json::from_str(&content).unwrap();
     assert_eq!(step_ids(&plan).len(), 6);
 

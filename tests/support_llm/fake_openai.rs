@@ -179,16 +179,18 @@ fn answer_for(req: &Value) -> Answer {
         .or_else(|| instructed_schema(&system));
     let json = match schema.as_deref() {
         Some("plan") => plan_for(&user),
-        Some("replan_decision") => json!({"decision": "continue", "reason": "ok", "steps": []}),
-        Some("step_verdict") => json!({"passed": true, "reason": "the output meets the expected outcome"}),
-        Some(other) => json!({"error": format!("fake server: unknown schema {other}")}),
+        Some("replan_decision") => json!({"decision": "continue", "reason": "ok", "steps": []}).to_string(),
+        Some("step_verdict") => {
+            json!({"passed": true, "reason": "the output meets the expected outcome"}).to_string()
+        }
+        Some(other) => json!({"error": format!("fake server: unknown schema {other}")}).to_string(),
         // No structured output: a step (its prompt names "Your step") or the synthesis.
         None if user.contains("Step results:") => return Answer::Text("merged".into()),
         None => return Answer::Text("done".into()),
     };
     match (forced_tool, schema) {
-        (Some(_), Some(name)) => Answer::ToolCall { name, arguments: json.to_string() },
-        _ => Answer::Text(json.to_string()),
+        (Some(_), Some(name)) => Answer::ToolCall { name, arguments: json },
+        _ => Answer::Text(json),
     }
 }
 
@@ -204,11 +206,35 @@ fn param(task: &str, key: &str) -> Option<usize> {
     task.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-/// The plan for the task in the planner's user message (see the module docs).
-fn plan_for(user: &str) -> Value {
+/// A plan, its fields in the order a model writes them (`json!` would sort them), so a streaming
+/// reader sees the goal first and each step's id first.
+#[derive(serde::Serialize)]
+struct Plan {
+    goal: &'static str,
+    steps: Vec<Step>,
+}
+
+/// One step of a [`Plan`].
+#[derive(serde::Serialize)]
+struct Step {
+    id: String,
+    description: String,
+    expected_outcome: &'static str,
+    tool: Option<String>,
+    depends_on: Vec<String>,
+}
+
+/// The plan (as JSON text) for the task in the planner's user message (see the module docs).
+fn plan_for(user: &str) -> String {
     let task = user.lines().next().unwrap_or_default();
-    let step = |id: String, deps: Vec<String>| json!({"id": id, "description": format!("step {id}"), "expected_outcome": "", "tool": null, "depends_on": deps});
-    let steps: Vec<Value> = match (param(task, "depth"), param(task, "width"), param(task, "steps")) {
+    let step = |id: String, depends_on: Vec<String>| Step {
+        description: format!("step {id}"),
+        id,
+        expected_outcome: "",
+        tool: None,
+        depends_on,
+    };
+    let steps: Vec<Step> = match (param(task, "depth"), param(task, "width"), param(task, "steps")) {
         (Some(depth), Some(width), _) => (0..depth)
             .flat_map(|d| (0..width).map(move |w| (d, w)))
             .map(|(d, w)| {
@@ -224,5 +250,5 @@ fn plan_for(user: &str) -> Value {
             step("c".into(), vec!["a".into(), "b".into()]),
         ],
     };
-    json!({"goal": "bench", "steps": steps})
+    serde_json::to_string(&Plan { goal: "bench", steps }).unwrap_or_default()
 }
