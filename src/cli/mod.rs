@@ -55,7 +55,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     pub pool: usize,
     /// Simulated latency of every model call, in ms (default: 50 for makespan, concurrency and
-    /// http; 0 for tracing).
+    /// http; 0 for tracing). With `--provider openai`, the server's latency as you know it (for the
+    /// reports; required by makespan, whose bound depends on it).
     #[arg(long)]
     pub latency_ms: Option<u64>,
     /// Layers of the makespan plan.
@@ -73,6 +74,10 @@ pub struct BenchArgs {
     /// Seconds of submit + GET load (scenario `http`).
     #[arg(long, default_value_t = 10)]
     pub load_secs: u64,
+    /// Stream each run's plan and start steps as they arrive (`policy.stream_plan`); not for
+    /// `tracing`.
+    #[arg(long)]
+    pub stream_plan: bool,
     /// Model flags: `--provider openai` (with `OPENAI_BASE_URL`) drives the scenarios with an
     /// external OpenAI-compatible server instead of the scripted model.
     #[command(flatten)]

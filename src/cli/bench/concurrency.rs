@@ -9,7 +9,7 @@ pub(super) async fn run(setup: &Setup, runs: usize) -> anyhow::Result<Value> {
     let (runtime, store) = setup.runtime(diamond_script(), setup.latency, setup.pool).await?;
     runtime.run("warm-up").await?;
     let (rss_before, _) = rss_kib();
-    let (wall, completed) = submit_and_wait(&runtime, runs).await?;
+    let (wall, completed) = submit_and_wait(&runtime, runs, "").await?;
     let (_, peak) = rss_kib();
     runtime.shutdown().await;
     let per_run = peak.zip(rss_before).map(|(p, b)| p.saturating_sub(b) as f64 / runs.max(1) as f64);
@@ -19,7 +19,7 @@ pub(super) async fn run(setup: &Setup, runs: usize) -> anyhow::Result<Value> {
         "store": store.name,
         "runs": runs,
         "completed_runs": completed,
-        "latency_ms": setup.latency.as_secs_f64() * 1e3,
+        "latency_ms": setup.latency_ms(),
         "executor_pool": setup.pool,
         "wall_ms": wall.as_secs_f64() * 1e3,
         "runs_per_s": runs as f64 / wall.as_secs_f64(),

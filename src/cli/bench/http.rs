@@ -75,6 +75,8 @@ pub(super) async fn run(setup: &Setup, runs: usize, load: Duration) -> anyhow::R
     let (rss_before, _) = rss_kib();
     let mut opts = runtime.options().clone();
     opts.policy.require_approval = true;
+    // Approval needs the whole plan first.
+    opts.policy.stream_plan = false;
     let mut handles = Vec::with_capacity(idle);
     for i in 0..idle {
         handles.push(runtime.submit_with(&format!("idle {i}"), opts.clone()).await?);
@@ -97,7 +99,7 @@ pub(super) async fn run(setup: &Setup, runs: usize, load: Duration) -> anyhow::R
         "store": store.name,
         "runs": runs,
         "completed_runs": completed,
-        "latency_ms": setup.latency.as_secs_f64() * 1e3,
+        "latency_ms": setup.latency_ms(),
         "executor_pool": setup.pool,
         "submit_all_ms": submit_wall.as_secs_f64() * 1e3,
         "wall_ms": wall.as_secs_f64() * 1e3,

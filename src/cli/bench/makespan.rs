@@ -27,10 +27,10 @@ fn layered_script(depth: usize, width: usize) -> Value {
     })
 }
 
-async fn one_run(setup: &Setup, script: Value, pool: usize) -> anyhow::Result<Duration> {
+async fn one_run(setup: &Setup, script: Value, task: &str, pool: usize) -> anyhow::Result<Duration> {
     let (runtime, _store) = setup.runtime(script, setup.latency, pool).await?;
     let t0 = Instant::now();
-    let result = runtime.run("makespan").await?;
+    let result = runtime.run(task).await?;
     let wall = t0.elapsed();
     runtime.shutdown().await;
     anyhow::ensure!(result.status == RunStatus::Completed, "bench run did not complete: {:?}", result.error);
@@ -38,23 +38,30 @@ async fn one_run(setup: &Setup, script: Value, pool: usize) -> anyhow::Result<Du
 }
 
 /// One run on the pool, one on a single executor; the bound is one plan call, one call per layer
-/// and one synthesis call, each at the model latency.
+/// and one synthesis call, each at the model latency. With an external model the task carries the
+/// plan shape (`depth=D width=W`, which the fake server follows) and `--latency-ms` must state the
+/// server's latency, since the bound depends on it.
 pub(super) async fn run(setup: &Setup, depth: usize, width: usize) -> anyhow::Result<Value> {
-    anyhow::ensure!(
-        setup.provider() == "scripted",
-        "makespan needs the scripted model (its plan shape is the scenario)"
-    );
+    let latency_ms = setup.latency_ms().ok_or_else(|| {
+        anyhow::anyhow!(
+            "makespan --provider {} needs --latency-ms: the server's per-call latency, which the \
+             critical-path bound is computed from",
+            setup.provider()
+        )
+    })?;
     let script = layered_script(depth, width);
-    let measured = one_run(setup, script.clone(), setup.pool).await?.as_secs_f64() * 1e3;
-    let sequential = one_run(setup, script, 1).await?.as_secs_f64() * 1e3;
-    let latency_ms = setup.latency.as_secs_f64() * 1e3;
+    let task = format!("makespan depth={depth} width={width}");
+    let measured = one_run(setup, script.clone(), &task, setup.pool).await?.as_secs_f64() * 1e3;
+    let sequential = one_run(setup, script, &task, 1).await?.as_secs_f64() * 1e3;
     let bound = (depth as f64 + 2.0) * latency_ms;
     Ok(json!({
         "scenario": "makespan",
+        "provider": setup.provider(),
         "depth": depth,
         "width": width,
         "latency_ms": latency_ms,
         "executor_pool": setup.pool,
+        "completed_runs": 2,
         "makespan_ms": measured,
         "critical_path_ms": bound,
         "ratio_to_bound": measured / bound,

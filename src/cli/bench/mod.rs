@@ -2,8 +2,10 @@
 //!
 //! Every scenario runs the real actor system. By default the model is the scripted provider
 //! (zero or fixed latency, so what is measured is stepwise itself); with `--provider openai`
-//! (and `OPENAI_BASE_URL`) an external OpenAI-compatible server answers instead, for the
-//! scenarios whose plan shape does not matter (overhead, concurrency, http).
+//! (and `OPENAI_BASE_URL`) an external OpenAI-compatible server answers instead (every scenario
+//! but `tracing`). Tasks then name the plan shape they expect (`steps=K`, `depth=D width=W`), which
+//! `examples/fake_openai_server.rs` follows; the concurrency scenarios use its default 3-step plan.
+//! `--stream-plan` sets `policy.stream_plan` on every run and says so in the report.
 //!
 //! - `overhead`: CPU and wall time per step at zero model latency, event store in memory or SQLite.
 //! - `makespan`: a D×W layered plan at latency L, against its critical path and a 1-executor run.
@@ -25,6 +27,7 @@ use serde_json::{Value, json};
 use stepwise::llm::Models;
 use stepwise::llm::config::ProviderKind;
 use stepwise::llm::scripted::ScriptedModel;
+use stepwise::options::RunOptions;
 use stepwise::run::RunStatus;
 use stepwise::store::RunStore;
 use stepwise::{Runtime, Stepwise};
@@ -34,25 +37,31 @@ use super::{BenchArgs, BenchScenario, StoreArg, load_config};
 /// Runs the chosen scenario and returns its report.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Value> {
     let setup = Setup::new(args)?;
-    match args.scenario {
+    let report = match args.scenario {
         BenchScenario::Overhead => overhead::run(&setup, args.runs, args.steps).await,
         BenchScenario::Makespan => makespan::run(&setup, args.depth, args.width).await,
         BenchScenario::Concurrency => concurrency::run(&setup, args.runs).await,
         BenchScenario::Http => http::run(&setup, args.runs, Duration::from_secs(args.load_secs)).await,
         BenchScenario::Tracing => {
+            anyhow::ensure!(!args.stream_plan, "the tracing scenario does not take --stream-plan");
             let latency = Duration::from_millis(args.latency_ms.unwrap_or(0));
-            tracing::run(args.runs, args.steps, args.pool, args.reps, latency).await
+            return tracing::run(args.runs, args.steps, args.pool, args.reps, latency).await;
         }
-    }
+    }?;
+    Ok(setup.annotate(report))
 }
 
 /// How a scenario builds its runtimes.
 pub(crate) struct Setup {
-    /// The configured provider's models, when `--provider` names a network provider.
-    external: Option<Models>,
+    /// The configured provider's models and its name, when `--provider` names a network provider.
+    external: Option<(Models, &'static str)>,
     pool: usize,
     latency: Duration,
+    /// `--latency-ms` as given: with an external server, only the user knows its latency.
+    latency_arg: Option<u64>,
     store: StoreArg,
+    /// `--stream-plan`: runs stream their plan (`policy.stream_plan`).
+    stream_plan: bool,
 }
 
 impl Setup {
@@ -61,10 +70,13 @@ impl Setup {
             Some(p) if p != super::ProviderArg::Scripted => {
                 let cfg = load_config(&args.model)?;
                 anyhow::ensure!(cfg.llm.provider != ProviderKind::Scripted, "unexpected scripted provider");
-                Some(stepwise::llm::providers::build_models(
-                    &cfg.llm,
-                    &stepwise::llm::providers::process_env,
-                )?)
+                let models =
+                    stepwise::llm::providers::build_models(&cfg.llm, &stepwise::llm::providers::process_env)?;
+                let name = match p {
+                    super::ProviderArg::Anthropic => "anthropic",
+                    _ => "openai",
+                };
+                Some((models, name))
             }
             _ => None,
         };
@@ -72,13 +84,32 @@ impl Setup {
             external,
             pool: args.pool,
             latency: Duration::from_millis(args.latency_ms.unwrap_or(50)),
+            latency_arg: args.latency_ms,
             store: args.store,
+            stream_plan: args.stream_plan,
         })
     }
 
     /// `provider` for reports.
     fn provider(&self) -> &'static str {
-        if self.external.is_some() { "external" } else { "scripted" }
+        self.external.as_ref().map_or("scripted", |(_, name)| name)
+    }
+
+    /// The model latency for reports: the scripted model's, or what `--latency-ms` says of an
+    /// external server (null when not given, since it is not known).
+    fn latency_ms(&self) -> Option<f64> {
+        match self.external {
+            Some(_) => self.latency_arg.map(|ms| ms as f64),
+            None => Some(self.latency.as_secs_f64() * 1e3),
+        }
+    }
+
+    /// Adds `"stream_plan": true` to a report when the runs streamed their plans.
+    fn annotate(&self, mut report: Value) -> Value {
+        if self.stream_plan {
+            report["stream_plan"] = json!(true);
+        }
+        report
     }
 
     /// A runtime whose scripted model follows `script` at `latency` (or the external models).
@@ -89,11 +120,17 @@ impl Setup {
         pool: usize,
     ) -> anyhow::Result<(Runtime, StoreGuard)> {
         let models = match &self.external {
-            Some(m) => m.clone(),
+            Some((m, _)) => m.clone(),
             None => Models::uniform(Arc::new(ScriptedModel::from_json(script)?.with_latency(latency))),
         };
         let guard = StoreGuard::open(self.store).await?;
-        let mut builder = Stepwise::builder().models(models).executor_pool_size(pool).llm_concurrency(4096);
+        let mut options = RunOptions::default();
+        options.policy.stream_plan = self.stream_plan;
+        let mut builder = Stepwise::builder()
+            .models(models)
+            .options(options)
+            .executor_pool_size(pool)
+            .llm_concurrency(4096);
         if let Some(store) = &guard.store {
             builder = builder.store(store.clone());
         }
@@ -150,11 +187,12 @@ fn diamond_script() -> Value {
 }
 
 /// Submits `runs` tasks at once and waits for all; returns the wall time and how many completed.
-async fn submit_and_wait(runtime: &Runtime, runs: usize) -> anyhow::Result<(Duration, usize)> {
+/// `shape` ends each task (e.g. `steps=10`): an external fake server reads the plan shape from it.
+async fn submit_and_wait(runtime: &Runtime, runs: usize, shape: &str) -> anyhow::Result<(Duration, usize)> {
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(runs);
     for i in 0..runs {
-        handles.push(runtime.submit(&format!("bench run {i}")).await?);
+        handles.push(runtime.submit(format!("bench run {i} {shape}").trim_end()).await?);
     }
     let results = futures::future::join_all(handles.iter().map(|h| h.result())).await;
     let completed =

@@ -11,7 +11,7 @@ pub(super) async fn run(setup: &Setup, runs: usize, steps: usize) -> anyhow::Res
     // Warm-up, so first-use costs (pools, connections, allocations) are not counted.
     runtime.run("warm-up").await?;
     let cpu0 = cpu_time_us();
-    let (wall, completed) = submit_and_wait(&runtime, runs).await?;
+    let (wall, completed) = submit_and_wait(&runtime, runs, &format!("steps={steps}")).await?;
     let cpu = cpu_time_us().zip(cpu0).map(|(a, b)| a.saturating_sub(b));
     runtime.shutdown().await;
     let total_steps = (runs * steps) as f64;
