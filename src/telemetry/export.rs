@@ -223,7 +223,17 @@ impl OtlpPipeline {
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
         let tracer = self.tracer_provider.tracer_with_scope(scope);
-        tracing_opentelemetry::layer().with_tracer(tracer).with_filter(otel_filter())
+        // What a span costs is most of what export costs (bench `tracing`), so the layer records
+        // only what the span tree of DESIGN §5 needs: no source location or thread attributes
+        // (a run's spans hop threads and their names say where they come from), no busy/idle
+        // timings (a clock read on every poll), and no context activation on enter: every span
+        // here is parented explicitly through `TraceContext`, never through the current context.
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(otel_filter())
     }
 
     /// The metrics pushed by this pipeline ([`init`] makes them the process-wide ones).

@@ -119,13 +119,24 @@ impl Setup {
         latency: Duration,
         pool: usize,
     ) -> anyhow::Result<(Runtime, StoreGuard)> {
+        self.runtime_streaming(script, latency, pool, self.stream_plan).await
+    }
+
+    /// [`Setup::runtime`] with `stream_plan` chosen by the scenario (to compare both ways).
+    async fn runtime_streaming(
+        &self,
+        script: Value,
+        latency: Duration,
+        pool: usize,
+        stream_plan: bool,
+    ) -> anyhow::Result<(Runtime, StoreGuard)> {
         let models = match &self.external {
             Some((m, _)) => m.clone(),
             None => Models::uniform(Arc::new(ScriptedModel::from_json(script)?.with_latency(latency))),
         };
         let guard = StoreGuard::open(self.store).await?;
         let mut options = RunOptions::default();
-        options.policy.stream_plan = self.stream_plan;
+        options.policy.stream_plan = stream_plan;
         let mut builder = Stepwise::builder()
             .models(models)
             .options(options)
