@@ -202,7 +202,9 @@ async fn bench_makespan_runs_against_the_fake_server() {
     .await
     .unwrap();
     assert_eq!(streamed["stream_plan"], true);
-    assert_eq!(streamed["completed_runs"], 2);
+    assert_eq!(streamed["completed_runs"], 3, "streamed on the pool and alone, unstreamed on the pool");
+    assert!(streamed["makespan_without_streaming_ms"].as_f64().unwrap() >= 60.0, "{streamed:#}");
+    assert!(streamed["streaming_gain_ms"].is_number(), "{streamed:#}");
 
     // The bound needs the server's latency, which only the user knows.
     let out = Command::new(env!("CARGO_BIN_EXE_stepwise"))
@@ -214,4 +216,28 @@ async fn bench_makespan_runs_against_the_fake_server() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--latency-ms"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_streamed_over_http_starts_its_first_steps_before_it_is_complete() {
+    // 400 ms per answer, spread over its chunks: the first layer's steps are in the first chunks.
+    let url = start(Duration::from_millis(400)).await;
+    let mut settings = OpenAiSettings::new("fake");
+    settings.base_url = format!("{url}/v1");
+    settings.api_key = Some("sk-bench-local".into());
+    let model = std::sync::Arc::new(OpenAiModel::new(settings).unwrap());
+    let mut options = stepwise::options::RunOptions::default();
+    options.policy.stream_plan = true;
+    let rt = stepwise::Stepwise::builder().model(model).options(options).build().await.unwrap();
+    let handle = rt.submit("makespan depth=2 width=2").await.unwrap();
+    let result = handle.result().await.unwrap();
+    assert_eq!(result.status, stepwise::run::RunStatus::Completed, "{result:#?}");
+    let events: Vec<_> = {
+        use futures::StreamExt;
+        handle.events().map(|e| e.unwrap()).collect().await
+    };
+    let seq = |name: &str| events.iter().find(|e| e.kind.name() == name).map(|e| e.seq).unwrap();
+    assert!(seq("PlanStreamed") < seq("PlanProposed"));
+    assert!(seq("StepStarted") < seq("PlanProposed"), "{events:#?}");
+    rt.shutdown().await;
 }
