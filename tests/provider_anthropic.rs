@@ -217,3 +217,105 @@ async fn api_key_never_appears_in_errors() {
     assert!(!err.to_string().contains(KEY), "{err}");
     assert!(err.to_string().contains("[redacted]"), "{err}");
 }
+
+/// Anthropic's stream for one answer: `message_start`, the blocks' events, `message_delta`,
+/// `message_stop`, as `data:` lines (the `event:` lines repeat each data's `type`).
+fn stream(blocks: &[(Value, Vec<Value>)]) -> Vec<Value> {
+    let mut events = vec![json!({"type": "message_start", "message": {
+        "id": "msg_s", "type": "message", "role": "assistant", "model": "claude-test-20260101",
+        "content": [], "stop_reason": null,
+        "usage": {"input_tokens": 30, "output_tokens": 1, "cache_read_input_tokens": 5}}})];
+    for (i, (start, deltas)) in blocks.iter().enumerate() {
+        events.push(json!({"type": "content_block_start", "index": i, "content_block": start}));
+        events.push(json!({"type": "ping"}));
+        events.extend(deltas.iter().map(|d| json!({"type": "content_block_delta", "index": i, "delta": d})));
+        events.push(json!({"type": "content_block_stop", "index": i}));
+    }
+    events.push(json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 17}}));
+    events.push(json!({"type": "message_stop"}));
+    events
+}
+
+fn plan_request() -> ChatRequest {
+    ChatRequest {
+        context: ctx(AgentRole::Planner),
+        messages: vec![Message::system("You are the planner."), Message::user("Task: t")],
+        tools: vec![],
+        structured: Some(StructuredOutput { name: "plan".into(), schema: json!({"type": "object"}) }),
+        max_tokens: None,
+    }
+}
+
+#[tokio::test]
+async fn streaming_hands_over_the_forced_tools_input_as_it_arrives() {
+    let parts = [r#"{"goal": "g", "#, r#""steps": [{"id": "a", "description": "d"}"#, "]}"];
+    let deltas: Vec<Value> =
+        parts.iter().map(|p| json!({"type": "input_json_delta", "partial_json": p})).collect();
+    let events = stream(&[(
+        json!({"type": "tool_use", "id": "toolu_1", "name": "plan", "input": {}}),
+        std::iter::once(json!({"type": "input_json_delta", "partial_json": ""})).chain(deltas).collect(),
+    )]);
+    let server = FakeServer::with_replies(vec![Reply::sse(&events)]).await;
+    let pieces = std::sync::Mutex::new(Vec::new());
+    let sink = |p: &str| pieces.lock().unwrap().push(p.to_owned());
+    let r = model(&server.url).chat_streaming(plan_request(), &sink).await.unwrap();
+    assert_eq!(pieces.lock().unwrap().concat(), parts.concat());
+    let plan: Value = serde_json::from_str(&r.content).unwrap();
+    assert_eq!(plan, json!({"goal": "g", "steps": [{"id": "a", "description": "d"}]}));
+    assert!(r.tool_calls.is_empty(), "the forced call is the answer");
+    assert_eq!(r.usage, TokenUsage { input_tokens: 35, output_tokens: 17 });
+    assert_eq!(r.model, "claude-test-20260101");
+    assert_eq!(server.bodies()[0]["stream"], json!(true));
+    assert_eq!(server.bodies()[0]["tool_choice"], json!({"type": "tool", "name": "plan"}));
+}
+
+#[tokio::test]
+async fn streaming_text_and_tool_calls_are_assembled_and_errors_reported() {
+    let events = stream(&[
+        (
+            json!({"type": "text", "text": ""}),
+            vec![
+                json!({"type": "text_delta", "text": "Let me "}),
+                json!({"type": "text_delta", "text": "look."}),
+            ],
+        ),
+        (
+            json!({"type": "tool_use", "id": "toolu_9", "name": "read_file", "input": {}}),
+            vec![json!({"type": "input_json_delta", "partial_json": "{\"path\": \"a.txt\"}"})],
+        ),
+    ]);
+    let server = FakeServer::with_replies(vec![
+        Reply::sse(&events),
+        Reply::sse(&[
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}}),
+            error("overloaded_error", "Overloaded"),
+        ]),
+        Reply::ok(message(json!([{"type": "text", "text": "whole"}]), "end_turn")),
+    ])
+    .await;
+    let m = model(&server.url);
+    let pieces = std::sync::Mutex::new(String::new());
+    let sink = |p: &str| pieces.lock().unwrap().push_str(p);
+    let request = ChatRequest {
+        context: ctx(AgentRole::Executor),
+        messages: vec![Message::user("read a.txt")],
+        tools: vec![],
+        structured: None,
+        max_tokens: None,
+    };
+    let r = m.chat_streaming(request.clone(), &sink).await.unwrap();
+    assert_eq!(r.content, "Let me look.");
+    assert_eq!(
+        r.tool_calls,
+        vec![ToolCall {
+            id: "toolu_9".into(),
+            name: "read_file".into(),
+            arguments: json!({"path": "a.txt"})
+        }]
+    );
+    let err = m.chat_streaming(request.clone(), &sink).await.unwrap_err();
+    assert!(matches!(&err, LlmError::InvalidResponse(m) if m.contains("Overloaded")), "{err}");
+    // A server that answers whole is fine too.
+    assert_eq!(m.chat_streaming(request, &sink).await.unwrap().content, "whole");
+    assert_eq!(*pieces.lock().unwrap(), "Let me look.whole");
+}

@@ -4,7 +4,9 @@
 //! assistant tool calls become `tool_use` blocks; tool results become `tool_result` blocks, and
 //! consecutive turns of one role (e.g. several tool results) are merged into one turn, since the
 //! API wants user and assistant turns to alternate. Structured output uses a forced tool
-//! (`tool_choice = {"type":"tool","name":<schema name>}`) whose input is the answer.
+//! (`tool_choice = {"type":"tool","name":<schema name>}`) whose input is the answer. A streamed
+//! call (`stream: true`, for the streaming planner) hands the forced tool's `input_json_delta`
+//! (or the text deltas) on as they arrive.
 
 use std::time::Duration;
 
@@ -15,7 +17,8 @@ use super::config::{LlmConfig, ProviderKind, RoleModelConfig};
 use super::http::{HttpTransport, RetryPolicy, secret_header};
 use super::openai::normalize_base_url;
 use super::providers::inherited;
-use super::{ChatModel, ChatRequest, ChatResponse, LlmError, Role, TokenUsage, ToolCall};
+use super::stream::{AnthropicEvents, post_streamed};
+use super::{ChatModel, ChatRequest, ChatResponse, LlmError, Role, TextSink, TokenUsage, ToolCall};
 
 /// The public Anthropic endpoint (without `/v1`).
 pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
@@ -262,9 +265,36 @@ impl ChatModel for AnthropicModel {
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = self.request_body(&request);
-        let v = self.http.post_json(&self.url, &body).await?;
-        self.parse_response(v, request.structured.as_ref().map(|s| s.name.as_str()))
+        self.complete(request, None).await
+    }
+
+    async fn chat_streaming(
+        &self,
+        request: ChatRequest,
+        sink: &TextSink<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        self.complete(request, Some(sink)).await
+    }
+}
+
+impl AnthropicModel {
+    /// One call; with a sink, streamed (`"stream": true`) and handed to it as it arrives.
+    async fn complete(
+        &self,
+        request: ChatRequest,
+        sink: Option<&TextSink<'_>>,
+    ) -> Result<ChatResponse, LlmError> {
+        let mut body = self.request_body(&request);
+        let tool = request.structured.as_ref().map(|s| s.name.as_str());
+        let v = match sink {
+            None => self.http.post_json(&self.url, &body).await?,
+            Some(sink) => {
+                body["stream"] = json!(true);
+                let never = |_: u16, _: &str| false;
+                post_streamed(&self.http, &self.url, &body, &never, AnthropicEvents::new(tool), sink).await?
+            }
+        };
+        self.parse_response(v, tool)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod openai;
 pub mod providers;
 pub mod record;
 pub mod scripted;
+mod stream;
 
 use std::fmt;
 use std::sync::Arc;

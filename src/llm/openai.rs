@@ -24,6 +24,7 @@ use serde_json::{Map, Value, json};
 use super::config::{LlmConfig, ProviderKind, RoleModelConfig, StructuredMode};
 use super::http::{HttpFailure, HttpTransport, RetryPolicy, secret_header};
 use super::providers::inherited;
+use super::stream::{OpenAiChunks, post_streamed};
 use super::{
     ChatModel, ChatRequest, ChatResponse, LlmError, Message, Role, StructuredOutput, TextSink, TokenUsage,
     ToolCall,
@@ -326,142 +327,7 @@ impl OpenAiModel {
         };
         body["stream"] = json!(true);
         body["stream_options"] = json!({"include_usage": true});
-        let mut answer = StreamedAnswer::new(tool);
-        let mut on_data = |data: &str| answer.read(data, sink);
-        self.http.post_sse(&self.url, &body, give_up, &mut on_data).await?;
-        answer.into_response().map_err(|error| HttpFailure { error, body: None })
-    }
-}
-
-/// A streamed answer (`chat.completion.chunk` events) put back together.
-struct StreamedAnswer<'a> {
-    /// The forced structured tool whose arguments are the answer's text (tool mode).
-    tool: Option<&'a str>,
-    content: String,
-    /// Tool calls by index: id, name, arguments so far.
-    calls: Vec<(String, String, String)>,
-    usage: Option<Value>,
-    model: Option<String>,
-    error: Option<LlmError>,
-    done: bool,
-    /// A whole (non-streaming) answer, from a server that ignored `stream: true`.
-    whole: Option<Value>,
-}
-
-impl<'a> StreamedAnswer<'a> {
-    fn new(tool: Option<&'a str>) -> Self {
-        Self {
-            tool,
-            content: String::new(),
-            calls: Vec::new(),
-            usage: None,
-            model: None,
-            error: None,
-            done: false,
-            whole: None,
-        }
-    }
-
-    /// Takes one event's data; false once the stream is over (`[DONE]` or an error event).
-    fn read(&mut self, data: &str, sink: &TextSink<'_>) -> bool {
-        if data.trim() == "[DONE]" {
-            self.done = true;
-            return false;
-        }
-        let chunk: Value = match serde_json::from_str(data) {
-            Ok(v) => v,
-            Err(e) => {
-                self.error = Some(LlmError::InvalidResponse(format!("stream event is not JSON ({e})")));
-                return false;
-            }
-        };
-        if let Some(error) = chunk.get("error") {
-            let message = super::http::error_message(&json!({"error": error}).to_string());
-            self.error =
-                Some(LlmError::InvalidResponse(format!("the stream ended with an error: {message}")));
-            return false;
-        }
-        if let Some(message) = chunk.pointer("/choices/0/message") {
-            let text = match self.tool {
-                Some(tool) => message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .and_then(|calls| {
-                        calls.iter().find(|c| c.pointer("/function/name") == Some(&json!(tool)))
-                    })
-                    .and_then(|c| c.pointer("/function/arguments"))
-                    .and_then(Value::as_str),
-                None => message.get("content").and_then(Value::as_str),
-            };
-            sink(text.unwrap_or_default());
-            self.whole = Some(chunk);
-            return false;
-        }
-        if let Some(m) = chunk.get("model").and_then(Value::as_str) {
-            self.model = Some(m.to_owned());
-        }
-        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-            self.usage = Some(u.clone());
-        }
-        let Some(delta) = chunk.pointer("/choices/0/delta") else { return true };
-        if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
-            self.content.push_str(text);
-            if self.tool.is_none() {
-                sink(text);
-            }
-        }
-        for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-            if self.calls.len() <= index {
-                self.calls.resize(index + 1, Default::default());
-            }
-            let slot = &mut self.calls[index];
-            if let Some(id) = call.get("id").and_then(Value::as_str) {
-                slot.0 = id.to_owned();
-            }
-            if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
-                slot.1.push_str(name);
-            }
-            if let Some(args) = call.pointer("/function/arguments").and_then(Value::as_str) {
-                slot.2.push_str(args);
-                if self.tool.is_some_and(|t| t == slot.1) {
-                    sink(args);
-                }
-            }
-        }
-        true
-    }
-
-    /// The answer as a non-streaming response body, for [`OpenAiModel::parse_response`].
-    fn into_response(self) -> Result<Value, LlmError> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
-        if let Some(whole) = self.whole {
-            return Ok(whole);
-        }
-        if !self.done && self.content.is_empty() && self.calls.is_empty() {
-            return Err(LlmError::InvalidResponse("the stream ended before any answer".into()));
-        }
-        let calls: Vec<Value> = self
-            .calls
-            .into_iter()
-            .map(|(id, name, arguments)| {
-                json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
-            })
-            .collect();
-        let mut message = json!({"role": "assistant", "content": self.content});
-        if !calls.is_empty() {
-            message["tool_calls"] = Value::Array(calls);
-        }
-        let mut body = json!({"choices": [{"index": 0, "message": message}]});
-        if let Some(u) = self.usage {
-            body["usage"] = u;
-        }
-        if let Some(m) = self.model {
-            body["model"] = json!(m);
-        }
-        Ok(body)
+        post_streamed(&self.http, &self.url, &body, give_up, OpenAiChunks::new(tool), sink).await
     }
 }
 
