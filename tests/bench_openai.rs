@@ -36,7 +36,7 @@ fn plan_request(task: &str) -> ChatRequest {
             Message::user(format!("Task: {task}\n\nAvailable tools:\n(no tools)")),
         ],
         tools: vec![],
-        structured: Some(StructuredOutput { name: "plan".into(), schema: json!({"type": "object"}) }),
+        structured: Some(StructuredOutput { name: "plan".into(), schema: json!({"type": "object"}).into() }),
         max_tokens: None,
     }
 }

@@ -93,7 +93,7 @@ async fn tool_use_round_trip_merges_tool_results() {
         tools: vec![ToolSpec {
             name: "read_file".into(),
             description: "Read a file".into(),
-            parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+            parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}).into(),
         }],
         structured: None,
         max_tokens: Some(500),
@@ -148,7 +148,7 @@ async fn structured_output_uses_a_forced_tool() {
         context: ctx(AgentRole::Replanner),
         messages: vec![Message::system("You replan."), Message::user("s1 failed")],
         tools: vec![],
-        structured: Some(StructuredOutput { name: "replan_decision".into(), schema: schema.clone() }),
+        structured: Some(StructuredOutput { name: "replan_decision".into(), schema: schema.clone().into() }),
         max_tokens: None,
     };
     let out = structured_call(&model(&server.url), req, |t| {
@@ -241,7 +241,7 @@ fn plan_request() -> ChatRequest {
         context: ctx(AgentRole::Planner),
         messages: vec![Message::system("You are the planner."), Message::user("Task: t")],
         tools: vec![],
-        structured: Some(StructuredOutput { name: "plan".into(), schema: json!({"type": "object"}) }),
+        structured: Some(StructuredOutput { name: "plan".into(), schema: json!({"type": "object"}).into() }),
         max_tokens: None,
     }
 }

@@ -53,7 +53,7 @@ fn plan_request() -> ChatRequest {
         context: ctx(AgentRole::Planner),
         messages: vec![Message::system("You are the planner."), Message::user("Task: write hello.txt")],
         tools: vec![],
-        structured: Some(StructuredOutput { name: "plan".into(), schema: plan_schema() }),
+        structured: Some(StructuredOutput { name: "plan".into(), schema: plan_schema().into() }),
         max_tokens: Some(1024),
     }
 }
@@ -131,12 +131,12 @@ async fn tool_call_loop_round_trips_two_calls() {
         ToolSpec {
             name: "read_file".into(),
             description: "Read a file".into(),
-            parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+            parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}).into(),
         },
         ToolSpec {
             name: "run_command".into(),
             description: "Run a program".into(),
-            parameters: json!({"type": "object", "properties": {"cmd": {"type": "array"}}}),
+            parameters: json!({"type": "object", "properties": {"cmd": {"type": "array"}}}).into(),
         },
     ];
     let mut req = ChatRequest {

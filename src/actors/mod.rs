@@ -14,11 +14,12 @@ pub mod supervisor;
 pub mod synthesizer;
 pub mod tracker;
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use futures::FutureExt;
 use ractor::ActorRef;
@@ -143,9 +144,13 @@ impl RunTable {
     }
 }
 
-/// The JSON Schema of `T`, for structured-output requests.
-pub(crate) fn schema<T: JsonSchema>() -> serde_json::Value {
-    crate::tools::schema_of::<T>()
+/// The JSON Schema of `T`, for structured-output requests. Generated once per type: schemars
+/// builds and serialises the whole schema each time, which cost as much as the rest of a plan
+/// call's orchestration.
+pub(crate) fn schema<T: JsonSchema + 'static>() -> Arc<serde_json::Value> {
+    static CACHE: OnceLock<Mutex<HashMap<TypeId, Arc<serde_json::Value>>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    cache.entry(TypeId::of::<T>()).or_insert_with(|| Arc::new(crate::tools::schema_of::<T>())).clone()
 }
 
 /// An `execute_tool {name}` span (GenAI conventions), child of the step's context.

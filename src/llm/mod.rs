@@ -153,8 +153,8 @@ pub struct ToolSpec {
     pub name: String,
     /// What it does, for the model.
     pub description: String,
-    /// JSON Schema of the arguments object.
-    pub parameters: serde_json::Value,
+    /// JSON Schema of the arguments object; shared, since every executor call sends it again.
+    pub parameters: Arc<serde_json::Value>,
 }
 
 /// A request for JSON matching a named schema (DESIGN §4).
@@ -162,8 +162,9 @@ pub struct ToolSpec {
 pub struct StructuredOutput {
     /// `plan`, `replan_decision` or `step_verdict`.
     pub name: String,
-    /// JSON Schema the answer must match.
-    pub schema: serde_json::Value,
+    /// JSON Schema the answer must match; shared, since the same schema goes with every call
+    /// (and every copy of a request kept for a repair).
+    pub schema: Arc<serde_json::Value>,
 }
 
 /// One model call.

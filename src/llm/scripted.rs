@@ -26,6 +26,7 @@
 //! on tool calls); a strict one (recordings) fails loudly, naming the call. A missing or empty
 //! list fails in both modes.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
@@ -266,19 +267,20 @@ impl ScriptedModel {
 
     /// Picks the entry for this call and advances the cursor. Returns the entry and, for the
     /// default tool call ids, the run's id counter after reserving what the entry needs.
-    fn next_entry(&self, request: &ChatRequest) -> Result<(ScriptedResponse, u64), LlmError> {
+    fn next_entry(&self, request: &ChatRequest) -> Result<(&ScriptedResponse, u64), LlmError> {
         let ctx = &request.context;
         let step = ctx.step.as_ref().map(|s| s.as_str().to_owned());
-        let (list_name, list) = match ctx.role {
-            AgentRole::Planner => ("planner".to_owned(), &self.script.planner),
-            AgentRole::Replanner => ("replanner".to_owned(), &self.script.replanner),
-            AgentRole::Verifier => ("verifier".to_owned(), &self.script.verifier),
-            AgentRole::Synthesizer => ("synthesizer".to_owned(), &self.script.synthesizer),
+        let (per_step, list) = match ctx.role {
+            AgentRole::Planner => (None, &self.script.planner),
+            AgentRole::Replanner => (None, &self.script.replanner),
+            AgentRole::Verifier => (None, &self.script.verifier),
+            AgentRole::Synthesizer => (None, &self.script.synthesizer),
             AgentRole::Executor => match step.as_deref().and_then(|s| self.script.steps.get_key_value(s)) {
-                Some((id, list)) => (format!("steps.{id}"), list),
-                None => ("executor".to_owned(), &self.script.executor),
+                Some((id, list)) => (Some(id), list),
+                None => (None, &self.script.executor),
             },
         };
+        let list_name = || per_step.map_or_else(|| ctx.role.to_string(), |id| format!("steps.{id}"));
 
         let mut runs = self.lock();
         let run = runs.entry(ctx.run_id.clone()).or_default();
@@ -295,25 +297,26 @@ impl ScriptedModel {
                 let s = step.as_deref().unwrap_or("<id>");
                 format!("neither `steps.{s}` nor `executor` has any entry")
             } else {
-                format!("the `{list_name}` list is missing or empty")
+                format!("the `{}` list is missing or empty", list_name())
             };
             return Err(LlmError::Script(format!("no scripted response for {}: {hint}", describe())));
         } else if index < list.len() {
-            list[index].clone()
+            &list[index]
         } else if self.script.strict {
             return Err(LlmError::Script(format!(
-                "strict script exhausted: {} asked for entry #{} of `{list_name}`, which has only {}; \
+                "strict script exhausted: {} asked for entry #{} of `{}`, which has only {}; \
                  the recording has nothing for this call",
                 describe(),
                 index + 1,
+                list_name(),
                 list.len()
             )));
         } else {
-            list[list.len() - 1].clone()
+            &list[list.len() - 1]
         };
 
         let first_id = run.tool_call_ids;
-        if let ScriptedResponse::Reply(reply) = &entry {
+        if let ScriptedResponse::Reply(reply) = entry {
             run.tool_call_ids += reply.tool_calls.iter().filter(|c| c.id.is_none()).count() as u64;
         }
         Ok((entry, first_id))
@@ -390,9 +393,13 @@ impl ScriptedModel {
         sink: Option<&TextSink<'_>>,
     ) -> Result<ChatResponse, LlmError> {
         let (entry, mut next_id) = self.next_entry(&request)?;
+        // Borrowed from the script: a script's entries can be large (plans), and a long-lived
+        // `serve --script` answers them again and again.
         let reply = match entry {
-            ScriptedResponse::Text(content) => ScriptedReply { content: Some(content), ..Default::default() },
-            ScriptedResponse::Reply(reply) => reply,
+            ScriptedResponse::Text(content) => {
+                Cow::Owned(ScriptedReply { content: Some(content.clone()), ..Default::default() })
+            }
+            ScriptedResponse::Reply(reply) => Cow::Borrowed(reply),
         };
 
         let delay = self.latency + Duration::from_millis(reply.delay_ms.unwrap_or(0));
@@ -408,23 +415,23 @@ impl ScriptedModel {
             _ if !delay.is_zero() => tokio::time::sleep(delay).await,
             _ => {}
         }
-        if let Some(message) = reply.panic {
+        if let Some(message) = &reply.panic {
             panic!("scripted panic: {message}");
         }
-        if let Some(message) = reply.error {
-            return Err(LlmError::Script(message));
+        if let Some(message) = &reply.error {
+            return Err(LlmError::Script(message.clone()));
         }
         reply.check().map_err(LlmError::Script)?;
 
         let tool_calls: Vec<ToolCall> = reply
             .tool_calls
-            .into_iter()
+            .iter()
             .map(|c| {
-                let id = c.id.unwrap_or_else(|| {
+                let id = c.id.clone().unwrap_or_else(|| {
                     next_id += 1;
                     format!("call_{next_id}")
                 });
-                ToolCall { id, name: c.name, arguments: c.arguments }
+                ToolCall { id, name: c.name.clone(), arguments: c.arguments.clone() }
             })
             .collect();
 

@@ -148,7 +148,7 @@ impl ToolRegistry {
             .map(|t| ToolSpec {
                 name: t.name().to_owned(),
                 description: t.description().to_owned(),
-                parameters: t.parameters(),
+                parameters: Arc::new(t.parameters()),
             })
             .collect()
     }
