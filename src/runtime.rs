@@ -370,7 +370,7 @@ impl RunHandle {
     /// in order and without gaps, ending after the run's last event.
     pub fn events_after(&self, after: u64) -> EventStream {
         // Subscribe before reading history so nothing falls between the two.
-        let live = self.channels.as_ref().map(|c| c.events.subscribe());
+        let live = self.channels.as_ref().map(|c| c.subscribe());
         let store = self.shared.store.clone();
         let id = self.id.clone();
         event_stream(store, id, after, live)

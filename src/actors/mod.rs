@@ -38,9 +38,8 @@ use messages::{
     ExecutorMsg, PlannerMsg, ReplannerMsg, ServiceFailure, ServiceResult, SynthesizerMsg, TrackerMsg,
 };
 
-/// Capacity of a run's live event channel (allocated up front, so it is most of a live run's
-/// memory); a subscriber that falls further behind re-reads the
-/// store (see `RunHandle::events`).
+/// Capacity of a run's live event channel (allocated in full when the first subscriber comes);
+/// a subscriber that falls further behind re-reads the store (see `RunHandle::events`).
 pub(crate) const EVENT_CHANNEL_CAPACITY: usize = 64;
 
 /// What every actor of one runtime shares. Immutable after start, apart from the run table.
@@ -89,16 +88,31 @@ pub(crate) struct Services {
 /// The channels of a live run, which outlive a crashed tracker so a respawned one reuses them.
 #[derive(Clone)]
 pub(crate) struct RunChannels {
-    pub events: broadcast::Sender<RunEvent>,
+    /// Made by the first subscriber: most runs are never watched live, and the channel's buffer
+    /// was most of a live run's memory and a good part of starting one.
+    events: Arc<OnceLock<broadcast::Sender<RunEvent>>>,
     pub result: watch::Sender<Option<RunResult>>,
     pub tracker: Option<ActorRef<TrackerMsg>>,
 }
 
 impl RunChannels {
     pub fn new() -> Self {
-        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let (result, _) = watch::channel(None);
-        Self { events, result, tracker: None }
+        Self { events: Arc::default(), result, tracker: None }
+    }
+
+    /// Hands a committed event to the live subscribers, if there are any.
+    pub fn publish(&self, event: RunEvent) {
+        if let Some(events) = self.events.get() {
+            // No receiver left is fine: the store has the event.
+            let _ = events.send(event);
+        }
+    }
+
+    /// A receiver of the events published from now on. Subscribe before reading the stored
+    /// history: an event missing from the history read is then published after this.
+    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.events.get_or_init(|| broadcast::channel(EVENT_CHANNEL_CAPACITY).0).subscribe()
     }
 }
 

@@ -241,8 +241,7 @@ impl Tracker {
             .await
             .map_err(|source| TrackerError::Store { run: st.run.id.clone(), source })?;
         st.run.apply(&event)?;
-        // No subscriber is fine: the store has the event.
-        let _ = st.channels.events.send(event);
+        st.channels.publish(event);
         Ok(())
     }
 
