@@ -13,12 +13,21 @@ use super::{LlmError, TextSink};
 
 /// Folds one provider's stream events into its non-streaming response body.
 pub(crate) trait Assembler {
-    /// Takes one event (parsed JSON, not an error); false once the answer is complete.
-    fn take(&mut self, event: Value, sink: &TextSink<'_>) -> bool;
-    /// The stream ended: `[DONE]` (`Ok`), or an error event or unreadable data (`Err`).
-    fn end(&mut self, outcome: Result<(), LlmError>);
-    /// The answer as the provider's non-streaming response body.
-    fn into_response(self) -> Result<Value, LlmError>;
+    /// Takes one event (parsed JSON, not an error).
+    fn take(&mut self, event: Value, sink: &TextSink<'_>) -> Flow;
+    /// The answer as the provider's non-streaming response body; `complete` when the stream
+    /// said it was (rather than just stopping).
+    fn into_response(self, complete: bool) -> Result<Value, LlmError>;
+}
+
+/// What an event means for the rest of the stream.
+pub(crate) enum Flow {
+    /// Read on.
+    More,
+    /// The answer is complete.
+    Done,
+    /// The event was a whole, non-streamed answer (a server that ignored `stream: true`).
+    Whole(Value),
 }
 
 /// POSTs `body` (which asks for a stream), hands the answer's text to `sink` as it arrives, and
@@ -31,19 +40,26 @@ pub(crate) async fn post_streamed<A: Assembler + Send>(
     mut answer: A,
     sink: &TextSink<'_>,
 ) -> Result<Value, HttpFailure> {
-    let mut on_data = |data: &str| match event(data) {
-        Ok(Some(e)) => answer.take(e, sink),
-        Ok(None) => {
-            answer.end(Ok(()));
-            false
+    let (mut complete, mut whole, mut failed) = (false, None, None);
+    let mut on_data = |data: &str| {
+        match event(data) {
+            Ok(Some(e)) => match answer.take(e, sink) {
+                Flow::More => return true,
+                Flow::Done => complete = true,
+                Flow::Whole(v) => whole = Some(v),
+            },
+            Ok(None) => complete = true,
+            Err(e) => failed = Some(e),
         }
-        Err(e) => {
-            answer.end(Err(e));
-            false
-        }
+        false
     };
     http.post_sse(url, body, give_up, &mut on_data).await?;
-    answer.into_response().map_err(|error| HttpFailure { error, body: None })
+    let answer = match (failed, whole) {
+        (Some(error), _) => Err(error),
+        (None, Some(whole)) => Ok(whole),
+        (None, None) => answer.into_response(complete),
+    };
+    answer.map_err(|error| HttpFailure { error, body: None })
 }
 
 /// One event's data: JSON, `None` for OpenAI's `[DONE]`, or the error an error event carries.
@@ -75,28 +91,17 @@ pub(crate) struct OpenAiChunks<'a> {
     calls: Vec<(String, String, String)>,
     usage: Option<Value>,
     model: Option<String>,
-    end: Option<Result<(), LlmError>>,
-    /// A whole (non-streaming) answer, from a server that ignored `stream: true`.
-    whole: Option<Value>,
 }
 
 impl<'a> OpenAiChunks<'a> {
     /// An empty answer; in `tool` mode, `tool` names the forced call whose arguments are the text.
     pub(crate) fn new(tool: Option<&'a str>) -> Self {
-        Self {
-            tool,
-            content: String::new(),
-            calls: Vec::new(),
-            usage: None,
-            model: None,
-            end: None,
-            whole: None,
-        }
+        Self { tool, content: String::new(), calls: Vec::new(), usage: None, model: None }
     }
 }
 
 impl Assembler for OpenAiChunks<'_> {
-    fn take(&mut self, chunk: Value, sink: &TextSink<'_>) -> bool {
+    fn take(&mut self, chunk: Value, sink: &TextSink<'_>) -> Flow {
         if let Some(message) = chunk.pointer("/choices/0/message") {
             let text = match self.tool {
                 Some(tool) => message
@@ -110,8 +115,7 @@ impl Assembler for OpenAiChunks<'_> {
                 None => message.get("content").and_then(Value::as_str),
             };
             sink(text.unwrap_or_default());
-            self.whole = Some(chunk);
-            return false;
+            return Flow::Whole(chunk);
         }
         if let Some(m) = chunk.get("model").and_then(Value::as_str) {
             self.model = Some(m.to_owned());
@@ -119,7 +123,7 @@ impl Assembler for OpenAiChunks<'_> {
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
             self.usage = Some(u.clone());
         }
-        let Some(delta) = chunk.pointer("/choices/0/delta") else { return true };
+        let Some(delta) = chunk.pointer("/choices/0/delta") else { return Flow::More };
         if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
             self.content.push_str(text);
             if self.tool.is_none() {
@@ -145,21 +149,11 @@ impl Assembler for OpenAiChunks<'_> {
                 }
             }
         }
-        true
+        Flow::More
     }
 
-    fn end(&mut self, outcome: Result<(), LlmError>) {
-        self.end = Some(outcome);
-    }
-
-    fn into_response(self) -> Result<Value, LlmError> {
-        if let Some(Err(e)) = self.end {
-            return Err(e);
-        }
-        if let Some(whole) = self.whole {
-            return Ok(whole);
-        }
-        if self.end.is_none() && self.content.is_empty() && self.calls.is_empty() {
+    fn into_response(self, complete: bool) -> Result<Value, LlmError> {
+        if !complete && self.content.is_empty() && self.calls.is_empty() {
             return Err(cut_short());
         }
         let calls: Vec<Value> = self
@@ -194,15 +188,12 @@ pub(crate) struct AnthropicEvents<'a> {
     /// Content blocks by index, and each tool_use block's input JSON so far.
     blocks: Vec<(Value, String)>,
     output_tokens: Option<u64>,
-    end: Option<Result<(), LlmError>>,
-    /// A whole (non-streaming) answer, from a server that ignored `stream: true`.
-    whole: Option<Value>,
 }
 
 impl<'a> AnthropicEvents<'a> {
     /// An empty answer; `tool` names the forced tool of a structured call.
     pub(crate) fn new(tool: Option<&'a str>) -> Self {
-        Self { tool, message: None, blocks: Vec::new(), output_tokens: None, end: None, whole: None }
+        Self { tool, message: None, blocks: Vec::new(), output_tokens: None }
     }
 
     fn block(&mut self, event: &Value) -> Option<&mut (Value, String)> {
@@ -215,7 +206,7 @@ impl<'a> AnthropicEvents<'a> {
 }
 
 impl Assembler for AnthropicEvents<'_> {
-    fn take(&mut self, event: Value, sink: &TextSink<'_>) -> bool {
+    fn take(&mut self, event: Value, sink: &TextSink<'_>) -> Flow {
         let tool = self.tool;
         match event.get("type").and_then(Value::as_str).unwrap_or_default() {
             "message" => {
@@ -228,8 +219,7 @@ impl Assembler for AnthropicEvents<'_> {
                     None => blocks.filter_map(|b| b.get("text").and_then(Value::as_str)).collect(),
                 };
                 sink(&text);
-                self.whole = Some(event);
-                return false;
+                return Flow::Whole(event);
             }
             "message_start" => self.message = event.get("message").cloned(),
             "content_block_start" => {
@@ -240,7 +230,7 @@ impl Assembler for AnthropicEvents<'_> {
             }
             "content_block_delta" => {
                 let delta = event.get("delta").cloned().unwrap_or(Value::Null);
-                let Some((block, input)) = self.block(&event) else { return true };
+                let Some((block, input)) = self.block(&event) else { return Flow::More };
                 if let Some(text) = delta.get("text").and_then(Value::as_str) {
                     let so_far = block.get("text").and_then(Value::as_str).unwrap_or_default();
                     block["text"] = json!(format!("{so_far}{text}"));
@@ -260,27 +250,14 @@ impl Assembler for AnthropicEvents<'_> {
                     self.output_tokens = Some(n);
                 }
             }
-            "message_stop" => {
-                self.end = Some(Ok(()));
-                return false;
-            }
+            "message_stop" => return Flow::Done,
             _ => {} // ping, content_block_stop, and whatever a later API version adds
         }
-        true
+        Flow::More
     }
 
-    fn end(&mut self, outcome: Result<(), LlmError>) {
-        self.end = Some(outcome);
-    }
-
-    fn into_response(self) -> Result<Value, LlmError> {
-        if let Some(Err(e)) = self.end {
-            return Err(e);
-        }
-        if let Some(whole) = self.whole {
-            return Ok(whole);
-        }
-        if self.end.is_none() && self.blocks.is_empty() {
+    fn into_response(self, complete: bool) -> Result<Value, LlmError> {
+        if !complete && self.blocks.is_empty() {
             return Err(cut_short());
         }
         let content: Vec<Value> = self
