@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use stepwise::run::RunStatus;
 use stepwise::server::{self, ServerState};
 
-use super::{Setup, diamond_script, rss_kib};
+use super::{Setup, diamond_script, heap_in_use, rss_kib};
 
 async fn submit(client: &reqwest::Client, base: &str, body: Value) -> anyhow::Result<String> {
     let resp = client.post(format!("{base}/v1/runs")).json(&body).send().await?;
@@ -73,6 +73,7 @@ pub(super) async fn run(setup: &Setup, runs: usize, load: Duration) -> anyhow::R
     // 3. Memory of a run at rest: runs whose plans wait for approval hold a tracker each.
     let idle = runs.clamp(1, 10_000);
     let (rss_before, _) = rss_kib();
+    let heap_before = heap_in_use();
     let mut opts = runtime.options().clone();
     opts.policy.require_approval = true;
     // Approval needs the whole plan first.
@@ -87,12 +88,15 @@ pub(super) async fn run(setup: &Setup, runs: usize, load: Duration) -> anyhow::R
         }
     }
     let (rss_idle, _) = rss_kib();
+    let heap_idle = heap_in_use();
     for h in &handles {
         h.reject("bench over").await?;
     }
     let _ = stop.send(());
     server.await??;
     let per_idle = rss_idle.zip(rss_before).map(|(a, b)| a.saturating_sub(b) as f64 / idle as f64);
+    let heap_per_idle =
+        heap_idle.zip(heap_before).map(|(a, b)| a.saturating_sub(b) as f64 / 1024.0 / idle as f64);
     Ok(json!({
         "scenario": "http",
         "provider": setup.provider(),
@@ -106,6 +110,8 @@ pub(super) async fn run(setup: &Setup, runs: usize, load: Duration) -> anyhow::R
         "runs_per_s": runs as f64 / wall.as_secs_f64(),
         "load": probe,
         "idle_runs": idle,
+        // RSS can stay flat while idle runs reuse what finished runs freed; the heap cannot.
         "rss_per_idle_run_kib": per_idle,
+        "heap_per_idle_run_kib": heap_per_idle,
     }))
 }
