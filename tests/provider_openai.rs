@@ -557,3 +557,33 @@ async fn streaming_accepts_a_server_that_answers_whole_and_reports_stream_errors
     assert_eq!(r.content, "ok");
     assert_eq!(server.received().len(), 4);
 }
+
+#[tokio::test]
+async fn streaming_refuses_absurd_tool_call_indexes_and_endless_events() {
+    // An index that would size an allocation by what the server says.
+    let huge =
+        chunk(json!({"tool_calls": [{"index": 1_000_000_000_000u64, "function": {"arguments": "x"}}]}), None);
+    let endless = Reply { body: format!("data: {}", "x".repeat(17 << 20)), ..Reply::sse(&[]) };
+    let server = FakeServer::with_replies(vec![Reply::sse(&[huge]), endless]).await;
+    let m = model(&server.url);
+    let sink = |_: &str| {};
+    let err = m.chat_streaming(text_request("go"), &sink).await.unwrap_err();
+    assert!(matches!(&err, LlmError::InvalidResponse(m) if m.contains("at most 256")), "{err}");
+    let err = m.chat_streaming(text_request("go"), &sink).await.unwrap_err();
+    assert!(
+        matches!(&err, LlmError::InvalidResponse(m) if m.contains("an event larger than 16 MiB")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn streaming_reads_crlf_events_and_multi_line_data() {
+    // CRLF line ends, a comment line, and one event's JSON split over two `data:` lines.
+    let body = "\r\n: keep-alive\r\n\r\ndata: {\"choices\":[{\"index\":0,\r\ndata: \"delta\":{\"content\":\"he\"}}]}\r\n\r\n\
+                data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"llo\"}}]}\r\n\r\ndata: [DONE]\r\n\r\n";
+    let server = FakeServer::with_replies(vec![Reply { body: body.into(), ..Reply::sse(&[]) }]).await;
+    let (pieces, sink) = collector();
+    let r = model(&server.url).chat_streaming(text_request("hi"), &sink).await.unwrap();
+    assert_eq!(r.content, "hello");
+    assert_eq!(*pieces.lock().unwrap(), ["he", "llo"]);
+}

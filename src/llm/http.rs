@@ -152,19 +152,15 @@ impl HttpTransport {
             return Ok(());
         }
         let mut stream = response.bytes_stream();
-        let mut buf: Vec<u8> = Vec::new();
+        let mut events = SseDecoder::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.stream_failure(&shown, e))?;
-            buf.extend_from_slice(&chunk);
-            while let Some((end, skip)) = event_end(&buf) {
-                let event: Vec<u8> = buf.drain(..end + skip).take(end).collect();
-                let event = String::from_utf8_lossy(&event);
-                let data: Vec<&str> = event
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                    .collect();
-                if !data.is_empty() && !on_data(&data.join("\n")) {
+            let datas = events.push(&chunk).map_err(|error| HttpFailure {
+                error: LlmError::InvalidResponse(format!("stream from {shown}: {error}")),
+                body: None,
+            })?;
+            for data in datas {
+                if !on_data(&data) {
                     return Ok(());
                 }
             }
@@ -346,17 +342,58 @@ pub fn error_message(body: &str) -> String {
     if body.is_empty() { "(empty body)".into() } else { clip(body, 500) }
 }
 
-/// Where the first server-sent event in `buf` ends: its length and the blank line's length.
-fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    (0..buf.len()).find_map(|i| {
-        if buf[i..].starts_with(b"\r\n\r\n") {
-            Some((i, 4))
-        } else if buf[i..].starts_with(b"\n\n") {
-            Some((i, 2))
-        } else {
-            None
+/// Cap on one server-sent event (a whole plan is a few KiB): a server that never ends an event
+/// must not grow the buffer without bound.
+const MAX_EVENT_BYTES: usize = 16 << 20;
+
+/// Splits a server-sent-events body, arriving in arbitrary chunks, into each event's `data`
+/// (its `data:` lines joined by newlines; comments and other fields dropped).
+#[derive(Debug, Default)]
+struct SseDecoder {
+    buf: Vec<u8>,
+    /// How far `buf` is known to hold no event end, so each byte is scanned about once.
+    scanned: usize,
+}
+
+impl SseDecoder {
+    /// Takes the next chunk and returns the data of the events it completed.
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, String> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some((end, skip)) = self.event_end() {
+            let event: Vec<u8> = self.buf.drain(..end + skip).take(end).collect();
+            self.scanned = 0;
+            let event = String::from_utf8_lossy(&event);
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                out.push(data.join("\n"));
+            }
         }
-    })
+        if self.buf.len() > MAX_EVENT_BYTES {
+            return Err(format!("an event larger than {} MiB", MAX_EVENT_BYTES >> 20));
+        }
+        self.scanned = self.buf.len();
+        Ok(out)
+    }
+
+    /// Where the first complete event ends: its length and the blank line's length. A blank
+    /// line may straddle two chunks, so the search backs up over what could be its start.
+    fn event_end(&self) -> Option<(usize, usize)> {
+        let buf = &self.buf;
+        (self.scanned.saturating_sub(3)..buf.len()).find_map(|i| {
+            if buf[i..].starts_with(b"\r\n\r\n") {
+                Some((i, 4))
+            } else if buf[i..].starts_with(b"\n\n") {
+                Some((i, 2))
+            } else {
+                None
+            }
+        })
+    }
 }
 
 /// `url` without user info or query string, for messages and logs.
@@ -426,6 +463,22 @@ mod tests {
         assert_eq!(error_message("plain failure\n"), "plain failure");
         assert_eq!(error_message(""), "(empty body)");
         assert!(error_message(&"x".repeat(2000)).chars().count() < 600);
+    }
+
+    #[test]
+    fn sse_events_are_found_whatever_the_chunking() {
+        let body = b"\r\n: keep-alive\r\n\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\nevent: x\ndata: two\n\ndata: [DONE]\n\n";
+        let want = ["{\"a\":\n1}", "two", "[DONE]"];
+        let whole = SseDecoder::default().push(body).unwrap();
+        assert_eq!(whole, want);
+        for size in 1..8 {
+            let mut d = SseDecoder::default();
+            let got: Vec<String> = body.chunks(size).flat_map(|c| d.push(c).unwrap()).collect();
+            assert_eq!(got, want, "chunks of {size}");
+        }
+        let mut d = SseDecoder::default();
+        assert!(d.push(b"data: partial").unwrap().is_empty());
+        assert!(d.push(&vec![b'x'; MAX_EVENT_BYTES]).unwrap_err().contains("larger than 16 MiB"));
     }
 
     #[test]

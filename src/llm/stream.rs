@@ -28,6 +28,27 @@ pub(crate) enum Flow {
     Done,
     /// The event was a whole, non-streamed answer (a server that ignored `stream: true`).
     Whole(Value),
+    /// The event cannot be part of a sound answer.
+    Invalid(String),
+}
+
+/// Tool calls or content blocks one answer may have: an index beyond it is a broken (or hostile)
+/// server, and must not size an allocation.
+const MAX_PARTS: usize = 256;
+
+/// The part `index` of `parts`, growing it as needed; `None` past [`MAX_PARTS`].
+fn part<T: Clone>(parts: &mut Vec<T>, index: usize, empty: T) -> Option<&mut T> {
+    if index >= MAX_PARTS {
+        return None;
+    }
+    if parts.len() <= index {
+        parts.resize(index + 1, empty);
+    }
+    parts.get_mut(index)
+}
+
+fn too_many_parts(index: usize) -> Flow {
+    Flow::Invalid(format!("stream event for part #{index}; an answer has at most {MAX_PARTS}"))
 }
 
 /// POSTs `body` (which asks for a stream), hands the answer's text to `sink` as it arrives, and
@@ -47,6 +68,7 @@ pub(crate) async fn post_streamed<A: Assembler + Send>(
                 Flow::More => return true,
                 Flow::Done => complete = true,
                 Flow::Whole(v) => whole = Some(v),
+                Flow::Invalid(e) => failed = Some(LlmError::InvalidResponse(e)),
             },
             Ok(None) => complete = true,
             Err(e) => failed = Some(e),
@@ -132,10 +154,9 @@ impl Assembler for OpenAiChunks<'_> {
         }
         for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
             let index = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-            if self.calls.len() <= index {
-                self.calls.resize(index + 1, Default::default());
-            }
-            let slot = &mut self.calls[index];
+            let Some(slot) = part(&mut self.calls, index, Default::default()) else {
+                return too_many_parts(index);
+            };
             if let Some(id) = call.get("id").and_then(Value::as_str) {
                 slot.0 = id.to_owned();
             }
@@ -196,12 +217,11 @@ impl<'a> AnthropicEvents<'a> {
         Self { tool, message: None, blocks: Vec::new(), output_tokens: None }
     }
 
-    fn block(&mut self, event: &Value) -> Option<&mut (Value, String)> {
-        let index = event.get("index").and_then(Value::as_u64)? as usize;
-        if self.blocks.len() <= index {
-            self.blocks.resize(index + 1, (Value::Null, String::new()));
-        }
-        self.blocks.get_mut(index)
+    /// The block an event is about; `Err` with its index past [`MAX_PARTS`].
+    fn block(&mut self, event: &Value) -> Result<Option<&mut (Value, String)>, usize> {
+        let Some(index) = event.get("index").and_then(Value::as_u64) else { return Ok(None) };
+        let index = usize::try_from(index).unwrap_or(usize::MAX);
+        part(&mut self.blocks, index, (Value::Null, String::new())).map(Some).ok_or(index)
     }
 }
 
@@ -224,13 +244,19 @@ impl Assembler for AnthropicEvents<'_> {
             "message_start" => self.message = event.get("message").cloned(),
             "content_block_start" => {
                 let start = event.get("content_block").cloned().unwrap_or(Value::Null);
-                if let Some(block) = self.block(&event) {
-                    *block = (start, String::new());
+                match self.block(&event) {
+                    Ok(Some(block)) => *block = (start, String::new()),
+                    Ok(None) => {}
+                    Err(index) => return too_many_parts(index),
                 }
             }
             "content_block_delta" => {
                 let delta = event.get("delta").cloned().unwrap_or(Value::Null);
-                let Some((block, input)) = self.block(&event) else { return Flow::More };
+                let (block, input) = match self.block(&event) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return Flow::More,
+                    Err(index) => return too_many_parts(index),
+                };
                 if let Some(text) = delta.get("text").and_then(Value::as_str) {
                     let so_far = block.get("text").and_then(Value::as_str).unwrap_or_default();
                     block["text"] = json!(format!("{so_far}{text}"));
