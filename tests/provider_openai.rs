@@ -587,3 +587,19 @@ async fn streaming_reads_crlf_events_and_multi_line_data() {
     assert_eq!(r.content, "hello");
     assert_eq!(*pieces.lock().unwrap(), ["he", "llo"]);
 }
+
+#[tokio::test]
+async fn a_server_that_refuses_stream_options_answers_whole_instead() {
+    let server = FakeServer::with_replies(vec![
+        Reply::status(400, error_body("Unrecognized request argument supplied: stream_options")),
+        Reply::ok(completion(PLAN)),
+    ])
+    .await;
+    let (pieces, sink) = collector();
+    let r = model(&server.url).chat_streaming(plan_request(), &sink).await.unwrap();
+    assert_eq!(r.content, PLAN);
+    assert_eq!(pieces.lock().unwrap().concat(), PLAN, "the whole text still reaches the sink");
+    let bodies = server.bodies();
+    assert_eq!(bodies[0]["stream"], json!(true));
+    assert!(bodies[1].get("stream").is_none() && bodies[1].get("stream_options").is_none(), "{}", bodies[1]);
+}

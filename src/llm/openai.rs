@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use super::config::{LlmConfig, ProviderKind, RoleModelConfig, StructuredMode};
 use super::http::{HttpFailure, HttpTransport, RetryPolicy, secret_header};
 use super::providers::inherited;
-use super::stream::{OpenAiChunks, post_streamed};
+use super::stream::{Assembler, Flow, OpenAiChunks, post_streamed};
 use super::{
     ChatModel, ChatRequest, ChatResponse, LlmError, Message, Role, StructuredOutput, TextSink, TokenUsage,
     ToolCall,
@@ -316,7 +316,7 @@ impl OpenAiModel {
     /// stream and hands the text to it as it arrives.
     async fn send(
         &self,
-        mut body: Value,
+        body: Value,
         may_fall_back: bool,
         sink: Option<(&TextSink<'_>, Option<&str>)>,
     ) -> Result<Value, HttpFailure> {
@@ -325,10 +325,30 @@ impl OpenAiModel {
         let Some((sink, tool)) = sink else {
             return self.http.post_json_with(&self.url, &body, give_up).await;
         };
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({"include_usage": true});
-        post_streamed(&self.http, &self.url, &body, give_up, OpenAiChunks::new(tool), sink).await
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        match post_streamed(&self.http, &self.url, &streamed, give_up, OpenAiChunks::new(tool), sink).await {
+            Err(f) if rejects_streaming(&f) => {
+                // Some servers take no `stream_options` (or no streaming at all): the answer
+                // then comes whole, and its steps start once it is complete.
+                tracing::warn!(base_url = %self.settings.base_url, error = %f.error,
+                    "the server refused a streamed request; asking for the whole answer");
+                let whole = self.http.post_json_with(&self.url, &body, give_up).await?;
+                match OpenAiChunks::new(tool).take(whole.clone(), sink) {
+                    Flow::Whole(v) => Ok(v),
+                    _ => Ok(whole),
+                }
+            }
+            other => other,
+        }
     }
+}
+
+/// A client error saying the server does not take a streamed request.
+fn rejects_streaming(f: &HttpFailure) -> bool {
+    matches!(f.error, LlmError::Status { status: 400..=499, .. })
+        && f.body.as_deref().is_some_and(|b| b.to_ascii_lowercase().contains("stream"))
 }
 
 /// A server saying it does not take the structured-output request we sent.
