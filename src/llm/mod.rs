@@ -283,6 +283,19 @@ pub trait ChatModel: Send + Sync + 'static {
     fn run_finished(&self, _run_id: &str) {}
 }
 
+/// [`ChatModel::chat_streaming`] when there is a sink, else [`ChatModel::chat`]: the one place a
+/// caller (or a wrapping model) that may or may not stream picks the method.
+pub async fn chat_maybe_streaming(
+    model: &dyn ChatModel,
+    request: ChatRequest,
+    sink: Option<&TextSink<'_>>,
+) -> Result<ChatResponse, LlmError> {
+    match sink {
+        Some(sink) => model.chat_streaming(request, sink).await,
+        None => model.chat(request).await,
+    }
+}
+
 /// A shared model handle.
 pub type SharedModel = Arc<dyn ChatModel>;
 
@@ -353,10 +366,7 @@ pub async fn structured_call_streaming<T>(
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Structured<T>, LlmError> {
     let schema = request.structured.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| "json".into());
-    let first = match sink {
-        Some(sink) => model.chat_streaming(request.clone(), sink).await?,
-        None => model.chat(request.clone()).await?,
-    };
+    let first = chat_maybe_streaming(model, request.clone(), sink).await?;
     let mut usage = first.usage;
     match parse(&first.content) {
         Ok(value) => Ok(Structured { value, usage, calls: 1 }),

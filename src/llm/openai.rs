@@ -316,7 +316,7 @@ impl OpenAiModel {
     /// stream and hands the text to it as it arrives.
     async fn send(
         &self,
-        body: Value,
+        mut body: Value,
         may_fall_back: bool,
         sink: Option<(&TextSink<'_>, Option<&str>)>,
     ) -> Result<Value, HttpFailure> {
@@ -325,15 +325,18 @@ impl OpenAiModel {
         let Some((sink, tool)) = sink else {
             return self.http.post_json_with(&self.url, &body, give_up).await;
         };
-        let mut streamed = body.clone();
-        streamed["stream"] = json!(true);
-        streamed["stream_options"] = json!({"include_usage": true});
-        match post_streamed(&self.http, &self.url, &streamed, give_up, OpenAiChunks::new(tool), sink).await {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        match post_streamed(&self.http, &self.url, &body, give_up, OpenAiChunks::new(tool), sink).await {
             Err(f) if rejects_streaming(&f) => {
                 // Some servers take no `stream_options` (or no streaming at all): the answer
                 // then comes whole, and its steps start once it is complete.
                 tracing::warn!(base_url = %self.settings.base_url, error = %f.error,
                     "the server refused a streamed request; asking for the whole answer");
+                if let Some(fields) = body.as_object_mut() {
+                    fields.remove("stream");
+                    fields.remove("stream_options");
+                }
                 let whole = self.http.post_json_with(&self.url, &body, give_up).await?;
                 match OpenAiChunks::new(tool).take(whole.clone(), sink) {
                     Flow::Whole(v) => Ok(v),

@@ -225,10 +225,7 @@ impl RecordingModel {
         sink: Option<&TextSink<'_>>,
     ) -> Result<ChatResponse, LlmError> {
         let slot = self.log.reserve(&request.context).await;
-        let result = match sink {
-            Some(sink) => self.inner.chat_streaming(request, sink).await,
-            None => self.inner.chat(request).await,
-        };
+        let result = super::chat_maybe_streaming(self.inner.as_ref(), request, sink).await;
         if let Some(slot) = slot {
             self.log.fill(slot, entry(&result)).await;
         }

@@ -248,10 +248,9 @@ impl Traced {
             self.content.record(&span, "gen_ai.input.messages", &input);
         }
         let started = Instant::now();
-        let result = match sink {
-            Some(sink) => self.inner.chat_streaming(request, sink).instrument(span.clone()).await,
-            None => self.inner.chat(request).instrument(span.clone()).await,
-        };
+        let result = crate::llm::chat_maybe_streaming(self.inner.as_ref(), request, sink)
+            .instrument(span.clone())
+            .await;
         let usage = result.as_ref().ok().map(|r| r.usage);
         metrics::global().llm_call(role.as_str(), model, result.is_ok(), usage, started.elapsed());
         match &result {
