@@ -565,6 +565,22 @@ impl stepwise::store::RunStore for PanicOnceStore {
     }
 }
 
+/// A runtime on a store that panics once, at the first `StepCompleted`, crashing the tracker.
+async fn runtime_on_panicking_store(script: Value, opts: RunOptions) -> (Runtime, Arc<PanicOnceStore>) {
+    let store = Arc::new(PanicOnceStore {
+        inner: stepwise::store::MemoryStore::new(),
+        armed: std::sync::atomic::AtomicBool::new(true),
+    });
+    let rt = Stepwise::builder()
+        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
+        .options(opts)
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    (rt, store)
+}
+
 #[tokio::test]
 async fn a_crashed_tracker_is_respawned_from_its_events_and_the_run_completes() {
     let script = json!({
@@ -572,16 +588,7 @@ async fn a_crashed_tracker_is_respawned_from_its_events_and_the_run_completes() 
         "steps": {"s1": ["one"], "s2": ["two"]},
         "synthesizer": ["done"]
     });
-    let store = Arc::new(PanicOnceStore {
-        inner: stepwise::store::MemoryStore::new(),
-        armed: std::sync::atomic::AtomicBool::new(true),
-    });
-    let rt = Stepwise::builder()
-        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
-        .store(store.clone())
-        .build()
-        .await
-        .unwrap();
+    let (rt, store) = runtime_on_panicking_store(script, RunOptions::default()).await;
     let handle = rt.submit("crash the tracker").await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(20), handle.result()).await.unwrap().unwrap();
     assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
@@ -766,17 +773,7 @@ async fn a_tracker_that_crashes_while_the_plan_streams_resumes_without_repeating
         "synthesizer": ["done"]
     });
     // The store panics on the first StepCompleted (`a`'s, while the plan is still streaming).
-    let store = Arc::new(PanicOnceStore {
-        inner: stepwise::store::MemoryStore::new(),
-        armed: std::sync::atomic::AtomicBool::new(true),
-    });
-    let rt = Stepwise::builder()
-        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
-        .options(streaming())
-        .store(store.clone())
-        .build()
-        .await
-        .unwrap();
+    let (rt, store) = runtime_on_panicking_store(script, streaming()).await;
     let handle = rt.submit("crash while streaming").await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(20), handle.result()).await.unwrap().unwrap();
     assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
