@@ -44,12 +44,7 @@ pub async fn research_report(
 ) -> Result<(RunResult, Vec<RunEvent>), Box<dyn std::error::Error>> {
     let workspace = tempfile::tempdir()?;
     // No tools: every step is the model's own work.
-    let runtime = Stepwise::builder()
-        .model(model)
-        .executor_pool_size(2)
-        .workspace_root(workspace.path())
-        .build()
-        .await?;
+    let runtime = Stepwise::builder().model(model).workspace_root(workspace.path()).build().await?;
     let outcome = common::drive(&runtime, TASK, on_event).await?;
     runtime.shutdown().await;
     Ok(outcome)

@@ -72,7 +72,6 @@ pub async fn scaffold_project(
     let runtime = Stepwise::builder()
         .model(Arc::new(model))
         .tools(builtin_registry(&tools_config()))
-        .executor_pool_size(4)
         .workspace_root(workspace_root)
         .build()
         .await?;

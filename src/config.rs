@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::actors::pool::{
+    DEFAULT_MAX_EXECUTORS, DEFAULT_MIN_EXECUTORS, DEFAULT_SHRINK_AFTER, MAX_EXECUTORS_LIMIT,
+};
 use crate::llm::config::LlmConfig;
 use crate::options::{Policy, RunBudget, RunOptions, StepBudget};
 use crate::prompts::Prompts;
@@ -26,6 +29,14 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/stepwise.toml";
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "STEPWISE_";
+
+/// Keys that no longer exist, with what to set instead: naming one gets this explanation rather
+/// than the generic unknown-key error.
+const REMOVED_KEYS: &[(&str, &str)] = &[(
+    "runtime.executor_pool_size",
+    "the executor pool now grows and shrinks with the work; set `executors.min_workers` and \
+     `executors.max_workers` instead (both to N for a fixed pool of N)",
+)];
 
 /// Why the configuration could not be loaded. Each variant names the file, key or variable.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +68,20 @@ pub enum ConfigError {
     /// The values parse but make no sense together (a zero pool size, a zero timeout…).
     #[error("invalid config value `{key}`: {message}")]
     Invalid {
-        /// Dotted key, e.g. `runtime.executor_pool_size`.
+        /// Dotted key, e.g. `executors.max_workers`.
         key: String,
         /// What is wrong and what is allowed.
         message: String,
+    },
+    /// A key that was removed from the configuration; the message says what replaced it.
+    #[error("`{key}` in {origin} is no longer supported: {replacement}")]
+    Removed {
+        /// Dotted key, e.g. `runtime.executor_pool_size`.
+        key: String,
+        /// Where it was set: a file, or an environment variable.
+        origin: String,
+        /// What to set instead.
+        replacement: String,
     },
 }
 
@@ -68,8 +89,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Actor system sizing and where data lives.
+    /// Model call concurrency and where data lives.
     pub runtime: RuntimeConfig,
+    /// Bounds of the executor pool.
+    pub executors: ExecutorsConfig,
     /// Default run policy (failure handling, replanning, verification, approval).
     pub policy: Policy,
     /// Default per-step and per-run budgets.
@@ -150,9 +173,10 @@ impl Default for TelemetryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Executor actors, i.e. steps running at once across all runs.
-    pub executor_pool_size: usize,
-    /// Model calls in flight at once across all runs and roles.
+    /// Planner, replanner and synthesizer calls in flight at once across all runs (executors'
+    /// model calls are bounded by `executors.max_workers`). Default
+    /// [`crate::runtime::DEFAULT_LLM_CONCURRENCY`]: a run has at most one such call in flight,
+    /// so 2,048 never delays 2,000 concurrent runs.
     pub llm_concurrency: usize,
     /// Where the run store (SQLite) and, by default, workspaces live.
     pub data_dir: PathBuf,
@@ -165,10 +189,34 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            executor_pool_size: 4,
-            llm_concurrency: 64,
+            llm_concurrency: crate::runtime::DEFAULT_LLM_CONCURRENCY,
             data_dir: PathBuf::from("stepwise-data"),
             workspace_root: None,
+        }
+    }
+}
+
+/// The `[executors]` section: the executor pool keeps `min_workers`, grows with the steps ready
+/// to run up to `max_workers`, and shrinks back once it has had more workers than steps for
+/// `shrink_after_idle_secs`. Steps mostly wait on remote models, so the defaults (4 to 512, see
+/// [`crate::actors::pool`]) let hundreds of steps be in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorsConfig {
+    /// Workers kept even when nothing runs (≥ 1).
+    pub min_workers: usize,
+    /// Most workers, i.e. most step attempts running at once across all runs (≥ min_workers).
+    pub max_workers: usize,
+    /// Seconds the pool must have had more workers than steps before it shrinks (≥ 1).
+    pub shrink_after_idle_secs: u64,
+}
+
+impl Default for ExecutorsConfig {
+    fn default() -> Self {
+        Self {
+            min_workers: DEFAULT_MIN_EXECUTORS,
+            max_workers: DEFAULT_MAX_EXECUTORS,
+            shrink_after_idle_secs: DEFAULT_SHRINK_AFTER.as_secs(),
         }
     }
 }
@@ -223,9 +271,11 @@ impl Config {
     /// Parses TOML text; `origin` (a file path or a label) is named in errors. Not validated.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         // Deserialising straight from the text keeps spans, so errors carry line and column.
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+        toml::from_str(text).map_err(|e| {
+            removed_key_in(text, origin).unwrap_or_else(|| ConfigError::Parse {
+                origin: origin.to_owned(),
+                message: e.to_string().trim_end().to_owned(),
+            })
         })
     }
 
@@ -248,6 +298,10 @@ impl Config {
         for (var, path, raw) in overrides {
             let env_err = |message: String| ConfigError::Env { var: var.clone(), message };
             let key = path.join(".");
+            if let Some(replacement) = replacement_of(&key) {
+                let origin = format!("environment variable {var}");
+                return Err(ConfigError::Removed { key, origin, replacement: replacement.to_owned() });
+            }
             let parsed = raw.parse::<toml::Value>().ok();
             let mut candidates = Vec::with_capacity(2);
             if let Some(v) = parsed.clone() {
@@ -292,8 +346,14 @@ impl Config {
         fn invalid(key: &str, message: impl Into<String>) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid { key: key.to_owned(), message: message.into() })
         }
-        let at_least_one: [(&str, u64); 13] = [
-            ("runtime.executor_pool_size", self.runtime.executor_pool_size as u64),
+        let at_least_one: [(&str, u64); 16] = [
+            ("executors.min_workers", self.executors.min_workers as u64),
+            ("executors.max_workers", self.executors.max_workers as u64),
+            ("executors.shrink_after_idle_secs", self.executors.shrink_after_idle_secs),
+            (
+                "tools.run_command.max_concurrent",
+                self.tools.run_command.max_concurrent.map_or(1, |n| n as u64),
+            ),
             ("runtime.llm_concurrency", self.runtime.llm_concurrency as u64),
             ("budget.step.max_iterations", self.budget.step.max_iterations.into()),
             ("budget.step.timeout_ms", self.budget.step.timeout_ms),
@@ -312,6 +372,7 @@ impl Config {
                 return invalid(key, "must be at least 1");
             }
         }
+        self.validate_executors()?;
         if self.runtime.data_dir.as_os_str().is_empty() {
             return invalid("runtime.data_dir", "must not be empty");
         }
@@ -346,6 +407,19 @@ impl Config {
         Ok(())
     }
 
+    /// `executors.max_workers` between `executors.min_workers` and what ractor's factory allows.
+    fn validate_executors(&self) -> Result<(), ConfigError> {
+        let (min, max) = (self.executors.min_workers, self.executors.max_workers);
+        let message = if max < min {
+            format!("{max} is below executors.min_workers ({min}); set both to N for a fixed pool")
+        } else if max > MAX_EXECUTORS_LIMIT {
+            format!("{max} is above the most workers a pool can have ({MAX_EXECUTORS_LIMIT})")
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError::Invalid { key: "executors.max_workers".into(), message })
+    }
+
     /// The default options of a run (policy and budgets), before per-run overrides.
     pub fn run_options(&self) -> RunOptions {
         RunOptions {
@@ -364,6 +438,30 @@ impl Config {
     pub fn prompts(&self) -> Result<Prompts, ConfigError> {
         Prompts::load(self.prompts.dir.as_deref())
     }
+}
+
+/// What replaced `key` (dotted), if it is a removed key.
+fn replacement_of(key: &str) -> Option<&'static str> {
+    REMOVED_KEYS.iter().find(|(k, _)| *k == key).map(|(_, replacement)| *replacement)
+}
+
+/// The [`ConfigError::Removed`] for the first removed key `text` sets, if it parses as TOML.
+/// Only called on a parse error, which a removed key causes (every section denies unknown keys).
+fn removed_key_in(text: &str, origin: &str) -> Option<ConfigError> {
+    let table: toml::Table = text.parse().ok()?;
+    let (key, replacement) = REMOVED_KEYS.iter().find(|(key, _)| has_key(&table, key))?;
+    Some(ConfigError::Removed {
+        key: (*key).to_owned(),
+        origin: origin.to_owned(),
+        replacement: (*replacement).to_owned(),
+    })
+}
+
+/// Whether `table` sets the dotted `key`.
+fn has_key(table: &toml::Table, key: &str) -> bool {
+    let mut segments = key.split('.');
+    let first = segments.next().and_then(|s| table.get(s));
+    segments.fold(first, |value, segment| value.and_then(|v| v.get(segment))).is_some()
 }
 
 /// `STEPWISE_POLICY__MAX_RETRIES` → `Some(["policy", "max_retries"])`; other variables → `None`.
@@ -453,19 +551,24 @@ mod tests {
     #[test]
     fn file_values_are_read() {
         let config = Config::from_toml_str(
-            "[runtime]\nexecutor_pool_size = 8\n[policy]\non_step_failure = \"skip\"\n\
+            "[executors]\nmax_workers = 8\n[policy]\non_step_failure = \"skip\"\n\
              [llm]\nprovider = \"openai\"\nmodel = \"gpt-4o\"\n[llm.roles.planner]\nmodel = \"o3\"\n",
             "t.toml",
         )
         .unwrap();
-        assert_eq!(config.runtime.executor_pool_size, 8);
+        assert_eq!(config.executors.max_workers, 8);
+        assert_eq!(config.executors.min_workers, DEFAULT_MIN_EXECUTORS);
         assert_eq!(config.policy.on_step_failure, FailurePolicy::Skip);
         assert_eq!(config.llm.provider, ProviderKind::Openai);
         assert_eq!(
             config.llm.roles.planner,
             Some(RoleModelConfig { model: Some("o3".into()), ..Default::default() })
         );
-        assert_eq!(config.runtime.llm_concurrency, 64, "unset keys keep their defaults");
+        assert_eq!(
+            config.runtime.llm_concurrency,
+            crate::runtime::DEFAULT_LLM_CONCURRENCY,
+            "unset keys keep their defaults"
+        );
     }
 
     #[test]
@@ -484,8 +587,8 @@ mod tests {
         let err = Config::from_toml_str("[policy]\non_step_failure = \"explode\"\n", "x.toml").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("x.toml") && msg.contains("explode") && msg.contains("line 2"), "{msg}");
-        let err = Config::from_toml_str("[runtime]\nexecutor_pool_size = \"four\"\n", "x.toml").unwrap_err();
-        assert!(err.to_string().contains("executor_pool_size"), "{err}");
+        let err = Config::from_toml_str("[executors]\nmax_workers = \"four\"\n", "x.toml").unwrap_err();
+        assert!(err.to_string().contains("max_workers"), "{err}");
     }
 
     #[test]
@@ -580,7 +683,11 @@ mod tests {
     fn validate_names_the_key() {
         type Mutation = Box<dyn Fn(&mut Config)>;
         let cases: Vec<(&str, Mutation)> = vec![
-            ("runtime.executor_pool_size", Box::new(|c| c.runtime.executor_pool_size = 0)),
+            ("executors.min_workers", Box::new(|c| c.executors.min_workers = 0)),
+            ("executors.max_workers", Box::new(|c| c.executors.max_workers = 2)),
+            ("executors.max_workers", Box::new(|c| c.executors.max_workers = MAX_EXECUTORS_LIMIT + 1)),
+            ("executors.shrink_after_idle_secs", Box::new(|c| c.executors.shrink_after_idle_secs = 0)),
+            ("tools.run_command.max_concurrent", Box::new(|c| c.tools.run_command.max_concurrent = Some(0))),
             ("runtime.llm_concurrency", Box::new(|c| c.runtime.llm_concurrency = 0)),
             ("budget.step.max_iterations", Box::new(|c| c.budget.step.max_iterations = 0)),
             ("budget.step.timeout_ms", Box::new(|c| c.budget.step.timeout_ms = 0)),
@@ -606,16 +713,60 @@ mod tests {
     fn load_reads_explicit_file_and_requires_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("custom.toml");
-        std::fs::write(&path, "[runtime]\nexecutor_pool_size = 2\n").unwrap();
-        assert_eq!(Config::load(Some(&path)).unwrap().runtime.executor_pool_size, 2);
+        std::fs::write(&path, "[executors]\nmin_workers = 2\nmax_workers = 2\n").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().executors.max_workers, 2);
 
         let missing = dir.path().join("missing.toml");
         let err = Config::load(Some(&missing)).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }) && err.to_string().contains("missing.toml"), "{err}");
 
-        std::fs::write(&path, "[runtime]\nexecutor_pool_size = 0\n").unwrap();
+        std::fs::write(&path, "[executors]\nmin_workers = 0\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "runtime.executor_pool_size"));
+        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "executors.min_workers"));
+    }
+
+    #[test]
+    fn the_removed_pool_size_key_names_its_replacements() {
+        let text = "[runtime]\ndata_dir = \"d\"\nexecutor_pool_size = 8\n";
+        let err = Config::from_toml_str(text, "old.toml").unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Removed { key, .. } if key == "runtime.executor_pool_size"),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("old.toml") && msg.contains("runtime.executor_pool_size"), "{msg}");
+        assert!(msg.contains("executors.min_workers") && msg.contains("executors.max_workers"), "{msg}");
+
+        let var = "STEPWISE_RUNTIME__EXECUTOR_POOL_SIZE";
+        let err = Config::default().apply_env(env(&[(var, "8")])).unwrap_err();
+        assert!(matches!(&err, ConfigError::Removed { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(var) && msg.contains("executors.max_workers"), "{msg}");
+
+        // Other unknown keys keep the generic error.
+        let err = Config::from_toml_str("[runtime]\nexecutor_pool = 8\n", "x.toml").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn executor_bounds_come_from_file_and_env() {
+        let mut config =
+            Config::from_toml_str("[executors]\nmin_workers = 2\nshrink_after_idle_secs = 5\n", "f").unwrap();
+        config
+            .apply_env(env(&[
+                ("STEPWISE_EXECUTORS__MAX_WORKERS", "64"),
+                ("STEPWISE_TOOLS__RUN_COMMAND__MAX_CONCURRENT", "3"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            config.executors,
+            ExecutorsConfig { min_workers: 2, max_workers: 64, shrink_after_idle_secs: 5 }
+        );
+        assert_eq!(config.tools.run_command.max_concurrent, Some(3));
+        config.validate().unwrap();
+        config.executors.max_workers = 1;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("executors.max_workers") && err.contains("executors.min_workers (2)"), "{err}");
     }
 
     #[test]

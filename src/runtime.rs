@@ -6,12 +6,14 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use ractor::{Actor, ActorRef};
 use tokio::sync::Semaphore;
 
-use crate::actors::messages::{ControlError, SupervisorMsg, TrackerMsg};
+use crate::actors::messages::{ControlError, Refusal, SupervisorMsg, TrackerMsg};
+use crate::actors::pool::{ExecutorLoad, PoolBounds};
 use crate::actors::supervisor::Supervisor;
 use crate::actors::{RunChannels, RunTable, Shared};
 use crate::llm::{Models, SharedModel};
@@ -50,18 +52,24 @@ pub enum RuntimeError {
 pub struct Stepwise;
 
 impl Stepwise {
-    /// A builder with defaults: no tools, in-memory store, pool of 4 executors.
+    /// A builder with defaults: no tools, in-memory store, an executor pool of 4 to 512 workers.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
     }
 }
+
+/// Default of [`RuntimeBuilder::llm_concurrency`] (`runtime.llm_concurrency`). A run has at most
+/// one planner, replanner or synthesizer call in flight, so this bound only delays runs when more
+/// runs than this are live: 2,048 lets 2,000 concurrent runs all plan at once (at 100 ms per call,
+/// 512 permits would queue them in four waves), and still caps a runaway burst.
+pub const DEFAULT_LLM_CONCURRENCY: usize = 2048;
 
 /// Configures and starts a [`Runtime`].
 pub struct RuntimeBuilder {
     models: Option<Models>,
     tools: ToolRegistry,
     options: RunOptions,
-    pool_size: usize,
+    executor_bounds: PoolBounds,
     llm_concurrency: usize,
     workspace_root: Option<PathBuf>,
     store: Option<Arc<dyn RunStore>>,
@@ -75,8 +83,8 @@ impl Default for RuntimeBuilder {
             models: None,
             tools: ToolRegistry::new(),
             options: RunOptions::default(),
-            pool_size: 4,
-            llm_concurrency: 64,
+            executor_bounds: PoolBounds::default(),
+            llm_concurrency: DEFAULT_LLM_CONCURRENCY,
             workspace_root: None,
             store: None,
             prompts: Prompts::default(),
@@ -116,13 +124,29 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Executors in the pool: how many steps run at once across all runs.
-    pub fn executor_pool_size(mut self, n: usize) -> Self {
-        self.pool_size = n.max(1);
+    /// Bounds of the executor pool: it keeps `min` workers (at least 1) and grows with the steps
+    /// ready to run up to `max` (raised to `min` if lower), the most steps running at once across
+    /// all runs. Defaults: 4 and 512 (see [`crate::actors::pool::DEFAULT_MAX_EXECUTORS`]).
+    pub fn executors(mut self, min: usize, max: usize) -> Self {
+        self.executor_bounds = PoolBounds::new(min, max, self.executor_bounds.shrink_after);
         self
     }
 
-    /// Planner, replanner and synthesizer calls in flight at once across all runs.
+    /// How long the executor pool must have had more workers than steps before it shrinks
+    /// (default 30 s): longer rides out gaps in the load, shorter gives idle workers back sooner.
+    pub fn executor_shrink_after(mut self, idle: Duration) -> Self {
+        self.executor_bounds.shrink_after = idle;
+        self
+    }
+
+    /// A fixed pool of `n` executors.
+    #[deprecated(note = "the executor pool scales with the work: use `executors(min, max)`")]
+    pub fn executor_pool_size(self, n: usize) -> Self {
+        self.executors(n, n)
+    }
+
+    /// Planner, replanner and synthesizer calls in flight at once across all runs (executors'
+    /// model calls are bounded by the pool's size instead). Default [`DEFAULT_LLM_CONCURRENCY`].
     pub fn llm_concurrency(mut self, n: usize) -> Self {
         self.llm_concurrency = n.max(1);
         self
@@ -158,7 +182,7 @@ impl RuntimeBuilder {
     pub async fn build(self) -> Result<Runtime, RuntimeError> {
         let models =
             self.models.ok_or_else(|| RuntimeError::Config("no model: call .model() or .models()".into()))?;
-        let tool_names = self.tools.names().into_iter().map(str::to_owned).collect();
+        let tool_names: Arc<[String]> = self.tools.names().into_iter().map(str::to_owned).collect();
         let tool_specs = self.tools.specs();
         let shared = Arc::new(Shared {
             models: crate::telemetry::traced(&models, self.content),
@@ -175,10 +199,13 @@ impl RuntimeBuilder {
             runs: RunTable::default(),
             services: RwLock::new(None),
         });
-        let (supervisor, handle) =
-            Actor::spawn(None, Supervisor { shared: shared.clone(), pool_size: self.pool_size }, ())
-                .await
-                .map_err(|e| RuntimeError::Actor(e.to_string()))?;
+        let (supervisor, handle) = Actor::spawn(
+            None,
+            Supervisor { shared: shared.clone(), executor_bounds: self.executor_bounds },
+            (),
+        )
+        .await
+        .map_err(|e| RuntimeError::Actor(e.to_string()))?;
         Ok(Runtime { shared, supervisor, handle: Some(handle), options: self.options })
     }
 }
@@ -192,6 +219,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// What the actors share (tests reach the service actors through it).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The default options of runs.
     pub fn options(&self) -> &RunOptions {
         &self.options
@@ -263,6 +296,11 @@ impl Runtime {
     /// Ids of the runs in progress in this process.
     pub fn live_run_ids(&self) -> Vec<RunId> {
         self.shared.runs.ids()
+    }
+
+    /// The executor pool's load now: its workers, how many run a step, how many steps wait.
+    pub fn executor_load(&self) -> ExecutorLoad {
+        self.shared.services().map(|s| s.executors.load()).unwrap_or_default()
     }
 
     /// Stops every actor. Unfinished runs stay in the store and resume with [`Runtime::recover`].
@@ -344,7 +382,7 @@ impl RunHandle {
 
     async fn ended_or_inactive(&self) -> ControlError {
         match self.stored().await {
-            Ok(r) if r.status.is_terminal() => ControlError::AlreadyEnded(r.status),
+            Ok(r) if r.status.is_terminal() => Refusal::AlreadyEnded(r.status).into(),
             _ => ControlError::NotActive,
         }
     }

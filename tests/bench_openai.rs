@@ -241,3 +241,71 @@ async fn a_plan_streamed_over_http_starts_its_first_steps_before_it_is_complete(
     assert!(seq("StepStarted") < seq("PlanProposed"), "{events:#?}");
     rt.shutdown().await;
 }
+
+/// `stepwise bench serve` against the in-process fake (`--model-url`): the real `serve` binary as
+/// a child process, its runs over HTTP, one JSON report.
+fn bench_serve(url: &str, extra: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let model_url = format!("{url}/v1");
+    let mut args = vec!["bench", "serve", "--model-url", &model_url];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(&args)
+        // The child must not see these: the scenario runs serve with its default config.
+        .env("STEPWISE_RUNTIME__EXECUTOR_POOL_SIZE", "not a number")
+        .current_dir(dir.path())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_serve_runs_the_real_service_against_the_fake_server() {
+    let url = start(Duration::ZERO).await;
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || bench_serve(&url, &["--runs", "3", "--latency-ms", "0"])
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(report["scenario"], "serve");
+    assert_eq!(
+        (&report["provider"], &report["store"], &report["config"]),
+        (&json!("openai"), &json!("sqlite"), &json!("default"))
+    );
+    assert_eq!(report["model_server"], format!("{url}/v1"));
+    assert_eq!(report["runs"], 3);
+    assert_eq!(report["steps_per_run"], 2, "a 2-step plan by default");
+    assert_eq!(report["statuses"], json!({"completed": 3}));
+    assert_eq!(report["steps"], 6);
+    // A plan, a call per step and a synthesis per run.
+    assert!(report["llm_calls"].as_u64().unwrap() >= 12, "{report:#}");
+    assert_eq!(report["latency_ms"], 0.0);
+    for key in ["wall_ms", "runs_per_s", "submit_all_ms", "serve_cpu_ms", "peak_rss_mib"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report:#}");
+    }
+    let (before, after) =
+        (report["serve_cpu_before_ms"].as_f64().unwrap(), report["serve_cpu_after_ms"].as_f64().unwrap());
+    assert!(before > 0.0 && after >= before, "{report:#}");
+    assert!(report["cpu_per_step_us"].as_f64().unwrap() >= 0.0 && report["cpu_per_llm_call_us"].is_number());
+    assert_eq!(report["rejected_429"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_serve_fails_clearly_when_runs_do_not_complete() {
+    // A model server that answers every call with a client error: every run fails at its plan.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async {
+        (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "no such model"}})))
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let out = tokio::task::spawn_blocking(move || bench_serve(&url, &["--runs", "2"])).await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0 of 2 runs completed") && stderr.contains("failed"), "{stderr}");
+    assert!(stderr.contains("no such model"), "the first run's error is shown: {stderr}");
+}

@@ -15,11 +15,8 @@ use serde_json::{Value, json};
 const STEPS: [&str; 3] = ["s1", "s2", "s3"];
 
 fn write_fixture(dir: &Path) {
-    std::fs::write(
-        dir.join("config.toml"),
-        "[runtime]\nexecutor_pool_size = 4\n[tools.run_command]\nenabled = true\nallow = [\"sh\"]\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.toml"), "[tools.run_command]\nenabled = true\nallow = [\"sh\"]\n")
+        .unwrap();
     let mut steps = serde_json::Map::new();
     for s in STEPS {
         // The tool appends only after its work (the sleep), so a step killed mid-way leaves no line.

@@ -38,7 +38,6 @@ async fn runtime(script: Value, options: RunOptions, store: Option<Arc<dyn RunSt
     let mut b = Stepwise::builder()
         .model(Arc::new(model))
         .options(options)
-        .executor_pool_size(4)
         .workspace_root(tempfile::tempdir().unwrap().keep());
     if let Some(s) = store {
         b = b.store(s);

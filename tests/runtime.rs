@@ -57,7 +57,6 @@ async fn runtime(script: Value, opts: RunOptions) -> Runtime {
     Stepwise::builder()
         .model(Arc::new(model))
         .options(opts)
-        .executor_pool_size(4)
         .workspace_root(tempfile::tempdir().unwrap().keep())
         .tool(typed_tool("echo", "Returns ok", |_: Nothing, _ctx| async { Ok("ok".to_owned()) }))
         .tool(typed_tool("explode", "Panics", |_: Nothing, _ctx| async { panic!("kaboom") }))
@@ -111,7 +110,7 @@ async fn independent_steps_overlap_and_dependents_see_their_outputs() {
         "synthesizer": ["final answer"]
     });
     let spy = Arc::new(Spy { inner: ScriptedModel::from_json(script).unwrap(), seen: Mutex::new(vec![]) });
-    let rt = Stepwise::builder().model(spy.clone()).executor_pool_size(4).build().await.unwrap();
+    let rt = Stepwise::builder().model(spy.clone()).build().await.unwrap();
     let (r, events) = run_collecting(&rt, "parallel").await;
     assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
     assert_eq!(r.final_output.as_deref(), Some("final answer"));
@@ -198,7 +197,7 @@ async fn a_crashing_executor_is_replaced_and_its_step_retried() {
     let rt = Stepwise::builder()
         .model(Arc::new(model))
         .options(options(FailurePolicy::Retry, 1))
-        .executor_pool_size(1)
+        .executors(1, 1)
         .build()
         .await
         .unwrap();

@@ -101,7 +101,6 @@ async fn parallel_runtime() -> Runtime {
     let barrier = Arc::new(tokio::sync::Barrier::new(PARALLEL));
     Stepwise::builder()
         .model(Arc::new(ScriptedModel::from_json(parallel_script()).unwrap()))
-        .executor_pool_size(10)
         .workspace_root(tempfile::tempdir().unwrap().keep())
         .tool(typed_tool("rendezvous", "Waits until 8 steps are here", move |_: NoArgs, _ctx| {
             let barrier = barrier.clone();
@@ -296,7 +295,6 @@ async fn concurrent_runs_never_share_a_trace() {
     });
     let runtime = Stepwise::builder()
         .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
-        .executor_pool_size(8)
         .workspace_root(tempfile::tempdir().unwrap().keep())
         .tool(typed_tool("echo", "Returns ok", |_: NoArgs, _ctx| async { Ok("ok".to_owned()) }))
         .build()

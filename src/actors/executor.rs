@@ -1,5 +1,5 @@
-//! The executor pool: ractor factory workers, each running one step attempt at a time as a
-//! bounded ReAct loop (model → tool calls → observations → model … → final answer).
+//! The executor pool's workers (the pool itself is [`super::pool`]), each running one step
+//! attempt at a time as a bounded ReAct loop (model → tool calls → observations → model … → final answer).
 //!
 //! Every loop is bounded by the step's budget (iterations, tool calls, tokens, wall clock) and
 //! by the run's cancellation token, so whatever the model answers, the attempt ends. A panicking
@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::messages::{ExecutorMsg, StepJob, StepReport, TrackerMsg};
+use super::pool::PoolGauges;
 use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput};
 use crate::plan::strip_code_fence;
 use crate::run::{EventKind, LlmUsage, StepError, StepErrorKind, StepVerdict};
@@ -31,6 +32,8 @@ pub type JobKey = String;
 /// A worker of the executor pool.
 pub struct ExecutorWorker {
     pub(crate) shared: Arc<Shared>,
+    /// The pool's counters: this worker is busy while it runs a step.
+    pub(crate) gauges: Arc<PoolGauges>,
 }
 
 impl Worker for ExecutorWorker {
@@ -55,8 +58,11 @@ impl Worker for ExecutorWorker {
         Job { msg, key, .. }: Job<JobKey, ExecutorMsg>,
         _state: &mut (),
     ) -> Result<JobKey, ActorProcessingErr> {
+        let busy = self.gauges.start_step();
         let ExecutorMsg::Run(job, reply) = msg;
         let report = run_step(&self.shared, *job).await;
+        // Free before replying: whoever hears of the step's end sees the worker free.
+        drop(busy);
         // The tracker may have stopped (cancelled run); nothing else waits for this reply.
         let _ = reply.send(report);
         Ok(key)

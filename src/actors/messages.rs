@@ -1,40 +1,25 @@
-//! Every message the actors exchange (DESIGN §3). Actors talk only through these types.
+//! Every message the actors exchange. Actors talk only through these types.
 //!
 //! Payloads are serde-serialisable (a job can cross a machine boundary); reply ports, actor
 //! references and cancellation tokens ride beside them and are local by nature. Each job carries
 //! its trace context so spans parent correctly wherever the job runs.
+
+use std::sync::Arc;
 
 use ractor::{ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::options::StepBudget;
-use crate::plan::{Plan, PlanError, PlanSpec, StepId, StepSpec};
-use crate::run::{EventKind, LlmUsage, ReplanDecision, RunId, RunResult, RunStatus, StepError};
+use crate::plan::{Plan, PlanSpec, StepId, StepSpec};
+use crate::run::StepError;
+use crate::run::{EventKind, ReplanDecision, RunId, RunResult};
+use crate::store::StoreError;
 use crate::telemetry::TraceContext;
 
-/// A model-backed service call that failed, with what it spent before failing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceFailure {
-    /// What went wrong.
-    pub error: String,
-    /// Usage of the calls that were made.
-    pub usage: LlmUsage,
-}
-
-/// What a planner, replanner or synthesizer call produced.
-pub type ServiceResult<T> = Result<(T, LlmUsage), ServiceFailure>;
-
-/// A dependency's result, handed to the steps that depend on it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepInput {
-    /// The dependency's id.
-    pub id: StepId,
-    /// What it was to do.
-    pub description: String,
-    /// Its output (None when it was skipped).
-    pub output: Option<String>,
-}
+pub use crate::run::machine::{
+    Refusal, Service, ServiceFailure, ServiceResult, StepInput, StepReport, Timer,
+};
 
 /// One step attempt for an executor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,19 +50,6 @@ pub struct StepJob {
     pub events_to: Option<ActorRef<TrackerMsg>>,
 }
 
-/// How a step attempt ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepReport {
-    /// Step.
-    pub step: StepId,
-    /// Attempt.
-    pub attempt: u32,
-    /// The final answer, or why there is none.
-    pub outcome: Result<String, StepError>,
-    /// Model usage of the attempt (ReAct loop and verification).
-    pub usage: LlmUsage,
-}
-
 /// Messages to the executor pool (a ractor factory).
 pub enum ExecutorMsg {
     /// Run one step attempt and reply with its report.
@@ -93,16 +65,17 @@ pub struct PlanJob {
     pub task: String,
     /// The run span's context.
     pub trace: TraceContext,
-    /// Stream the plan and send each step to the tracker as soon as it is parsed
-    /// ([`TrackerMsg::PlanStreamed`]), before [`TrackerMsg::PlanReady`] brings the whole plan.
-    #[serde(default)]
-    pub stream: bool,
+    /// Where to send each step as soon as it is parsed ([`TrackerMsg::PlanStreamed`]), before
+    /// the reply brings the whole plan; none: do not stream.
+    #[serde(skip)]
+    pub stream_to: Option<ActorRef<TrackerMsg>>,
 }
 
-/// Messages to the planner.
+/// Messages to the planner. A request dropped unanswered (the actor died with it in its
+/// mailbox) drops its reply port, which the asking tracker sees as a lost request.
 pub enum PlannerMsg {
-    /// Write a plan; the answer goes to the tracker as [`TrackerMsg::PlanReady`].
-    Plan(PlanJob, ActorRef<TrackerMsg>),
+    /// Write a plan.
+    Plan(PlanJob, RpcReplyPort<ServiceResult<PlanSpec>>),
 }
 
 /// A replanning request.
@@ -115,15 +88,15 @@ pub struct ReplanJob {
     /// The live plan, with each step's status and output.
     pub plan: Plan,
     /// The failed step that asks for the replan, and its error.
-    pub failed: Option<(StepId, String)>,
+    pub failed: Option<(StepId, StepError)>,
     /// The replan span's context.
     pub trace: TraceContext,
 }
 
 /// Messages to the replanner.
 pub enum ReplannerMsg {
-    /// Decide how to go on; the answer goes to the tracker as [`TrackerMsg::ReplanReady`].
-    Replan(ReplanJob, ActorRef<TrackerMsg>),
+    /// Decide how to go on.
+    Replan(ReplanJob, RpcReplyPort<ServiceResult<ReplanDecision>>),
 }
 
 /// A synthesis request.
@@ -143,28 +116,22 @@ pub struct SynthesisJob {
 
 /// Messages to the synthesizer.
 pub enum SynthesizerMsg {
-    /// Merge the results; the answer goes to the tracker as [`TrackerMsg::SynthesisReady`].
-    Synthesize(SynthesisJob, ActorRef<TrackerMsg>),
+    /// Merge the results into the answer.
+    Synthesize(SynthesisJob, RpcReplyPort<ServiceResult<String>>),
 }
 
-/// Why a control request (approve, reject, cancel) was refused.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why a control request (approve, reject, cancel) did not go through.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ControlError {
-    /// Approve/reject when the plan is not waiting for approval.
-    #[error("run is {}, not awaiting approval", .0.as_str())]
-    NotAwaitingApproval(RunStatus),
-    /// The run already ended.
-    #[error("run already ended ({})", .0.as_str())]
-    AlreadyEnded(RunStatus),
-    /// The edited plan is invalid.
-    #[error("edited plan is invalid: {0}")]
-    InvalidPlan(PlanError),
+    /// The run's state does not allow it (not awaiting approval, already ended, invalid edit).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The run's tracker is gone (the runtime is shutting down).
     #[error("run is not active in this runtime")]
     NotActive,
-    /// The event could not be stored.
+    /// The change could not be stored; the run resumes from its stored log.
     #[error("could not record the change: {0}")]
-    Store(String),
+    Store(Arc<StoreError>),
 }
 
 /// Messages to a run's tracker.
@@ -191,10 +158,10 @@ pub enum TrackerMsg {
     Cancel(String, RpcReplyPort<Result<(), ControlError>>),
     /// The run's current result.
     Snapshot(RpcReplyPort<RunResult>),
-    /// The run's wall-clock budget ran out.
-    RunTimeout,
-    /// The plan waited for approval longer than the policy allows.
-    ApprovalTimeout,
+    /// A request to a service will not be answered (its actor died or could not be reached).
+    ServiceLost(Service),
+    /// A timer the run scheduled went off.
+    Timeout(Timer),
 }
 
 /// Messages to the supervisor.

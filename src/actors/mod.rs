@@ -1,17 +1,21 @@
-//! The actor system (DESIGN §3): a supervisor over a planner, a replanner, a synthesizer, an
+//! The actor system (see `docs/architecture.md`): a supervisor over a planner, a replanner, a synthesizer, an
 //! executor pool and one tracker per run.
 //!
 //! The model-backed services (planner, replanner, synthesizer) never await a model call inside
 //! their handler: each request runs on its own task and the answer is sent to the asking
 //! tracker, so many runs plan and replan at once without queueing behind one actor. Executors
-//! are a bounded pool (a ractor factory): that bound is the runtime's step concurrency.
+//! are a ractor factory that grows with the steps ready to run, between configured bounds
+//! ([`pool`]): its maximum is the runtime's step concurrency.
 
 pub mod executor;
 pub mod messages;
 pub mod planner;
+pub mod pool;
 pub mod replanner;
 pub mod supervisor;
 pub mod synthesizer;
+#[cfg(test)]
+mod tests;
 pub mod tracker;
 
 use std::any::TypeId;
@@ -22,11 +26,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use futures::FutureExt;
-use ractor::ActorRef;
-use ractor::factory::FactoryMessage;
+use ractor::{ActorRef, RpcReplyPort};
 use schemars::JsonSchema;
 use tokio::sync::{Semaphore, broadcast, watch};
-use tracing::Instrument;
 
 use crate::llm::Models;
 use crate::prompts::Prompts;
@@ -34,9 +36,7 @@ use crate::run::{LlmUsage, RunEvent, RunId, RunResult};
 use crate::store::RunStore;
 use crate::telemetry::TraceContext;
 use crate::tools::ToolRegistry;
-use messages::{
-    ExecutorMsg, PlannerMsg, ReplannerMsg, ServiceFailure, ServiceResult, SynthesizerMsg, TrackerMsg,
-};
+use messages::{PlannerMsg, ReplannerMsg, ServiceFailure, ServiceResult, SynthesizerMsg, TrackerMsg};
 
 /// Capacity of a run's live event channel (allocated in full when the first subscriber comes);
 /// a subscriber that falls further behind re-reads the store (see `RunHandle::events`).
@@ -46,7 +46,8 @@ pub(crate) const EVENT_CHANNEL_CAPACITY: usize = 64;
 pub(crate) struct Shared {
     pub models: Models,
     pub tools: ToolRegistry,
-    pub tool_names: Vec<String>,
+    /// Tool names, shared with every run's state machine (plan validation).
+    pub tool_names: Arc<[String]>,
     /// The tools as the model sees them, built once: their schemas are not free to generate.
     pub tool_specs: Vec<crate::llm::ToolSpec>,
     pub prompts: Prompts,
@@ -82,7 +83,7 @@ pub(crate) struct Services {
     pub planner: ActorRef<PlannerMsg>,
     pub replanner: ActorRef<ReplannerMsg>,
     pub synthesizer: ActorRef<SynthesizerMsg>,
-    pub executors: ActorRef<FactoryMessage<executor::JobKey, ExecutorMsg>>,
+    pub executors: pool::ExecutorPool,
 }
 
 /// The channels of a live run, which outlive a crashed tracker so a respawned one reuses them.
@@ -184,33 +185,35 @@ pub(crate) fn tool_span(name: &str, call_id: &str, parent: &TraceContext) -> tra
 }
 
 /// Runs a model-backed service request on its own task (bounded by the runtime's model
-/// concurrency), converts a panic into a failure, and delivers the answer to the tracker.
-pub(crate) fn spawn_service<T, F>(
-    shared: &Shared,
-    span: tracing::Span,
-    work: F,
-    tracker: ActorRef<TrackerMsg>,
-    deliver: fn(ServiceResult<T>) -> TrackerMsg,
-) where
+/// concurrency), converts a panic into a failure, and replies to the asking tracker.
+pub(crate) fn spawn_service<T, F>(shared: &Shared, work: F, reply: RpcReplyPort<ServiceResult<T>>)
+where
     T: Send + 'static,
     F: Future<Output = ServiceResult<T>> + Send + 'static,
 {
     let permits = shared.llm_permits.clone();
-    tokio::spawn(
-        async move {
-            // The semaphore is never closed, so acquire only waits.
-            let _permit = permits.acquire_owned().await;
-            let result = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
-                Err(ServiceFailure {
-                    error: format!("panicked: {}", executor::panic_message(panic)),
-                    usage: LlmUsage::default(),
-                })
-            });
-            // A stopped tracker (cancelled run) no longer wants the answer.
-            let _ = tracker.cast(deliver(result));
-        }
-        .instrument(span),
-    );
+    tokio::spawn(async move {
+        // The semaphore is never closed, so acquire only waits.
+        let _permit = permits.acquire_owned().await;
+        let result = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
+            Err(ServiceFailure {
+                error: format!("panicked: {}", executor::panic_message(panic)),
+                usage: LlmUsage::default(),
+            })
+        });
+        // A stopped tracker (cancelled run) no longer wants the answer.
+        let _ = reply.send(result);
+    });
+}
+
+/// A failed structured service call as the run records it: the error, and what was spent.
+pub(crate) fn service_failure(what: &str, f: crate::llm::StructuredFailure) -> ServiceFailure {
+    let usage = LlmUsage {
+        llm_calls: u64::from(f.calls),
+        input_tokens: f.usage.input_tokens,
+        output_tokens: f.usage.output_tokens,
+    };
+    ServiceFailure { error: format!("{what}: {}", f.error), usage }
 }
 
 /// Usage of a structured call.

@@ -1,4 +1,4 @@
-//! The planner: turns a task into a validated plan (DESIGN §2).
+//! The planner: turns a task into a validated plan.
 //!
 //! The model's plan is parsed and validated (ids, dependencies, cycles, tools); an invalid plan
 //! goes back to the model once with the error that names the step ("repair"), then fails the run.
@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use super::messages::{PlanJob, PlannerMsg, ServiceFailure, ServiceResult, TrackerMsg};
-use super::{Shared, schema, spawn_service, structured_usage};
+use super::messages::{PlanJob, PlannerMsg, ServiceResult, TrackerMsg};
+use super::{Shared, schema, service_failure, spawn_service, structured_usage};
 use crate::llm::{
-    AgentRole, CallContext, ChatRequest, Message, StructuredOutput, TextSink, structured_call_streaming,
+    AgentRole, CallContext, ChatRequest, Message, StructuredOutput, TextSink, structured_call_spent,
 };
 use crate::plan::{PlanSpec, StepStream};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -35,22 +35,15 @@ impl Actor for Planner {
         msg: PlannerMsg,
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
-        let PlannerMsg::Plan(job, tracker) = msg;
+        let PlannerMsg::Plan(job, reply) = msg;
         let shared = self.shared.clone();
-        let to = tracker.clone();
         // The `stepwise.plan` span is the tracker's; chat spans join it through the job's context.
-        spawn_service(
-            &self.shared,
-            tracing::Span::none(),
-            async move { plan(&shared, job, &to).await },
-            tracker,
-            TrackerMsg::PlanReady,
-        );
+        spawn_service(&self.shared, async move { plan(&shared, job).await }, reply);
         Ok(())
     }
 }
 
-async fn plan(shared: &Shared, job: PlanJob, tracker: &ActorRef<TrackerMsg>) -> ServiceResult<PlanSpec> {
+async fn plan(shared: &Shared, job: PlanJob) -> ServiceResult<PlanSpec> {
     let model = shared.models.get(AgentRole::Planner).clone();
     let tools: Vec<String> =
         shared.tool_specs.iter().map(|t| format!("- {}: {}", t.name, t.description)).collect();
@@ -76,18 +69,19 @@ async fn plan(shared: &Shared, job: PlanJob, tracker: &ActorRef<TrackerMsg>) -> 
     let steps = std::sync::Mutex::new(StepStream::new());
     let stream_to = |piece: &str| {
         let found = steps.lock().unwrap_or_else(|p| p.into_inner()).push(piece);
-        if !found.is_empty() {
+        if let (false, Some(tracker)) = (found.is_empty(), &job.stream_to) {
+            // A stopped tracker no longer wants the steps; the whole plan is in the reply.
             let _ = tracker.cast(TrackerMsg::PlanStreamed(found));
         }
     };
-    let sink: Option<&TextSink<'_>> = if job.stream { Some(&stream_to) } else { None };
-    let parsed = structured_call_streaming(model.as_ref(), request, sink, |text| {
+    let sink: Option<&TextSink<'_>> = if job.stream_to.is_some() { Some(&stream_to) } else { None };
+    let parsed = structured_call_spent(model.as_ref(), request, sink, |text| {
         let plan = PlanSpec::parse(text).map_err(|e| e.to_string())?;
         plan.validate(&names).map_err(|e| e.to_string())?;
         Ok(plan)
     })
     .await
-    .map_err(|e| ServiceFailure { error: format!("planning failed: {e}"), usage: Default::default() })?;
+    .map_err(|f| service_failure("planning failed", f))?;
     let usage = structured_usage(&parsed);
     Ok((parsed.value, usage))
 }

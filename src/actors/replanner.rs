@@ -1,14 +1,14 @@
 //! The replanner: given the live plan (and the failure that prompted it), decides to continue,
-//! revise the remaining steps, finish early, or abort (DESIGN §2).
+//! revise the remaining steps, finish early, or abort.
 //!
 //! A `replan` decision is validated against the completed steps (new steps may depend on them
 //! but not reuse their ids) and the tool registry, with one repair round-trip like the planner.
 
 use std::sync::Arc;
 
-use super::messages::{ReplanJob, ReplannerMsg, ServiceFailure, ServiceResult, TrackerMsg};
-use super::{Shared, schema, spawn_service, structured_usage};
-use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput, structured_call};
+use super::messages::{ReplanJob, ReplannerMsg, ServiceResult};
+use super::{Shared, schema, service_failure, spawn_service, structured_usage};
+use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput, structured_call_spent};
 use crate::plan::{StepStatus, strip_code_fence, validate_steps};
 use crate::run::{Decision, ReplanDecision};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -33,16 +33,10 @@ impl Actor for Replanner {
         msg: ReplannerMsg,
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
-        let ReplannerMsg::Replan(job, tracker) = msg;
+        let ReplannerMsg::Replan(job, reply) = msg;
         let shared = self.shared.clone();
         // The replan span is the tracker's; chat spans are parented under it via the job's context.
-        spawn_service(
-            &self.shared,
-            tracing::Span::none(),
-            async move { replan(&shared, job).await },
-            tracker,
-            TrackerMsg::ReplanReady,
-        );
+        spawn_service(&self.shared, async move { replan(&shared, job).await }, reply);
         Ok(())
     }
 }
@@ -99,7 +93,7 @@ async fn replan(shared: &Shared, job: ReplanJob) -> ServiceResult<ReplanDecision
     };
     let completed = job.plan.completed_ids();
     let names = shared.tool_name_refs();
-    let parsed = structured_call(model.as_ref(), request, |text| {
+    let parsed = structured_call_spent(model.as_ref(), request, None, |text| {
         let d: ReplanDecision = serde_json::from_str(strip_code_fence(text)).map_err(|e| e.to_string())?;
         if d.decision == Decision::Replan {
             validate_steps(&d.steps, &completed, &names).map_err(|e| e.to_string())?;
@@ -107,7 +101,7 @@ async fn replan(shared: &Shared, job: ReplanJob) -> ServiceResult<ReplanDecision
         Ok(d)
     })
     .await
-    .map_err(|e| ServiceFailure { error: format!("replanning failed: {e}"), usage: Default::default() })?;
+    .map_err(|f| service_failure("replanning failed", f))?;
     let usage = structured_usage(&parsed);
     Ok((parsed.value, usage))
 }

@@ -1,21 +1,20 @@
 //! The supervisor: starts the services and the executor pool, spawns one tracker per run, and
 //! restarts what dies.
 //!
-//! ractor has no restart strategies of its own (DESIGN §8), so this is where they live: a
+//! ractor has no restart strategies of its own, so this is where they live: a
 //! crashed tracker is respawned from its run's stored events (at most [`MAX_TRACKER_RESTARTS`]
 //! times per run, so a tracker that panics on the same event cannot loop forever); a crashed
 //! service actor is respawned and its new reference published. Crashed executor workers are
-//! replaced by the factory itself.
+//! replaced by the factory itself; the pool's size is its own business ([`super::pool`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ractor::factory::{Factory, FactoryArguments, queues, routing, worker_builder};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::executor::{ExecutorWorker, JobKey};
-use super::messages::{ExecutorMsg, SupervisorMsg, TrackerMsg};
+use super::messages::{SupervisorMsg, TrackerMsg};
 use super::planner::Planner;
+use super::pool::{ExecutorPool, PoolBounds};
 use super::replanner::Replanner;
 use super::synthesizer::Synthesizer;
 use super::tracker::Tracker;
@@ -28,7 +27,8 @@ pub const MAX_TRACKER_RESTARTS: u32 = 3;
 /// The supervisor actor.
 pub struct Supervisor {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) pool_size: usize,
+    /// Bounds of the executor pool it starts.
+    pub(crate) executor_bounds: PoolBounds,
 }
 
 /// The supervisor's bookkeeping.
@@ -37,15 +37,6 @@ pub struct SupervisorState {
     restarts: HashMap<RunId, u32>,
     services: Services,
 }
-
-type ExecutorFactory = Factory<
-    JobKey,
-    ExecutorMsg,
-    (),
-    ExecutorWorker,
-    routing::QueuerRouting<JobKey, ExecutorMsg>,
-    queues::DefaultQueue<JobKey, ExecutorMsg>,
->;
 
 impl Supervisor {
     async fn spawn_services(&self, me: &ActorRef<SupervisorMsg>) -> Result<Services, ActorProcessingErr> {
@@ -56,16 +47,7 @@ impl Supervisor {
             Actor::spawn_linked(None, Replanner { shared: self.shared.clone() }, (), cell.clone()).await?;
         let (synthesizer, _) =
             Actor::spawn_linked(None, Synthesizer { shared: self.shared.clone() }, (), cell.clone()).await?;
-        let shared = self.shared.clone();
-        let args = FactoryArguments::builder()
-            .worker_builder(Box::new(worker_builder(move |_wid| {
-                (ExecutorWorker { shared: shared.clone() }, ())
-            })))
-            .queue(Default::default())
-            .router(Default::default())
-            .num_initial_workers(self.pool_size)
-            .build();
-        let (executors, _) = Actor::spawn_linked(None, ExecutorFactory::default(), args, cell).await?;
+        let executors = ExecutorPool::spawn(self.shared.clone(), self.executor_bounds, cell).await?;
         Ok(Services { planner, replanner, synthesizer, executors })
     }
 
@@ -144,6 +126,16 @@ impl Actor for Supervisor {
                 let _ = reply.send(r);
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<SupervisorMsg>,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // The pool stops with its supervisor; its gauges must not keep reporting its workers.
+        st.services.executors.stopped();
         Ok(())
     }
 

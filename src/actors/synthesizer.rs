@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::messages::{ServiceFailure, ServiceResult, SynthesisJob, SynthesizerMsg, TrackerMsg};
+use super::messages::{ServiceFailure, ServiceResult, SynthesisJob, SynthesizerMsg};
 use super::{Shared, spawn_service};
 use crate::llm::{AgentRole, CallContext, ChatRequest, Message};
 use crate::run::LlmUsage;
@@ -28,15 +28,9 @@ impl Actor for Synthesizer {
         msg: SynthesizerMsg,
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
-        let SynthesizerMsg::Synthesize(job, tracker) = msg;
+        let SynthesizerMsg::Synthesize(job, reply) = msg;
         let shared = self.shared.clone();
-        spawn_service(
-            &self.shared,
-            tracing::Span::none(),
-            async move { synthesize(&shared, job).await },
-            tracker,
-            TrackerMsg::SynthesisReady,
-        );
+        spawn_service(&self.shared, async move { synthesize(&shared, job).await }, reply);
         Ok(())
     }
 }

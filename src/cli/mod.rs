@@ -48,15 +48,17 @@ pub struct BenchArgs {
     /// Concurrent runs.
     #[arg(long, default_value_t = 200)]
     pub runs: usize,
-    /// Steps per run (independent of each other).
-    #[arg(long, default_value_t = 10)]
-    pub steps: usize,
-    /// Executors in the pool.
-    #[arg(long, default_value_t = 8)]
-    pub pool: usize,
-    /// Simulated latency of every model call, in ms (default: 50 for makespan, concurrency and
-    /// http; 0 for tracing). With `--provider openai`, the server's latency as you know it (for the
-    /// reports; required by makespan, whose bound depends on it).
+    /// Steps per run, independent of each other (default: 10; 2 for serve).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// A fixed pool of this many executors (default: the runtime's default bounds, 4 to 512
+    /// workers, growing with the steps ready to run).
+    #[arg(long)]
+    pub pool: Option<usize>,
+    /// Simulated latency of every model call, in ms (default: 50 for makespan, concurrency, http
+    /// and the fake server serve starts; 0 for tracing). With `--provider openai` or
+    /// `--model-url`, the server's latency as you know it (for the reports; required by makespan,
+    /// whose bound depends on it).
     #[arg(long)]
     pub latency_ms: Option<u64>,
     /// Layers of the makespan plan.
@@ -78,6 +80,14 @@ pub struct BenchArgs {
     /// `tracing`.
     #[arg(long)]
     pub stream_plan: bool,
+    /// Scenario `serve`: the fake model server's binary, which the bench starts at `--latency-ms`
+    /// (default: `examples/fake_openai_server` beside this executable).
+    #[arg(long, value_name = "PATH")]
+    pub fake_server: Option<PathBuf>,
+    /// Scenario `serve`: the base URL of an OpenAI-compatible server already running (e.g.
+    /// `http://127.0.0.1:8089/v1`), instead of starting the fake one. Its tasks end in `steps=K`.
+    #[arg(long, value_name = "URL", conflicts_with = "fake_server")]
+    pub model_url: Option<String>,
     /// Model flags: `--provider openai` (with `OPENAI_BASE_URL`) drives the scenarios with an
     /// external OpenAI-compatible server instead of the scripted model.
     #[command(flatten)]
@@ -97,6 +107,9 @@ pub enum BenchScenario {
     Tracing,
     /// The concurrency scenario through the HTTP API, a timed load, memory per idle run.
     Http,
+    /// The real `stepwise serve` binary with its default config against the fake model server:
+    /// throughput, the service's CPU per step and per model call, its peak RSS.
+    Serve,
 }
 
 /// `--store` values of `stepwise bench`.
@@ -252,7 +265,8 @@ pub async fn build_runtime(
         .models(models)
         .tools(stepwise::tools::builtin_registry(&cfg.tools))
         .options(cfg.run_options())
-        .executor_pool_size(cfg.runtime.executor_pool_size)
+        .executors(cfg.executors.min_workers, cfg.executors.max_workers)
+        .executor_shrink_after(std::time::Duration::from_secs(cfg.executors.shrink_after_idle_secs))
         .llm_concurrency(cfg.runtime.llm_concurrency)
         .workspace_root(cfg.workspace_root())
         .prompts(cfg.prompts()?)

@@ -361,12 +361,38 @@ pub async fn structured_call<T>(
 /// any, does not: what streamed first was the rejected answer).
 pub async fn structured_call_streaming<T>(
     model: &dyn ChatModel,
-    mut request: ChatRequest,
+    request: ChatRequest,
     sink: Option<&TextSink<'_>>,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Structured<T>, LlmError> {
+    structured_call_spent(model, request, sink, parse).await.map_err(|f| f.error)
+}
+
+/// A structured call that failed, with what the calls that did answer spent (a rejected plan
+/// still cost its tokens).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{error}")]
+pub struct StructuredFailure {
+    /// Why it failed.
+    pub error: LlmError,
+    /// Usage of the calls that answered.
+    pub usage: TokenUsage,
+    /// Number of calls that answered.
+    pub calls: u32,
+}
+
+/// [`structured_call_streaming`] whose failure keeps the usage spent before it.
+pub async fn structured_call_spent<T>(
+    model: &dyn ChatModel,
+    mut request: ChatRequest,
+    sink: Option<&TextSink<'_>>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Structured<T>, StructuredFailure> {
+    let failed = |error, usage, calls| StructuredFailure { error, usage, calls };
     let schema = request.structured.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| "json".into());
-    let first = chat_maybe_streaming(model, request.clone(), sink).await?;
+    let first = chat_maybe_streaming(model, request.clone(), sink)
+        .await
+        .map_err(|e| failed(e, TokenUsage::default(), 0))?;
     let mut usage = first.usage;
     match parse(&first.content) {
         Ok(value) => Ok(Structured { value, usage, calls: 1 }),
@@ -376,10 +402,11 @@ pub async fn structured_call_streaming<T>(
             request.messages.push(Message::user(format!(
                 "Your answer was rejected: {error}\nReply again with only the corrected JSON for the `{schema}` schema."
             )));
-            let second = model.chat(request).await?;
+            let second = model.chat(request).await.map_err(|e| failed(e, usage, 1))?;
             usage += second.usage;
             parse(&second.content).map(|value| Structured { value, usage, calls: 2 }).map_err(|e2| {
-                LlmError::Structured { schema, error: format!("{e2} (first attempt: {error})") }
+                let error = format!("{e2} (first attempt: {error})");
+                failed(LlmError::Structured { schema, error }, usage, 2)
             })
         }
     }

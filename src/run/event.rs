@@ -1,4 +1,4 @@
-//! What can happen to a run: every state change is a [`RunEvent`] (DESIGN §2).
+//! What can happen to a run: every state change is a [`RunEvent`].
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -8,7 +8,7 @@ use super::{LlmUsage, RunId, StepError};
 use crate::options::RunOptions;
 use crate::plan::{PlanSpec, StepId, StepSpec};
 
-/// What the replanner decided (DESIGN §2).
+/// What the replanner decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -50,7 +50,7 @@ pub struct StepVerdict {
     pub reason: String,
 }
 
-/// One state change of a run. Every variant is stored, streamed and folded (DESIGN §2).
+/// One state change of a run. Every variant is stored, streamed and folded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 pub enum EventKind {

@@ -8,8 +8,10 @@
 //! - `event`: what can happen ([`EventKind`], [`RunEvent`]) and the model answers it carries.
 //! - `state`: the fold ([`RunState`]) and what it shows ([`RunResult`], [`RunStatus`]).
 //! - `policy`: what a failure or a success leads to.
+//! - [`machine`]: the run as a state machine: an input in, events and commands out.
 
 mod event;
+pub mod machine;
 mod policy;
 mod state;
 #[cfg(test)]
@@ -86,7 +88,7 @@ impl std::ops::AddAssign for LlmUsage {
     }
 }
 
-/// A run's total usage (DESIGN §6 `usage`).
+/// A run's total usage (`usage` in a RunResult).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Usage {
     /// Model calls.
@@ -157,20 +159,6 @@ impl StepError {
     /// A new error.
     pub fn new(kind: StepErrorKind, message: impl Into<String>) -> Self {
         Self { kind, message: message.into() }
-    }
-}
-
-impl StepError {
-    /// Reads back an error from its display form (`kind: message`), as kept in a step's `error`;
-    /// text without a known kind prefix becomes an `llm_error`.
-    pub fn parse(text: &str) -> StepError {
-        text.split_once(": ")
-            .and_then(|(kind, message)| {
-                let kind: StepErrorKind =
-                    serde_json::from_value(serde_json::Value::String(kind.to_owned())).ok()?;
-                Some(StepError::new(kind, message))
-            })
-            .unwrap_or_else(|| StepError::new(StepErrorKind::LlmError, text))
     }
 }
 

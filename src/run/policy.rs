@@ -1,4 +1,4 @@
-//! The failure and replanning policy (DESIGN §2) as pure functions.
+//! The failure and replanning policy as pure functions.
 
 use super::{RunState, StepError, StepErrorKind};
 use crate::options::{FailurePolicy, Policy, ReplanMode};
@@ -17,7 +17,7 @@ pub enum FailureAction {
     FailRun(String),
 }
 
-/// The failure policy (DESIGN §2) as a pure function.
+/// The failure policy as a pure function.
 ///
 /// `failures` counts the step's failed attempts including this one; `replans` the revisions made
 /// so far. A cancelled attempt is never retried.

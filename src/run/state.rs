@@ -1,14 +1,16 @@
 //! A run's state as the fold of its events, and the result it shows.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{EventKind, RunEvent, RunId, Usage};
+use super::{EventKind, RunEvent, RunId, StepError, Usage};
 use crate::options::RunOptions;
 use crate::plan::{Plan, StepId, StepSpec, StepStatus};
 
-/// A run's lifecycle state (DESIGN §6).
+/// A run's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -67,7 +69,7 @@ pub struct PlanRevision {
     pub created_at: DateTime<Utc>,
 }
 
-/// The outcome of a run, as the library, `--json` and `GET /v1/runs/{id}` return it (DESIGN §6).
+/// The outcome of a run, as the library, `--json` and `GET /v1/runs/{id}` return it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunResult {
     /// Run id.
@@ -135,6 +137,9 @@ pub struct RunState {
     pub finished_at: Option<DateTime<Utc>>,
     /// Seq of the last applied event.
     pub last_seq: u64,
+    /// Each step's latest failure, typed (the plan's `error` is its text), so that a driver
+    /// resuming the run decides a failure exactly as it was.
+    pub last_errors: BTreeMap<StepId, StepError>,
 }
 
 impl RunState {
@@ -153,6 +158,7 @@ impl RunState {
             created_at,
             finished_at: None,
             last_seq: 0,
+            last_errors: BTreeMap::new(),
         }
     }
 
@@ -294,6 +300,7 @@ impl RunState {
                 s.failures += 1;
                 s.error = Some(error.to_string());
                 s.finished_at = Some(e.at);
+                self.last_errors.insert(step.clone(), error.clone());
                 self.usage.add_llm(usage);
             }
             EventKind::StepSkipped { step, reason } => {

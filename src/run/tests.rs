@@ -299,10 +299,15 @@ fn replan_after_each_step_only_while_steps_remain_and_budget_lasts() {
 }
 
 #[test]
-fn a_step_error_reads_back_from_its_display_form() {
+fn a_step_failure_folds_into_its_typed_error() {
+    let mut l = Log::new(RunOptions::default());
     let e = StepError::new(StepErrorKind::BudgetExhausted, "max_iterations (3) reached: a: b");
-    assert_eq!(StepError::parse(&e.to_string()), e);
-    assert_eq!(StepError::parse("something else"), StepError::new(StepErrorKind::LlmError, "something else"));
+    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) })
+        .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
+        .push(EventKind::StepFailed { step: "a".into(), attempt: 1, error: e.clone(), usage: usage(1, 1) });
+    let s = l.state();
+    assert_eq!(s.last_errors.get(&StepId::from("a")), Some(&e));
+    assert_eq!(s.plan.steps[0].error.as_deref(), Some(e.to_string().as_str()));
 }
 
 #[test]

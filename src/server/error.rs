@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::RuntimeError;
-use crate::actors::messages::ControlError;
+use crate::actors::messages::{ControlError, Refusal};
 use crate::run::RunId;
 use crate::store::StoreError;
 
@@ -123,10 +123,12 @@ impl ServerError {
     /// Maps a refused control (approve / reject / cancel). `NotActive` is resolved by the caller.
     pub(crate) fn from_control(id: &RunId, e: ControlError) -> Self {
         match e {
-            ControlError::NotAwaitingApproval(_) | ControlError::AlreadyEnded(_) => {
+            ControlError::Refused(Refusal::NotAwaitingApproval(_) | Refusal::AlreadyEnded(_)) => {
                 ServerError::Conflict(format!("run {id}: {e}"))
             }
-            ControlError::InvalidPlan(_) => ServerError::Unprocessable(format!("plan: {e}")),
+            ControlError::Refused(Refusal::InvalidPlan(_)) => {
+                ServerError::Unprocessable(format!("plan: {e}"))
+            }
             ControlError::NotActive => ServerError::Unavailable(format!(
                 "run {id} is not active in this process (it may be resuming after a restart): retry later"
             )),

@@ -10,17 +10,22 @@
 //! | `stepwise.llm.tokens`    | `stepwise_llm_tokens_total`        | `role`, `model`, `type`    |
 //! | `stepwise.step.duration` | `stepwise_step_duration_seconds`   | `status` (histogram)       |
 //! | `stepwise.llm.duration`  | `stepwise_llm_duration_seconds`    | `role`, `model` (histogram)|
+//! | `stepwise.executors.busy`   | `stepwise_executors_busy`       | (gauge)                    |
+//! | `stepwise.executors.idle`   | `stepwise_executors_idle`       | (gauge)                    |
+//! | `stepwise.executors.queued` | `stepwise_executors_queued`     | (gauge)                    |
 //!
 //! The instruments live in one process-wide [`Metrics`] ([`global`]): the tracker and the model
-//! wrapper record into it wherever they run, and the HTTP server reads it. Prometheus text comes
+//! wrapper record into it wherever they run, and the HTTP server reads it. The executor gauges
+//! are read from the executor pools' counters at each collection (summed over the runtimes of
+//! the process, usually one). Prometheus text comes
 //! from the SDK's `ManualReader` (cumulative), rendered here, so no extra crate is needed.
 
 use std::fmt::{Display, Write as _};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
@@ -29,6 +34,7 @@ use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality, exporter::PushMetricExporter,
 };
 
+use crate::actors::pool::{ExecutorLoad, PoolGauges};
 use crate::llm::TokenUsage;
 
 /// Bucket bounds of the latency histograms, in seconds: from a fast tool to a slow model.
@@ -96,6 +102,37 @@ impl MetricReader for SharedReader {
     }
 }
 
+/// The executor pools the `stepwise.executors.*` gauges read, held weakly so that a dropped
+/// runtime stops counting.
+type ExecutorPools = Arc<Mutex<Vec<Weak<PoolGauges>>>>;
+
+/// The summed load of the live pools in `pools`, forgetting the dropped ones.
+fn executor_load(pools: &ExecutorPools) -> ExecutorLoad {
+    let mut pools = pools.lock().unwrap_or_else(|p| p.into_inner());
+    pools.retain(|p| p.strong_count() > 0);
+    pools.iter().filter_map(Weak::upgrade).map(|p| p.load()).fold(ExecutorLoad::default(), |a, b| {
+        ExecutorLoad { workers: a.workers + b.workers, busy: a.busy + b.busy, queued: a.queued + b.queued }
+    })
+}
+
+/// Registers an observable gauge `name` reporting `read` of the pools' summed load.
+fn executor_gauge(
+    meter: &Meter,
+    pools: &ExecutorPools,
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    read: fn(&ExecutorLoad) -> usize,
+) {
+    let pools = pools.clone();
+    meter
+        .u64_observable_gauge(name)
+        .with_unit(unit)
+        .with_description(description)
+        .with_callback(move |gauge| gauge.observe(read(&executor_load(&pools)) as u64, &[]))
+        .build();
+}
+
 /// The instruments of one meter provider, and the reader that renders them. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -108,6 +145,7 @@ pub struct Metrics {
     llm_tokens: Counter<u64>,
     step_duration: Histogram<f64>,
     llm_duration: Histogram<f64>,
+    executor_pools: ExecutorPools,
 }
 
 impl Metrics {
@@ -129,7 +167,33 @@ impl Metrics {
                 .with_boundaries(LATENCY_BOUNDS.to_vec())
                 .build()
         };
+        let executor_pools = ExecutorPools::default();
+        executor_gauge(
+            &meter,
+            &executor_pools,
+            "stepwise.executors.busy",
+            "{worker}",
+            "Executor workers running a step attempt",
+            |l| l.busy,
+        );
+        executor_gauge(
+            &meter,
+            &executor_pools,
+            "stepwise.executors.idle",
+            "{worker}",
+            "Executor workers waiting for a step (pool size minus busy)",
+            ExecutorLoad::idle,
+        );
+        executor_gauge(
+            &meter,
+            &executor_pools,
+            "stepwise.executors.queued",
+            "{step}",
+            "Step attempts handed to the executor pool that no worker has started yet",
+            |l| l.queued,
+        );
         Self {
+            executor_pools,
             runs: meter.u64_counter("stepwise.runs").with_description("Runs ended, by final status").build(),
             steps: meter
                 .u64_counter("stepwise.steps")
@@ -157,6 +221,13 @@ impl Metrics {
     /// The meter provider (to flush and shut down with the telemetry guard).
     pub(crate) fn provider(&self) -> &SdkMeterProvider {
         &self.provider
+    }
+
+    /// Reports `pool`'s load in the executor gauges for as long as the pool lives.
+    pub(crate) fn watch_executors(&self, pool: &Arc<PoolGauges>) {
+        let mut pools = self.executor_pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
     }
 
     /// A run ended with `status` (`completed`, `failed`, `cancelled`).
@@ -361,5 +432,35 @@ mod tests {
         m.run_ended("completed");
         m.provider().shutdown().unwrap();
         assert_eq!(m.prometheus_text(), "");
+    }
+
+    #[test]
+    fn executor_gauges_report_the_live_pools() {
+        let m = Metrics::new(Resource::builder_empty().build(), None::<NoExport>);
+        let pool = PoolGauges::new(4);
+        m.watch_executors(&pool);
+        for _ in 0..5 {
+            pool.queue_one();
+        }
+        let busy: Vec<_> = (0..3).map(|_| pool.start_step()).collect();
+        let text = m.prometheus_text();
+        for name in ["busy", "idle", "queued"] {
+            assert!(text.contains(&format!("# TYPE stepwise_executors_{name} gauge")), "{text}");
+        }
+        assert_eq!(line_value(&text, "stepwise_executors_busy "), Some(3.0), "{text}");
+        assert_eq!(line_value(&text, "stepwise_executors_idle "), Some(1.0), "{text}");
+        assert_eq!(line_value(&text, "stepwise_executors_queued "), Some(2.0), "{text}");
+
+        // Another runtime's pool adds up; a dropped one stops counting.
+        let other = PoolGauges::new(2);
+        m.watch_executors(&other);
+        drop(busy);
+        let text = m.prometheus_text();
+        assert_eq!(line_value(&text, "stepwise_executors_busy "), Some(0.0), "{text}");
+        assert_eq!(line_value(&text, "stepwise_executors_idle "), Some(6.0), "{text}");
+        drop(other);
+        let text = m.prometheus_text();
+        assert_eq!(line_value(&text, "stepwise_executors_idle "), Some(4.0), "{text}");
+        assert_eq!(line_value(&text, "stepwise_executors_queued "), Some(2.0), "{text}");
     }
 }

@@ -6,6 +6,10 @@
 //! capped output. A non-zero exit is an ordinary result (the model should see it and react);
 //! only failing to start the program, a timeout or a cancel are errors.
 //!
+//! Programs burn local CPU, so however many steps run at once, at most
+//! `tools.run_command.max_concurrent` programs run at a time (default: the number of CPUs);
+//! further calls wait for a slot, which the timeout does not count.
+//!
 //! Only the program itself is killed on timeout or cancel: a background process it started is
 //! not (that would need a process-group kill), but its hold on the output pipes cannot stall
 //! the call, see [`PIPE_GRACE`].
@@ -13,12 +17,14 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::config::RunCommandConfig;
 use super::{Tool, ToolContext, ToolError, parse_args, schema_of};
@@ -42,11 +48,13 @@ pub struct RunCommandArgs {
 }
 
 /// `run_command`: runs an allowed program with arguments in the workspace and reports its exit
-/// code, stdout and stderr.
+/// code, stdout and stderr. Clones share the limit on programs running at once.
 #[derive(Debug, Clone)]
 pub struct RunCommandTool {
     cfg: RunCommandConfig,
     description: String,
+    /// One permit per program allowed to run at once.
+    slots: Arc<Semaphore>,
 }
 
 impl RunCommandTool {
@@ -57,7 +65,17 @@ impl RunCommandTool {
             "Runs a program (no shell) with the workspace as working directory and returns its exit \
              code, stdout and stderr. Allowed programs: {allowed}."
         );
-        Self { cfg, description }
+        let slots = Arc::new(Semaphore::new(cfg.concurrency_limit()));
+        Self { cfg, description, slots }
+    }
+
+    /// Waits for a slot to run a program; `None` if the call is cancelled first.
+    async fn slot(&self, ctx: &ToolContext) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            // The semaphore is never closed, so this only fails if it were.
+            permit = self.slots.clone().acquire_owned() => permit.ok(),
+            () = ctx.cancel.cancelled() => None,
+        }
     }
 
     fn check_program(&self, program: &str) -> Result<(), ToolError> {
@@ -117,6 +135,8 @@ impl Tool for RunCommandTool {
         if ctx.cancel.is_cancelled() {
             return Err(ToolError::Cancelled);
         }
+        // Held until the program is reaped, so its slot is free only once it is gone.
+        let _slot = self.slot(ctx).await.ok_or(ToolError::Cancelled)?;
 
         let mut child = Command::new(&program)
             .args(&args.args)
@@ -313,7 +333,14 @@ mod tests {
             timeout_secs: 10,
             max_output_bytes: 1000,
             pass_env: Vec::new(),
+            max_concurrent: None,
         })
+    }
+
+    fn limited(allow: &[&str], max_concurrent: usize) -> RunCommandTool {
+        let mut cfg = tool(allow).cfg;
+        cfg.max_concurrent = Some(max_concurrent);
+        RunCommandTool::new(cfg)
     }
 
     async fn run(t: &RunCommandTool, ws: &Path, program: &str, args: &[&str]) -> Result<String, ToolError> {
@@ -479,6 +506,59 @@ mod tests {
         assert!(matches!(r, Err(ToolError::InvalidArguments(_))));
         // args may be omitted.
         assert!(t.call(json!({"program": "echo"}), &c).await.unwrap().starts_with("exit code: 0"));
+    }
+
+    /// Each program holds the directory `held` while it runs: a second program running at the
+    /// same time could not create it, and would say so.
+    #[tokio::test]
+    async fn programs_beyond_max_concurrent_wait_for_a_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = limited(&["sh"], 1);
+        let script = "mkdir held || { echo overlap; exit 0; }; sleep 0.3; rmdir held; echo alone";
+        let other = t.clone();
+        let args = ["-c", script];
+        let (a, b) = tokio::join!(run(&t, dir.path(), "sh", &args), run(&other, dir.path(), "sh", &args));
+        for out in [a.unwrap(), b.unwrap()] {
+            assert!(out.contains("alone") && !out.contains("overlap"), "{out}");
+        }
+    }
+
+    /// The check above can see overlap: with two slots, two programs that each wait for the
+    /// other (10 s at most) meet.
+    #[tokio::test]
+    async fn programs_within_max_concurrent_run_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = limited(&["sh"], 2);
+        let script = "touch \"$0\"; i=0; while [ ! -e \"$1\" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
+                      [ -e \"$1\" ] && echo met";
+        let (first, second) = (["-c", script, "a", "b"], ["-c", script, "b", "a"]);
+        let (a, b) = tokio::join!(run(&t, dir.path(), "sh", &first), run(&t, dir.path(), "sh", &second));
+        for out in [a.unwrap(), b.unwrap()] {
+            assert!(out.contains("--- stdout ---\nmet\n"), "{out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_while_waiting_for_a_slot_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = limited(&["sh"], 1);
+        let _taken = t.slots.clone().acquire_owned().await.unwrap();
+        let c = ctx(dir.path());
+        let cancel = c.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cancel.cancel();
+        });
+        let r = t.call(json!({"program": "sh", "args": ["-c", "echo x > ran"]}), &c).await;
+        assert_eq!(r, Err(ToolError::Cancelled));
+        assert!(!dir.path().join("ran").exists());
+    }
+
+    #[test]
+    fn the_limit_defaults_to_the_cpus() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(tool(&[]).slots.available_permits(), cpus);
+        assert_eq!(limited(&[], 3).slots.available_permits(), 3);
     }
 
     #[test]

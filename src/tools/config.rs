@@ -30,6 +30,20 @@ pub struct RunCommandConfig {
     /// down to `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LANGUAGE`, `LC_*`, `TZ`, `TMPDIR` and
     /// `TERM`, so API keys in the runtime's environment do not reach model-chosen programs.
     pub pass_env: Vec<String>,
+    /// Programs running at once across all runs (≥ 1); further calls wait for a slot. Unset:
+    /// the number of CPUs, since programs burn local CPU while the executor pool may run
+    /// hundreds of steps at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+}
+
+impl RunCommandConfig {
+    /// `max_concurrent`, or the number of CPUs when unset.
+    pub fn concurrency_limit(&self) -> usize {
+        self.max_concurrent
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+            .max(1)
+    }
 }
 
 impl Default for RunCommandConfig {
@@ -40,6 +54,7 @@ impl Default for RunCommandConfig {
             timeout_secs: 60,
             max_output_bytes: 64 * 1024,
             pass_env: Vec::new(),
+            max_concurrent: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Setup, diamond_script, rss_kib, submit_and_wait};
+use super::{Setup, diamond_script, pool_report, rss_kib, submit_and_wait};
 
 /// `runs` runs of a 3-step plan submitted at once; RSS is read before and at the peak.
 pub(super) async fn run(setup: &Setup, runs: usize) -> anyhow::Result<Value> {
@@ -20,7 +20,7 @@ pub(super) async fn run(setup: &Setup, runs: usize) -> anyhow::Result<Value> {
         "runs": runs,
         "completed_runs": completed,
         "latency_ms": setup.latency_ms(),
-        "executor_pool": setup.pool,
+        "executor_pool": pool_report(&setup.pool),
         "wall_ms": wall.as_secs_f64() * 1e3,
         "runs_per_s": runs as f64 / wall.as_secs_f64(),
         "rss_before_kib": rss_before,

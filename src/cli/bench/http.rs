@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use stepwise::run::RunStatus;
 use stepwise::server::{self, ServerState};
 
-use super::{Setup, diamond_script, heap_in_use, rss_kib};
+use super::{Setup, diamond_script, heap_in_use, pool_report, rss_kib};
 
 async fn submit(client: &reqwest::Client, base: &str, body: Value) -> anyhow::Result<String> {
     let resp = client.post(format!("{base}/v1/runs")).json(&body).send().await?;
@@ -104,7 +104,7 @@ pub(super) async fn run(setup: &Setup, runs: usize, load: Duration) -> anyhow::R
         "runs": runs,
         "completed_runs": completed,
         "latency_ms": setup.latency_ms(),
-        "executor_pool": setup.pool,
+        "executor_pool": pool_report(&setup.pool),
         "submit_all_ms": submit_wall.as_secs_f64() * 1e3,
         "wall_ms": wall.as_secs_f64() * 1e3,
         "runs_per_s": runs as f64 / wall.as_secs_f64(),

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use stepwise::run::RunStatus;
 
-use super::Setup;
+use stepwise::actors::pool::PoolBounds;
+
+use super::{Setup, pool_report};
 
 /// `depth` layers of `width` steps; every step of a layer depends on every step of the layer
 /// before, so the critical path holds one step per layer.
@@ -31,7 +33,7 @@ async fn one_run(
     setup: &Setup,
     script: Value,
     task: &str,
-    pool: usize,
+    pool: PoolBounds,
     stream_plan: bool,
 ) -> anyhow::Result<Duration> {
     let (runtime, _store) = setup.runtime_streaming(script, setup.latency, pool, stream_plan).await?;
@@ -61,7 +63,7 @@ pub(super) async fn run(setup: &Setup, depth: usize, width: usize) -> anyhow::Re
     let stream = setup.stream_plan;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let measured = ms(one_run(setup, script.clone(), &task, setup.pool, stream).await?);
-    let sequential = ms(one_run(setup, script.clone(), &task, 1, stream).await?);
+    let sequential = ms(one_run(setup, script.clone(), &task, PoolBounds::fixed(1), stream).await?);
     let bound = (depth as f64 + 2.0) * latency_ms;
     let mut report = json!({
         "scenario": "makespan",
@@ -69,7 +71,7 @@ pub(super) async fn run(setup: &Setup, depth: usize, width: usize) -> anyhow::Re
         "depth": depth,
         "width": width,
         "latency_ms": latency_ms,
-        "executor_pool": setup.pool,
+        "executor_pool": pool_report(&setup.pool),
         "completed_runs": 2,
         "makespan_ms": measured,
         "critical_path_ms": bound,

@@ -13,17 +13,23 @@
 //! - `http`: the concurrency scenario through the HTTP API, a timed load of submit + GET, and the
 //!   memory a run awaiting approval holds.
 //! - `tracing`: the overhead workload with OTLP export off and on.
+//! - `serve`: the real `stepwise serve` binary as a child process with its default config,
+//!   against the fake model server: R runs of a K-step plan over HTTP, the service's CPU time per
+//!   step and per model call, its peak RSS (see `serve.rs`).
 
+mod child;
 mod concurrency;
 mod http;
 mod makespan;
 mod overhead;
+mod serve;
 mod tracing;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use stepwise::actors::pool::PoolBounds;
 use stepwise::llm::Models;
 use stepwise::llm::config::ProviderKind;
 use stepwise::llm::scripted::ScriptedModel;
@@ -36,26 +42,82 @@ use super::{BenchArgs, BenchScenario, StoreArg, load_config};
 
 /// Runs the chosen scenario and returns its report.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Value> {
+    if args.scenario == BenchScenario::Serve {
+        return serve::run(&serve_bench(args)?).await;
+    }
+    anyhow::ensure!(
+        args.fake_server.is_none() && args.model_url.is_none(),
+        "--fake-server and --model-url are for the serve scenario"
+    );
+    let steps = args.steps.unwrap_or(DEFAULT_STEPS);
     let setup = Setup::new(args)?;
     let report = match args.scenario {
-        BenchScenario::Overhead => overhead::run(&setup, args.runs, args.steps).await,
+        BenchScenario::Overhead => overhead::run(&setup, args.runs, steps).await,
         BenchScenario::Makespan => makespan::run(&setup, args.depth, args.width).await,
         BenchScenario::Concurrency => concurrency::run(&setup, args.runs).await,
         BenchScenario::Http => http::run(&setup, args.runs, Duration::from_secs(args.load_secs)).await,
         BenchScenario::Tracing => {
             anyhow::ensure!(!args.stream_plan, "the tracing scenario does not take --stream-plan");
             let latency = Duration::from_millis(args.latency_ms.unwrap_or(0));
-            return tracing::run(args.runs, args.steps, args.pool, args.reps, latency).await;
+            return tracing::run(args.runs, steps, executor_pool(args.pool), args.reps, latency).await;
         }
+        BenchScenario::Serve => unreachable!("handled above"),
     }?;
     Ok(setup.annotate(report))
+}
+
+/// Steps per run of `overhead` and `tracing` unless `--steps` says otherwise.
+const DEFAULT_STEPS: usize = 10;
+/// Steps per run of `serve` unless `--steps` says otherwise.
+const DEFAULT_SERVE_STEPS: usize = 2;
+
+/// The `serve` scenario's inputs from the flags: the model server is `--model-url`, else the
+/// `--fake-server` binary, else the fake server built beside this executable.
+fn serve_bench(args: &BenchArgs) -> anyhow::Result<serve::ServeBench> {
+    let m = &args.model;
+    anyhow::ensure!(
+        m.provider.is_none_or(|p| p == super::ProviderArg::Openai)
+            && m.script.is_none()
+            && m.record.is_none(),
+        "the serve scenario always runs `serve --provider openai`; --script and --record do not apply"
+    );
+    anyhow::ensure!(!args.stream_plan, "the serve scenario runs the default config: no --stream-plan");
+    let server = match (&args.model_url, &args.fake_server) {
+        (Some(url), _) => serve::ModelServer::Running(url.trim_end_matches('/').to_owned()),
+        (None, Some(path)) => serve::ModelServer::Start(path.clone()),
+        (None, None) => serve::ModelServer::Start(serve::default_fake_server().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no model server: build it with `cargo build --release --example fake_openai_server` \
+                 (found beside this executable), or pass --fake-server PATH or --model-url URL"
+            )
+        })?),
+    };
+    Ok(serve::ServeBench {
+        runs: args.runs,
+        steps: args.steps.unwrap_or(DEFAULT_SERVE_STEPS),
+        latency_ms: args.latency_ms,
+        server,
+        model: m.model.clone().unwrap_or_else(|| "fake".into()),
+        config: m.config.clone(),
+    })
+}
+
+/// The executor pool of a bench runtime: `--pool N` fixes it at N workers; without it, the
+/// runtime's default bounds (what a service gets).
+fn executor_pool(fixed: Option<usize>) -> PoolBounds {
+    fixed.map_or_else(PoolBounds::default, PoolBounds::fixed)
+}
+
+/// The pool's bounds as reports show them.
+fn pool_report(pool: &PoolBounds) -> Value {
+    json!({"min_workers": pool.min, "max_workers": pool.max})
 }
 
 /// How a scenario builds its runtimes.
 pub(crate) struct Setup {
     /// The configured provider's models and its name, when `--provider` names a network provider.
     external: Option<(Models, &'static str)>,
-    pool: usize,
+    pool: PoolBounds,
     latency: Duration,
     /// `--latency-ms` as given: with an external server, only the user knows its latency.
     latency_arg: Option<u64>,
@@ -82,7 +144,7 @@ impl Setup {
         };
         Ok(Self {
             external,
-            pool: args.pool,
+            pool: executor_pool(args.pool),
             latency: Duration::from_millis(args.latency_ms.unwrap_or(50)),
             latency_arg: args.latency_ms,
             store: args.store,
@@ -117,7 +179,7 @@ impl Setup {
         &self,
         script: Value,
         latency: Duration,
-        pool: usize,
+        pool: PoolBounds,
     ) -> anyhow::Result<(Runtime, StoreGuard)> {
         self.runtime_streaming(script, latency, pool, self.stream_plan).await
     }
@@ -127,7 +189,7 @@ impl Setup {
         &self,
         script: Value,
         latency: Duration,
-        pool: usize,
+        pool: PoolBounds,
         stream_plan: bool,
     ) -> anyhow::Result<(Runtime, StoreGuard)> {
         let models = match &self.external {
@@ -140,7 +202,7 @@ impl Setup {
         let mut builder = Stepwise::builder()
             .models(models)
             .options(options)
-            .executor_pool_size(pool)
+            .executors(pool.min, pool.max)
             .llm_concurrency(4096);
         if let Some(store) = &guard.store {
             builder = builder.store(store.clone());
@@ -211,29 +273,14 @@ async fn submit_and_wait(runtime: &Runtime, runs: usize, shape: &str) -> anyhow:
     Ok((t0.elapsed(), completed))
 }
 
-/// Process CPU time (user + system) in microseconds, or None where /proc is unavailable.
+/// This process's CPU time (user + system) in microseconds, or None where /proc is unavailable.
 fn cpu_time_us() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // Linux reports clock ticks of 1/100 s (USER_HZ) on every mainstream configuration.
-    Some((utime + stime) * 10_000)
+    child::cpu_time_us("self")
 }
 
-/// Resident set size now and at its peak, in KiB (Linux /proc).
+/// This process's resident set size now and at its peak, in KiB (Linux /proc).
 fn rss_kib() -> (Option<u64>, Option<u64>) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    child::rss_kib("self")
 }
 
 /// Bytes the allocator has handed out and not taken back (glibc's `mallinfo2`, over every

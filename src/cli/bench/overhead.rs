@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Setup, cpu_time_us, flat_script, submit_and_wait};
+use super::{Setup, cpu_time_us, flat_script, pool_report, submit_and_wait};
 
 /// N concurrent runs of K independent steps; CPU (user + system, whole process) and wall time
 /// per step. Each step's share includes its run's planner and synthesizer calls.
@@ -21,7 +21,7 @@ pub(super) async fn run(setup: &Setup, runs: usize, steps: usize) -> anyhow::Res
         "store": store.name,
         "runs": runs,
         "steps_per_run": steps,
-        "executor_pool": setup.pool,
+        "executor_pool": pool_report(&setup.pool),
         "completed_runs": completed,
         "wall_ms": wall.as_secs_f64() * 1e3,
         "wall_us_per_step": wall.as_secs_f64() * 1e6 / total_steps,

@@ -9,15 +9,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stepwise::Stepwise;
+use stepwise::actors::pool::PoolBounds;
 use stepwise::llm::scripted::ScriptedModel;
 use stepwise::run::RunStatus;
 
-use super::{flat_script as overhead_script, median};
+use super::{flat_script as overhead_script, median, pool_report};
 
 /// One repetition of the overhead workload on the current runtime: the measured wall time.
-async fn workload(runs: usize, steps: usize, pool: usize, latency: Duration) -> anyhow::Result<Duration> {
+async fn workload(
+    runs: usize,
+    steps: usize,
+    pool: PoolBounds,
+    latency: Duration,
+) -> anyhow::Result<Duration> {
     let model = Arc::new(ScriptedModel::from_json(overhead_script(steps))?.with_latency(latency));
-    let runtime = Stepwise::builder().model(model).executor_pool_size(pool).build().await?;
+    let runtime = Stepwise::builder().model(model).executors(pool.min, pool.max).build().await?;
     runtime.run("warm-up").await?;
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(runs);
@@ -65,7 +71,7 @@ impl DiscardReceiver {
 async fn tracing_rep(
     runs: usize,
     steps: usize,
-    pool: usize,
+    pool: PoolBounds,
     latency: Duration,
     export: Option<stepwise::telemetry::ExportSettings>,
 ) -> anyhow::Result<Duration> {
@@ -95,7 +101,7 @@ async fn tracing_rep(
 pub(super) async fn run(
     runs: usize,
     steps: usize,
-    pool: usize,
+    pool: PoolBounds,
     reps: usize,
     latency: Duration,
 ) -> anyhow::Result<serde_json::Value> {
@@ -121,7 +127,7 @@ pub(super) async fn run(
         "scenario": "tracing",
         "runs": runs,
         "steps_per_run": steps,
-        "executor_pool": pool,
+        "executor_pool": pool_report(&pool),
         "repetitions": off.len(),
         "latency_ms": latency.as_secs_f64() * 1e3,
         "wall_ms_export_off": off,

@@ -1,0 +1,248 @@
+//! The tracker's effects: what each [`Command`] of the machine means in this process.
+//!
+//! Every send reads the service's current reference from the runtime (the supervisor replaces a
+//! crashed service actor and publishes the new one), and every request's reply port is watched:
+//! an answer comes back as the matching message, a request dropped unanswered (a dead actor, a
+//! failed send) as a loss the machine acts on. Nothing is sent and forgotten.
+
+use std::time::Instant;
+
+use ractor::{ActorRef, RpcReplyPort};
+
+use super::{Attempt, Tracker, TrackerState, spans};
+use crate::actors::messages::{
+    ExecutorMsg, PlanJob, PlannerMsg, ReplanJob, ReplannerMsg, Service, ServiceResult, StepInput, StepJob,
+    StepReport, SynthesisJob, SynthesizerMsg, TrackerMsg,
+};
+use crate::run::machine::{Command, Input, ServiceRequest, StepAssignment, Transition};
+use crate::run::{Decision, LlmUsage, StepError, StepErrorKind};
+use crate::telemetry::{self, TraceContext};
+
+impl Tracker {
+    /// Carries out a transition's commands, in order.
+    pub(super) fn carry_out(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState, t: Transition) {
+        for command in t.commands {
+            match command {
+                Command::StartStep(a) => self.start_step(me, st, a),
+                Command::StopStep { step, attempt } => {
+                    if st.attempts.get(&step).is_some_and(|a| a.attempt == attempt) {
+                        if let Some(a) = st.attempts.remove(&step) {
+                            stop(a);
+                        }
+                    }
+                }
+                Command::Ask(request) => self.ask(me, st, request),
+                Command::Schedule { timer, after } => {
+                    me.send_after(after, move || TrackerMsg::Timeout(timer));
+                }
+                Command::Finish => self.finish(me, st),
+            }
+        }
+    }
+
+    /// Closes the span of a service's answer (when the run was waiting for it).
+    pub(super) fn observe_answer(&self, st: &mut TrackerState, input: &Input) {
+        let (service, failed, error_type) = match input {
+            Input::PlanReady(r) => (Service::Planner, r.is_err(), "planning_failed"),
+            Input::ReplanReady(r) => (Service::Replanner, r.is_err(), "replanning_failed"),
+            Input::SynthesisReady(r) => (Service::Synthesizer, r.is_err(), "synthesis_failed"),
+            _ => return,
+        };
+        if st.machine.waiting_for() != Some(service) {
+            return;
+        }
+        let Some(span) = st.service_span.take() else { return };
+        if failed {
+            spans::failed(&span, "failed", error_type);
+        }
+        match input {
+            Input::PlanReady(Ok((plan, _))) => {
+                span.record("stepwise.plan.steps", plan.steps.len());
+            }
+            Input::ReplanReady(Ok((d, _))) => {
+                let decided = decision_name(d.decision);
+                span.record("stepwise.replan.decision", decided);
+                telemetry::metrics::global().replanned(decided);
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts a step attempt on the executor pool.
+    fn start_step(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState, a: StepAssignment) {
+        let run = st.machine.run();
+        let span = spans::step(&st.span, run, &a, st.replan_links.get(&a.step.id));
+        let cancel = st.cancel.child_token();
+        let (step, attempt) = (a.step.id.clone(), a.attempt);
+        let key = format!("{}/{step}/{attempt}", run.id);
+        let job = StepJob {
+            run_id: run.id.clone(),
+            task: run.task.clone(),
+            goal: run.plan.goal.clone(),
+            step: a.step,
+            attempt,
+            inputs: a.inputs,
+            budget: a.budget,
+            verify: a.verify,
+            trace: TraceContext::of(&span),
+            cancel: cancel.clone(),
+            events_to: Some(me.clone()),
+        };
+        st.attempts.insert(step.clone(), Attempt { attempt, span, started: Instant::now(), cancel });
+        let lost = move || {
+            let error =
+                StepError::new(StepErrorKind::ExecutorCrashed, "the executor stopped before reporting");
+            StepReport { step, attempt, outcome: Err(error), usage: LlmUsage::default() }
+        };
+        let (tx, rx) = ractor::concurrency::oneshot();
+        let sent = self
+            .shared
+            .services()
+            .map(|s| s.executors.dispatch(key, ExecutorMsg::Run(Box::new(job), tx.into())));
+        if !matches!(sent, Some(Ok(()))) {
+            let _ = me.cast(TrackerMsg::StepFinished(lost()));
+            return;
+        }
+        // A dropped reply port means the worker died mid-step: that is the attempt's report.
+        forward(me, rx, TrackerMsg::StepFinished, move || TrackerMsg::StepFinished(lost()));
+    }
+
+    /// Sends a request to the service's current actor (a re-sent request keeps its span).
+    fn ask(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState, request: ServiceRequest) {
+        let run = st.machine.run();
+        let cause = match &request {
+            ServiceRequest::Replan { failed: Some((step, _)) } => st.failed_spans.get(step),
+            _ => None,
+        };
+        let span = st
+            .service_span
+            .get_or_insert_with(|| spans::service(&st.span, &request, run.plan.revision, cause));
+        let trace = TraceContext::of(span);
+        let (run_id, task) = (run.id.clone(), run.task.clone());
+        let services = self.shared.services();
+        let sent = match (request, services) {
+            (ServiceRequest::Plan { stream }, Some(s)) => {
+                let job = PlanJob { run_id, task, trace, stream_to: stream.then(|| me.clone()) };
+                request_to(
+                    me,
+                    &s.planner,
+                    Service::Planner,
+                    |r| PlannerMsg::Plan(job, r),
+                    TrackerMsg::PlanReady,
+                )
+            }
+            (ServiceRequest::Replan { failed }, Some(s)) => {
+                let job = ReplanJob { run_id, task, plan: run.plan.clone(), failed, trace };
+                request_to(
+                    me,
+                    &s.replanner,
+                    Service::Replanner,
+                    |r| ReplannerMsg::Replan(job, r),
+                    TrackerMsg::ReplanReady,
+                )
+            }
+            (ServiceRequest::Synthesize, Some(s)) => {
+                let results = (run.plan.steps.iter())
+                    .map(|s| StepInput {
+                        id: s.id.clone(),
+                        description: s.description.clone(),
+                        output: s.output.clone(),
+                    })
+                    .collect();
+                let job = SynthesisJob { run_id, task, goal: run.plan.goal.clone(), results, trace };
+                let deliver = TrackerMsg::SynthesisReady;
+                request_to(
+                    me,
+                    &s.synthesizer,
+                    Service::Synthesizer,
+                    |r| SynthesizerMsg::Synthesize(job, r),
+                    deliver,
+                )
+            }
+            (request, None) => Err(request.service()),
+        };
+        if let Err(service) = sent {
+            tracing::warn!(run = %run_id_of(st), service = service.as_str(), "service unreachable; its request is lost");
+            let _ = me.cast(TrackerMsg::ServiceLost(service));
+        }
+    }
+
+    /// Stops in-flight work, closes the spans, publishes the result and stops the actor.
+    fn finish(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState) {
+        st.cancel.cancel();
+        for (_, a) in st.attempts.drain() {
+            stop(a);
+        }
+        st.service_span = None;
+        let run = st.machine.run();
+        st.span.record("stepwise.run.status", run.status.as_str());
+        if run.status == crate::run::RunStatus::Failed {
+            st.span.record("otel.status_code", "ERROR");
+        }
+        telemetry::metrics::global().run_ended(run.status.as_str());
+        for role in crate::llm::AgentRole::ALL {
+            self.shared.models.get(role).run_finished(run.id.as_str());
+        }
+        // Leave the live table first: whoever sees the result must not still find the run live.
+        self.shared.runs.remove(&run.id);
+        st.channels.result.send_replace(Some(run.result()));
+        me.stop(None);
+    }
+}
+
+fn run_id_of(st: &TrackerState) -> &crate::run::RunId {
+    &st.machine.run().id
+}
+
+/// Cancels an attempt that will not report (the run ended, or the plan dropped its step).
+fn stop(a: Attempt) {
+    a.cancel.cancel();
+    a.span.record("stepwise.step.status", "cancelled");
+    telemetry::metrics::global().step_ended("cancelled", Some(a.started.elapsed()));
+}
+
+/// Sends `make(reply)` to `actor` and forwards the answer to the tracker (`deliver`), or a loss
+/// of the request if the reply port is dropped. `Err(service)` when the send itself failed.
+fn request_to<M, T>(
+    me: &ActorRef<TrackerMsg>,
+    actor: &ActorRef<M>,
+    service: Service,
+    make: impl FnOnce(RpcReplyPort<ServiceResult<T>>) -> M,
+    deliver: fn(ServiceResult<T>) -> TrackerMsg,
+) -> Result<(), Service>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    let (tx, rx) = ractor::concurrency::oneshot();
+    actor.cast(make(tx.into())).map_err(|_| service)?;
+    forward(me, rx, deliver, move || TrackerMsg::ServiceLost(service));
+    Ok(())
+}
+
+/// Waits for a reply on its own task and hands it to the tracker as a message.
+fn forward<T: Send + 'static>(
+    me: &ActorRef<TrackerMsg>,
+    rx: ractor::concurrency::OneshotReceiver<T>,
+    deliver: impl FnOnce(T) -> TrackerMsg + Send + 'static,
+    lost: impl FnOnce() -> TrackerMsg + Send + 'static,
+) {
+    let me = me.clone();
+    tokio::spawn(async move {
+        let msg = match rx.await {
+            Ok(value) => deliver(value),
+            Err(_) => lost(),
+        };
+        // A stopped tracker (ended run) no longer wants the answer.
+        let _ = me.cast(msg);
+    });
+}
+
+fn decision_name(d: Decision) -> &'static str {
+    match d {
+        Decision::Continue => "continue",
+        Decision::Replan => "replan",
+        Decision::Finish => "finish",
+        Decision::Abort => "abort",
+    }
+}

@@ -1,0 +1,231 @@
+//! The tracker: one actor per run, the run's single writer, and a thin driver of the run's
+//! state machine ([`RunMachine`]).
+//!
+//! Each message becomes an [`Input`]; the machine answers with events and commands. The
+//! tracker stores the events (one batch per input), publishes them, opens and closes the spans
+//! and records the metrics they imply, then carries out the commands (`effects`). Every
+//! decision is committed before it is acted on, so a tracker started on a stored run (after a
+//! crash, or a panic of its own) carries on from exactly where the log ends.
+
+mod effects;
+mod spans;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use opentelemetry::trace::SpanContext;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::messages::{ControlError, TrackerMsg};
+use super::{RunChannels, Shared};
+use crate::plan::StepId;
+use crate::run::machine::{Input, MachineError, RunMachine};
+use crate::run::{EventKind, RunEvent, RunId, RunState};
+use crate::store::StoreError;
+use crate::telemetry;
+
+/// The tracker actor (stateless; its state is [`TrackerState`]).
+pub struct Tracker {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// A step attempt in flight, as the driver sees it.
+struct Attempt {
+    attempt: u32,
+    span: tracing::Span,
+    started: Instant,
+    /// Stops this attempt alone (a child of the run's token).
+    cancel: CancellationToken,
+}
+
+/// The tracker's state: the machine, and the handles that only a live driver has.
+pub struct TrackerState {
+    machine: RunMachine,
+    channels: RunChannels,
+    cancel: CancellationToken,
+    /// Cancels `cancel` when the state is dropped: ractor skips `post_stop` when a handler
+    /// panics, and the attempts of a crashed tracker must not run on beside its successor's.
+    _stop_on_drop: DropGuard,
+    span: tracing::Span,
+    attempts: HashMap<StepId, Attempt>,
+    /// The span of the outstanding service request.
+    service_span: Option<tracing::Span>,
+    /// The span of each step's latest failed attempt, for links from what a replan makes of it.
+    failed_spans: HashMap<StepId, SpanContext>,
+    /// Steps of the latest revision and the failed attempt that caused it: their spans link to it.
+    replan_links: HashMap<StepId, SpanContext>,
+}
+
+/// A failure that stops the tracker; the supervisor restarts it from the stored log.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    /// The store refused or failed the append.
+    #[error("run {run}: could not store event: {source}")]
+    Store { run: RunId, source: Arc<StoreError> },
+    /// The machine could not make the transition (a bug, or a corrupt log).
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// The stored log did not fold into a state.
+    #[error(transparent)]
+    State(#[from] crate::run::StateError),
+    /// The run is not in the store.
+    #[error("run {0} is not in the store")]
+    Missing(RunId),
+}
+
+impl Actor for Tracker {
+    type Msg = TrackerMsg;
+    type State = TrackerState;
+    type Arguments = RunId;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<TrackerMsg>,
+        run_id: RunId,
+    ) -> Result<TrackerState, ActorProcessingErr> {
+        let events = self.shared.store.events(&run_id, 0).await?;
+        let run = RunState::from_events(&events)?.ok_or_else(|| TrackerError::Missing(run_id.clone()))?;
+        let cancel = CancellationToken::new();
+        Ok(TrackerState {
+            channels: self.shared.runs.channels(&run_id),
+            span: spans::run(&run),
+            machine: RunMachine::new(run, self.shared.tool_names.clone()),
+            _stop_on_drop: cancel.clone().drop_guard(),
+            cancel,
+            attempts: HashMap::new(),
+            service_span: None,
+            failed_spans: HashMap::new(),
+            replan_links: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<TrackerMsg>,
+        msg: TrackerMsg,
+        st: &mut TrackerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let input = match msg {
+            TrackerMsg::Start => Input::Start,
+            TrackerMsg::PlanStreamed(steps) => Input::PlanStreamed(steps),
+            TrackerMsg::PlanReady(result) => Input::PlanReady(result),
+            TrackerMsg::ReplanReady(result) => Input::ReplanReady(result),
+            TrackerMsg::SynthesisReady(result) => Input::SynthesisReady(result),
+            TrackerMsg::StepFinished(report) => Input::StepFinished(report),
+            TrackerMsg::Tool(kind) => Input::Tool(kind),
+            TrackerMsg::ServiceLost(service) => Input::ServiceLost(service),
+            TrackerMsg::Timeout(timer) => Input::Timeout(timer),
+            TrackerMsg::Approve(edited, reply) => {
+                return self.control(&me, st, Input::Approve(edited), reply).await;
+            }
+            TrackerMsg::Reject(reason, reply) => {
+                return self.control(&me, st, Input::Reject(reason), reply).await;
+            }
+            TrackerMsg::Cancel(reason, reply) => {
+                return self.control(&me, st, Input::Cancel(reason), reply).await;
+            }
+            TrackerMsg::Snapshot(reply) => {
+                let _ = reply.send(st.machine.run().result());
+                return Ok(());
+            }
+        };
+        self.observe_answer(st, &input);
+        let transition = st.machine.handle(input, Utc::now()).map_err(TrackerError::from)?;
+        self.commit(st, &transition.events).await?;
+        self.carry_out(&me, st, transition);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<TrackerMsg>,
+        st: &mut TrackerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Whatever stopped the tracker, no step of this run may keep running unobserved.
+        st.cancel.cancel();
+        Ok(())
+    }
+}
+
+impl Tracker {
+    /// Approve, reject or cancel: a refusal is the reply; a store failure is the reply too, and
+    /// then stops the tracker, whose state is ahead of the store.
+    async fn control(
+        &self,
+        me: &ActorRef<TrackerMsg>,
+        st: &mut TrackerState,
+        input: Input,
+        reply: RpcReplyPort<Result<(), ControlError>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let transition = match st.machine.handle(input, Utc::now()) {
+            Ok(t) => t,
+            Err(MachineError::Refused(refusal)) => {
+                let _ = reply.send(Err(refusal.into()));
+                return Ok(());
+            }
+            Err(e) => return Err(TrackerError::from(e).into()),
+        };
+        if let Err(e) = self.commit(st, &transition.events).await {
+            if let TrackerError::Store { source, .. } = &e {
+                let _ = reply.send(Err(ControlError::Store(source.clone())));
+            }
+            return Err(e.into());
+        }
+        self.carry_out(me, st, transition);
+        let _ = reply.send(Ok(()));
+        Ok(())
+    }
+
+    /// Stores a transition's events (one batch), then publishes them and records what they
+    /// mean for spans and metrics.
+    async fn commit(&self, st: &mut TrackerState, events: &[RunEvent]) -> Result<(), TrackerError> {
+        let stored = match events {
+            [] => return Ok(()),
+            [one] => self.shared.store.append(one).await,
+            many => self.shared.store.append_batch(many).await,
+        };
+        stored.map_err(|e| TrackerError::Store { run: st.machine.run().id.clone(), source: Arc::new(e) })?;
+        for event in events {
+            observe_event(st, &event.kind);
+            st.channels.publish(event.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Closes a finished attempt's span and records its metrics; keeps what a replan links to.
+fn observe_event(st: &mut TrackerState, kind: &EventKind) {
+    let metrics = telemetry::metrics::global();
+    match kind {
+        EventKind::StepCompleted { step, .. } => {
+            if let Some(a) = st.attempts.remove(step) {
+                a.span.record("stepwise.step.status", "completed");
+                metrics.step_ended("completed", Some(a.started.elapsed()));
+            }
+        }
+        EventKind::StepFailed { step, error, .. } => {
+            if let Some(a) = st.attempts.remove(step) {
+                spans::failed(&a.span, "failed", error.kind.as_str());
+                metrics.step_ended("failed", Some(a.started.elapsed()));
+                st.failed_spans.insert(step.clone(), telemetry::span_context(&a.span));
+            }
+        }
+        EventKind::StepSkipped { .. } => metrics.step_ended("skipped", None),
+        EventKind::PlanStreamed { .. } => {
+            if let Some(span) = &st.service_span {
+                span.record("stepwise.plan.streamed_steps", st.machine.run().plan.steps.len());
+            }
+        }
+        EventKind::Replanned { caused_by, steps, .. } => {
+            let cause = caused_by.as_ref().and_then(|s| st.failed_spans.get(s));
+            st.replan_links = match cause {
+                Some(cause) => steps.iter().map(|s| (s.id.clone(), cause.clone())).collect(),
+                None => HashMap::new(),
+            };
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,236 @@
+//! `serve`: the service as a user meets it. The real `stepwise serve` binary (this executable, as
+//! a child process) with its default config, in an empty temp dir (SQLite store, no config file,
+//! no `STEPWISE_*` variables), `--provider openai` against an OpenAI-compatible server: the fake
+//! model server the bench starts (`--fake-server PATH`, by default
+//! `examples/fake_openai_server` beside this executable) or one already running (`--model-url`).
+//! `runs` runs of a `steps=K` plan are submitted over HTTP (64 requests in flight; a 429 is
+//! retried after its `Retry-After`, as a client should), the bench polls until none is planning or
+//! running, then reads every run back. It reports the serve process's CPU time (from
+//! `/proc/<pid>/stat`, from when it listens to when the last run ended) per step and per model
+//! call, and its peak RSS (`VmHWM`). Any run that did not complete fails the bench.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+
+use super::child::{self, Spawned};
+
+/// Requests in flight while submitting and reading back.
+const IN_FLIGHT: usize = 64;
+/// How often the bench asks whether runs are still in progress.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+/// A run still in progress after this long fails the bench.
+const DEADLINE: Duration = Duration::from_secs(600);
+/// Statuses of a run in progress (the default config never waits for approval).
+const IN_PROGRESS: [&str; 2] = ["planning", "running"];
+
+/// What the scenario is given.
+pub(crate) struct ServeBench {
+    /// Runs submitted.
+    pub runs: usize,
+    /// Steps of each run's plan (the fake server reads `steps=K` from the task).
+    pub steps: usize,
+    /// The model server's latency per call: passed to the fake server the bench starts, else
+    /// only reported (None: unknown).
+    pub latency_ms: Option<u64>,
+    /// Where the model server comes from.
+    pub server: ModelServer,
+    /// Model name sent to the server.
+    pub model: String,
+    /// A config file for `serve` instead of the defaults.
+    pub config: Option<PathBuf>,
+}
+
+/// The OpenAI-compatible server `serve` talks to.
+pub(crate) enum ModelServer {
+    /// The fake server's binary, which the bench starts and stops.
+    Start(PathBuf),
+    /// The base URL (`http://HOST:PORT/v1`) of a server already running.
+    Running(String),
+}
+
+/// The fake server's latency when the bench starts it and `--latency-ms` is not given.
+const DEFAULT_LATENCY_MS: u64 = 50;
+
+/// Runs the scenario and returns its report.
+pub(super) async fn run(bench: &ServeBench) -> anyhow::Result<Value> {
+    let (fake, base_url, latency_ms) = match &bench.server {
+        ModelServer::Start(path) => {
+            let latency = bench.latency_ms.unwrap_or(DEFAULT_LATENCY_MS);
+            let fake = child::start_fake_server(path, Duration::from_millis(latency))
+                .await
+                .with_context(|| format!("starting the fake model server {}", path.display()))?;
+            let url = format!("{}/v1", fake.url);
+            (Some(fake), url, Some(latency))
+        }
+        ModelServer::Running(url) => (None, url.clone(), bench.latency_ms),
+    };
+    let dir = tempfile::tempdir()?;
+    let serve = child::start_serve(dir.path(), &base_url, &bench.model, bench.config.as_deref()).await?;
+    let outcome = measure(bench, &serve).await;
+    let outcome =
+        outcome.with_context(|| format!("stepwise serve's stderr ends with:\n{}", serve.stderr_tail()));
+    serve.stop(Duration::from_secs(10)).await;
+    if let Some(fake) = fake {
+        fake.stop(Duration::from_secs(2)).await;
+    }
+    let mut report = outcome?;
+    report["model_server"] = json!(base_url);
+    report["latency_ms"] = json!(latency_ms);
+    report["config"] = json!(bench.config.as_ref().map_or("default".into(), |p| p.display().to_string()));
+    Ok(report)
+}
+
+/// The serve process's CPU time in µs and peak RSS in KiB.
+fn serve_usage(pid: &str) -> anyhow::Result<(u64, Option<u64>)> {
+    let cpu = child::cpu_time_us(pid).context("reading the serve process's CPU time from /proc")?;
+    Ok((cpu, child::rss_kib(pid).1))
+}
+
+/// Submits the runs, waits for their end, reads them back; the report without the setup fields.
+async fn measure(bench: &ServeBench, serve: &Spawned) -> anyhow::Result<Value> {
+    let pid = serve.pid().context("stepwise serve exited at once")?.to_string();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(IN_FLIGHT).build()?;
+    let base = serve.url.as_str();
+    let (cpu_before, _) = serve_usage(&pid)?;
+    let t0 = Instant::now();
+    let submitted = submit_all(&client, base, bench.runs, bench.steps).await?;
+    let submit_wall = t0.elapsed();
+    wait_until_ended(&client, base).await?;
+    let wall = t0.elapsed();
+    let (cpu_after, peak_rss) = serve_usage(&pid)?;
+    let totals = read_back(&client, base, &submitted.ids).await?;
+    let cpu = cpu_after.saturating_sub(cpu_before) as f64;
+    let per = |n: u64| if n == 0 { None } else { Some(cpu / n as f64) };
+    let report = json!({
+        "scenario": "serve",
+        "provider": "openai",
+        "store": "sqlite",
+        "runs": bench.runs,
+        "steps_per_run": bench.steps,
+        "statuses": totals.statuses,
+        "steps": totals.steps,
+        "llm_calls": totals.llm_calls,
+        "rejected_429": submitted.rejected,
+        "submit_all_ms": submit_wall.as_secs_f64() * 1e3,
+        "wall_ms": wall.as_secs_f64() * 1e3,
+        "runs_per_s": bench.runs as f64 / wall.as_secs_f64(),
+        "serve_cpu_before_ms": cpu_before as f64 / 1e3,
+        "serve_cpu_after_ms": cpu_after as f64 / 1e3,
+        "serve_cpu_ms": cpu / 1e3,
+        "cpu_per_step_us": per(totals.steps),
+        "cpu_per_llm_call_us": per(totals.llm_calls),
+        "peak_rss_mib": peak_rss.map(|k| k as f64 / 1024.0),
+    });
+    let completed = totals.statuses.get("completed").copied().unwrap_or(0);
+    if completed != bench.runs {
+        anyhow::bail!(
+            "{completed} of {} runs completed (statuses {:?}); first error: {}\nreport: {report}",
+            bench.runs,
+            totals.statuses,
+            totals.first_error.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(report)
+}
+
+/// The accepted runs' ids and how many 429s were retried.
+struct Submitted {
+    ids: Vec<String>,
+    rejected: u64,
+}
+
+async fn submit_all(
+    client: &reqwest::Client,
+    base: &str,
+    runs: usize,
+    steps: usize,
+) -> anyhow::Result<Submitted> {
+    let answers: Vec<(String, u64)> = futures::stream::iter(0..runs)
+        .map(|i| submit(client, base, format!("bench run {i} steps={steps}")))
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let rejected = answers.iter().map(|(_, r)| r).sum();
+    Ok(Submitted { ids: answers.into_iter().map(|(id, _)| id).collect(), rejected })
+}
+
+/// Submits one run, retrying after a 429's `Retry-After`; returns its id and the 429s met.
+async fn submit(client: &reqwest::Client, base: &str, task: String) -> anyhow::Result<(String, u64)> {
+    let mut rejected = 0;
+    loop {
+        let resp = client.post(format!("{base}/v1/runs")).json(&json!({"task": task})).send().await?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            rejected += 1;
+            let secs = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+            tokio::time::sleep(Duration::from_secs(secs.unwrap_or(1))).await;
+            continue;
+        }
+        let body: Value = resp.json().await.with_context(|| format!("submit: HTTP {status}"))?;
+        anyhow::ensure!(status == reqwest::StatusCode::ACCEPTED, "submit: HTTP {status}: {body}");
+        let id = body["id"].as_str().with_context(|| format!("submit: no id in {body}"))?;
+        return Ok((id.to_owned(), rejected));
+    }
+}
+
+/// Polls `GET /v1/runs?status=S&limit=1` until no run is planning or running.
+async fn wait_until_ended(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut busy = false;
+        for status in IN_PROGRESS {
+            let page: Value =
+                client.get(format!("{base}/v1/runs?status={status}&limit=1")).send().await?.json().await?;
+            busy |= page["runs"].as_array().is_some_and(|r| !r.is_empty());
+        }
+        if !busy {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "runs still in progress after {DEADLINE:?}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// What the runs' results add up to.
+#[derive(Default)]
+struct Totals {
+    statuses: BTreeMap<String, usize>,
+    steps: u64,
+    llm_calls: u64,
+    first_error: Option<String>,
+}
+
+/// Reads every run's result (`GET /v1/runs/{id}`) and adds them up.
+async fn read_back(client: &reqwest::Client, base: &str, ids: &[String]) -> anyhow::Result<Totals> {
+    let results: Vec<Value> = futures::stream::iter(ids)
+        .map(|id| async move {
+            let resp = client.get(format!("{base}/v1/runs/{id}")).send().await?.error_for_status()?;
+            anyhow::Ok(resp.json::<Value>().await?)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let mut totals = Totals::default();
+    for r in &results {
+        *totals.statuses.entry(r["status"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+        totals.steps += r["plan"]["steps"].as_array().map_or(0, |s| s.len() as u64);
+        totals.llm_calls += r["usage"]["llm_calls"].as_u64().unwrap_or(0);
+        if totals.first_error.is_none() {
+            totals.first_error = r["error"].as_str().map(str::to_owned);
+        }
+    }
+    Ok(totals)
+}
+
+/// Where `cargo build --release --example fake_openai_server` puts the fake server, next to this
+/// executable (`target/release/stepwise` → `target/release/examples/fake_openai_server`).
+pub(crate) fn default_fake_server() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.join("examples").join("fake_openai_server");
+    path.exists().then_some(path)
+}
