@@ -196,7 +196,7 @@ impl ReleasePlan {
         }
     }
 
-    /// The plan in stepwise's wire format (DESIGN §2), as the planner returns it.
+    /// The plan in stepwise's wire format, as the planner returns it.
     pub fn to_plan_spec(&self) -> PlanSpec {
         PlanSpec {
             goal: format!("Release {} to production safely", self.version),

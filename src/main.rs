@@ -1,4 +1,4 @@
-//! The `stepwise` binary: see `stepwise --help` and DESIGN §6.
+//! The `stepwise` binary: see `stepwise --help` and the README.
 
 mod cli;
 

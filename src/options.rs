@@ -1,4 +1,4 @@
-//! Per-run policies and budgets (DESIGN §2): what happens when a step fails, when to replan,
+//! Per-run policies and budgets: what happens when a step fails, when to replan,
 //! and how much a step or a run may spend. Set in config, overridable per run.
 
 use std::time::Duration;

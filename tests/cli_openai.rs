@@ -1,5 +1,5 @@
 //! The real `stepwise` binary against a local server that speaks the OpenAI Chat Completions wire
-//! format (DESIGN §4): plan via `json_schema`, a tool-call loop per step, synthesis in plain text.
+//! format: plan via `json_schema`, a tool-call loop per step, synthesis in plain text.
 
 use std::net::SocketAddr;
 use std::process::Command;

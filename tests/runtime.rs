@@ -786,3 +786,25 @@ async fn a_tracker_that_crashes_while_the_plan_streams_resumes_without_repeating
     ids.dedup();
     assert_eq!(ids.len(), streamed_ids(&events).len(), "{events:#?}");
 }
+
+#[tokio::test]
+async fn tokens_of_a_failed_plan_and_a_failed_replan_count_in_the_runs_usage() {
+    let bad = |t: u64| json!({"content": "not a plan", "usage": {"input_tokens": t, "output_tokens": 1}});
+    let rt = runtime(json!({"planner": [bad(100), bad(200)]}), RunOptions::default()).await;
+    let (r, _) = run_collecting(&rt, "plan badly").await;
+    assert_eq!(r.status, RunStatus::Failed);
+    assert!(r.error.as_deref().unwrap().starts_with("planning failed"), "{:?}", r.error);
+    assert_eq!((r.usage.llm_calls, r.usage.input_tokens, r.usage.output_tokens), (2, 300, 2));
+
+    let script = json!({
+        "planner": [plan(json!([step("s1", &[])]))],
+        "steps": {"s1": [{"error": "boom"}]},
+        "replanner": [bad(40), bad(50)],
+    });
+    let rt = runtime(script, options(FailurePolicy::Replan, 0)).await;
+    let (r, _) = run_collecting(&rt, "replan badly").await;
+    assert_eq!(r.status, RunStatus::Failed);
+    assert!(r.error.as_deref().unwrap().starts_with("replanning failed"), "{:?}", r.error);
+    assert_eq!(r.usage.llm_calls, 1 + 2, "the plan and both replanner calls (the step's call failed)");
+    assert!(r.usage.input_tokens >= 90, "{:?}", r.usage);
+}

@@ -1,4 +1,4 @@
-//! The span tree of DESIGN §5, asserted on the OpenTelemetry SDK's in-memory exporter: names,
+//! The span tree of a run (docs/telemetry.md), asserted on the OpenTelemetry SDK's in-memory exporter: names,
 //! parents (by span id), attributes, error statuses and the replan link, with parallel steps,
 //! a failing tool, a failing step and a replan; and trace isolation between concurrent runs.
 //!
@@ -38,7 +38,7 @@ impl Capture {
         Self { exporter, provider, _default: default }
     }
 
-    /// Every finished span (force-flushed first: DESIGN §8).
+    /// Every finished span (force-flushed first: the exporter clears its spans on shutdown).
     fn spans(&self) -> Vec<SpanData> {
         self.provider.force_flush().unwrap();
         self.exporter.get_finished_spans().unwrap()
@@ -121,7 +121,7 @@ async fn parallel_runtime() -> Runtime {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_run_is_one_trace_shaped_like_design_section_5() {
+async fn a_run_is_one_trace_shaped_like_the_documented_span_tree() {
     let capture = Capture::install();
     let runtime = parallel_runtime().await;
     let result = runtime.run("the task").await.unwrap();

@@ -1,7 +1,7 @@
 //! The plan: a DAG of steps the planner LLM writes before anything runs.
 //!
 //! Pure data and validation, no I/O, so every rule here is unit-testable. [`PlanSpec`] is the
-//! wire format of DESIGN §2 (what the LLM returns); [`Plan`] is a spec plus each step's live
+//! wire format the planner LLM returns (see `docs/architecture.md`); [`Plan`] is a spec plus each step's live
 //! status, kept by the run state.
 
 use std::collections::{HashMap, HashSet};
@@ -56,7 +56,7 @@ pub struct StepSpec {
     pub depends_on: Vec<StepId>,
 }
 
-/// The plan as the planner LLM returns it (DESIGN §2).
+/// The plan as the planner LLM returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanSpec {
@@ -235,7 +235,7 @@ pub fn strip_code_fence(text: &str) -> &str {
     rest.strip_suffix("```").unwrap_or(rest).trim()
 }
 
-/// A step's lifecycle state (DESIGN §2): `pending → running → completed | failed | skipped`.
+/// A step's lifecycle state: `pending → running → completed | failed | skipped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {

@@ -1,7 +1,7 @@
 //! Tools the executor's ReAct loop can call, and the registry that holds them.
 //!
 //! A tool is untrusted-input code: the model chooses its arguments. Every built-in confines itself
-//! to the run's workspace and to what the config allows (DESIGN §9). Embedders add their own
+//! to the run's workspace and to what the config allows. Embedders add their own
 //! with [`ToolRegistry::register`] or, for typed arguments, [`typed_tool`].
 
 pub mod command;
