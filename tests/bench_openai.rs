@@ -284,12 +284,14 @@ async fn bench_serve_runs_the_real_service_against_the_fake_server() {
     // A plan, a call per step and a synthesis per run.
     assert!(report["llm_calls"].as_u64().unwrap() >= 12, "{report:#}");
     assert_eq!(report["latency_ms"], 0.0);
-    for key in ["wall_ms", "runs_per_s", "submit_all_ms", "serve_cpu_ms", "peak_rss_mib"] {
+    for key in ["wall_ms", "runs_per_s", "submit_all_ms", "peak_rss_mib"] {
         assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report:#}");
     }
+    // CPU time comes in clock ticks (10 ms): three tiny runs may take less than one.
+    assert!(report["serve_cpu_ms"].as_f64().is_some_and(|v| v >= 0.0), "{report:#}");
     let (before, after) =
         (report["serve_cpu_before_ms"].as_f64().unwrap(), report["serve_cpu_after_ms"].as_f64().unwrap());
-    assert!(before > 0.0 && after >= before, "{report:#}");
+    assert!(before >= 0.0 && after >= before, "{report:#}");
     assert!(report["cpu_per_step_us"].as_f64().unwrap() >= 0.0 && report["cpu_per_llm_call_us"].is_number());
     assert_eq!(report["rejected_429"], 0);
 }

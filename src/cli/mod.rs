@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// `http://127.0.0.1:8089/v1`), instead of starting the fake one. Its tasks end in `steps=K`.
     #[arg(long, value_name = "URL", conflicts_with = "fake_server")]
     pub model_url: Option<String>,
+    /// Scenario `serve`: the stepwise binary to run as `serve` (default: this executable), so two
+    /// builds can be compared with the same client.
+    #[arg(long, value_name = "PATH")]
+    pub serve_exe: Option<PathBuf>,
     /// Model flags: `--provider openai` (with `OPENAI_BASE_URL`) drives the scenarios with an
     /// external OpenAI-compatible server instead of the scripted model.
     #[command(flatten)]

@@ -125,16 +125,16 @@ fn address_after(line: &str, marker: &str) -> Option<String> {
     Some(url.trim_end_matches('/').to_owned())
 }
 
-/// The real `stepwise serve` (this executable) on a free loopback port with the default config:
-/// run in `dir` (so no `config/stepwise.toml` is found), with no `STEPWISE_*` variable, its data
-/// in `dir`, the openai provider at `base_url` (`…/v1`). `config` is passed on when given.
+/// `exe serve` (the real stepwise binary) on a free loopback port with the default config: run in
+/// `dir` (so no `config/stepwise.toml` is found), with no `STEPWISE_*` variable, its data in
+/// `dir`, the openai provider at `base_url` (`…/v1`). `config` is passed on when given.
 pub(super) async fn start_serve(
+    exe: &Path,
     dir: &Path,
     base_url: &str,
     model: &str,
     config: Option<&Path>,
 ) -> anyhow::Result<Spawned> {
-    let exe = std::env::current_exe().context("locating the stepwise executable")?;
     let mut command = Command::new(exe);
     command
         .current_dir(dir)

@@ -46,8 +46,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         return serve::run(&serve_bench(args)?).await;
     }
     anyhow::ensure!(
-        args.fake_server.is_none() && args.model_url.is_none(),
-        "--fake-server and --model-url are for the serve scenario"
+        args.fake_server.is_none() && args.model_url.is_none() && args.serve_exe.is_none(),
+        "--fake-server, --model-url and --serve-exe are for the serve scenario"
     );
     let steps = args.steps.unwrap_or(DEFAULT_STEPS);
     let setup = Setup::new(args)?;
@@ -99,6 +99,7 @@ fn serve_bench(args: &BenchArgs) -> anyhow::Result<serve::ServeBench> {
         server,
         model: m.model.clone().unwrap_or_else(|| "fake".into()),
         config: m.config.clone(),
+        serve_exe: args.serve_exe.clone(),
     })
 }
 

@@ -7,7 +7,9 @@
 //! retried after its `Retry-After`, as a client should), the bench polls until none is planning or
 //! running, then reads every run back. It reports the serve process's CPU time (from
 //! `/proc/<pid>/stat`, from when it listens to when the last run ended) per step and per model
-//! call, and its peak RSS (`VmHWM`). Any run that did not complete fails the bench.
+//! call, and its peak RSS (`VmHWM`). Any run that did not complete fails the bench. CPU time
+//! comes in clock ticks (10 ms on Linux), so small runs report it coarsely. `--serve-exe` runs
+//! another stepwise build as the service, to compare two builds with the same client.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +45,8 @@ pub(crate) struct ServeBench {
     pub model: String,
     /// A config file for `serve` instead of the defaults.
     pub config: Option<PathBuf>,
+    /// The stepwise binary to run as `serve`; None: this executable.
+    pub serve_exe: Option<PathBuf>,
 }
 
 /// The OpenAI-compatible server `serve` talks to.
@@ -70,7 +74,12 @@ pub(super) async fn run(bench: &ServeBench) -> anyhow::Result<Value> {
         ModelServer::Running(url) => (None, url.clone(), bench.latency_ms),
     };
     let dir = tempfile::tempdir()?;
-    let serve = child::start_serve(dir.path(), &base_url, &bench.model, bench.config.as_deref()).await?;
+    let exe = match &bench.serve_exe {
+        Some(path) => std::path::absolute(path)?,
+        None => std::env::current_exe().context("locating the stepwise executable")?,
+    };
+    let serve =
+        child::start_serve(&exe, dir.path(), &base_url, &bench.model, bench.config.as_deref()).await?;
     let outcome = measure(bench, &serve).await;
     let outcome =
         outcome.with_context(|| format!("stepwise serve's stderr ends with:\n{}", serve.stderr_tail()));
