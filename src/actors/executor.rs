@@ -135,7 +135,9 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Res
     };
     let mut messages =
         vec![Message::system(shared.prompts.executor.clone()), Message::user(step_prompt(job))];
-    let tools = &shared.tool_specs;
+    // Which MCP servers the run may use, and their tools as listed now.
+    let scope = shared.runs.mcp_servers(&job.run_id);
+    let tools = &shared.step_tool_specs(&job.run_id);
     let budget = &job.budget;
     let mut tool_calls_made: u32 = 0;
     for _iteration in 0..budget.max_iterations {
@@ -187,7 +189,7 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Res
             let span = super::tool_span(&call.name, &call.id, &job.trace);
             shared.content.record(&span, "gen_ai.tool.call.arguments", &call.arguments.to_string());
             let result =
-                call_tool(shared, &call.name, call.arguments.clone(), ctx).instrument(span.clone()).await;
+                call_tool(shared, scope.as_deref(), &call.name, call.arguments.clone(), ctx).instrument(span.clone()).await;
             match &result {
                 Ok(out) => shared.content.record(&span, "gen_ai.tool.call.result", out),
                 Err(e) => {
@@ -263,11 +265,12 @@ impl Drop for AbortLater {
 /// cancellation (run cancelled, budget out) reaches the tool through `ctx.cancel`.
 async fn call_tool(
     shared: &Shared,
+    scope: crate::tools::SourceScope<'_>,
     name: &str,
     args: serde_json::Value,
     ctx: ToolContext,
 ) -> Result<String, ToolError> {
-    let tool = shared.tools.lookup(name)?.clone();
+    let tool = shared.tools.get_in(name, scope)?;
     if let Err(e) = tokio::fs::create_dir_all(&ctx.workspace).await {
         return Err(ToolError::Failed(format!("cannot create the run workspace: {e}")));
     }

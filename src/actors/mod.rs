@@ -12,6 +12,7 @@ pub mod messages;
 pub mod planner;
 pub mod pool;
 pub mod replanner;
+pub(crate) mod reply;
 pub mod supervisor;
 pub mod synthesizer;
 #[cfg(test)]
@@ -48,7 +49,8 @@ pub(crate) struct Shared {
     pub tools: ToolRegistry,
     /// Tool names, shared with every run's state machine (plan validation).
     pub tool_names: Arc<[String]>,
-    /// The tools as the model sees them, built once: their schemas are not free to generate.
+    /// The fixed tools as the model sees them, built once: their schemas are not free to
+    /// generate. The tools of MCP servers are added per step ([`Shared::step_tool_specs`]).
     pub tool_specs: Vec<crate::llm::ToolSpec>,
     pub prompts: Prompts,
     pub store: Arc<dyn RunStore>,
@@ -69,6 +71,15 @@ impl Shared {
     /// The current service references (refreshed by the supervisor when it restarts one).
     pub fn services(&self) -> Option<Services> {
         self.services.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The tools a step of `run` is offered: the fixed tools, and the tools the run's MCP servers
+    /// list now (a server's list may change while the run goes on).
+    pub fn step_tool_specs(&self, run: &RunId) -> Vec<crate::llm::ToolSpec> {
+        let scope = self.runs.mcp_servers(run);
+        let mut specs = self.tool_specs.clone();
+        specs.extend(self.tools.source_specs(scope.as_deref()));
+        specs
     }
 
     /// Tool names, for plan validation.
@@ -94,12 +105,14 @@ pub(crate) struct RunChannels {
     events: Arc<OnceLock<broadcast::Sender<RunEvent>>>,
     pub result: watch::Sender<Option<RunResult>>,
     pub tracker: Option<ActorRef<TrackerMsg>>,
+    /// The MCP servers the run may use (its `RunOptions::mcp_servers`); `None`: all of them.
+    pub mcp_servers: Option<Arc<[String]>>,
 }
 
 impl RunChannels {
     pub fn new() -> Self {
         let (result, _) = watch::channel(None);
-        Self { events: Arc::default(), result, tracker: None }
+        Self { events: Arc::default(), result, tracker: None, mcp_servers: None }
     }
 
     /// Hands a committed event to the live subscribers, if there are any.
@@ -141,6 +154,18 @@ impl RunTable {
         if let Some(c) = self.lock().get_mut(run) {
             c.tracker = Some(tracker);
         }
+    }
+
+    /// Records which MCP servers the run may use (from its options), before its tracker starts.
+    pub fn set_mcp_servers(&self, run: &RunId, servers: Option<&[String]>) {
+        let mut runs = self.lock();
+        let channels = runs.entry(run.clone()).or_insert_with(RunChannels::new);
+        channels.mcp_servers = servers.map(Arc::from);
+    }
+
+    /// The MCP servers the run may use; `None`: all (or the run is not live).
+    pub fn mcp_servers(&self, run: &RunId) -> Option<Arc<[String]>> {
+        self.lock().get(run).and_then(|c| c.mcp_servers.clone())
     }
 
     /// Forgets a finished run (its result stays in the store and in existing handles).

@@ -46,7 +46,7 @@ impl Actor for Planner {
 async fn plan(shared: &Shared, job: PlanJob) -> ServiceResult<PlanSpec> {
     let model = shared.models.get(AgentRole::Planner).clone();
     let tools: Vec<String> =
-        shared.tool_specs.iter().map(|t| format!("- {}: {}", t.name, t.description)).collect();
+        shared.step_tool_specs(&job.run_id).iter().map(|t| format!("- {}: {}", t.name, t.description)).collect();
     let tools_text = if tools.is_empty() { "(no tools)".to_owned() } else { tools.join("\n") };
     let request = ChatRequest {
         context: CallContext {

@@ -7,15 +7,16 @@
 
 use std::time::Instant;
 
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::ActorRef;
 
 use super::{Attempt, Tracker, TrackerState, spans};
 use crate::actors::messages::{
-    ExecutorMsg, PlanJob, PlannerMsg, ReplanJob, ReplannerMsg, Service, ServiceResult, StepInput, StepJob,
-    StepReport, SynthesisJob, SynthesizerMsg, TrackerMsg,
+    ExecutorMsg, PlanJob, PlannerMsg, ReplanJob, ReplannerMsg, StepInput, StepJob, StepReport, SynthesisJob,
+    SynthesizerMsg, TrackerMsg,
 };
-use crate::run::machine::{Command, Input, ServiceRequest, StepAssignment, Transition};
-use crate::run::{Decision, LlmUsage, StepError, StepErrorKind};
+use crate::actors::reply;
+use crate::run::machine::{Command, ServiceRequest, StepAssignment, Transition};
+use crate::run::{LlmUsage, StepError, StepErrorKind};
 use crate::telemetry::{self, TraceContext};
 
 impl Tracker {
@@ -37,34 +38,6 @@ impl Tracker {
                 }
                 Command::Finish => self.finish(me, st),
             }
-        }
-    }
-
-    /// Closes the span of a service's answer (when the run was waiting for it).
-    pub(super) fn observe_answer(&self, st: &mut TrackerState, input: &Input) {
-        let (service, failed, error_type) = match input {
-            Input::PlanReady(r) => (Service::Planner, r.is_err(), "planning_failed"),
-            Input::ReplanReady(r) => (Service::Replanner, r.is_err(), "replanning_failed"),
-            Input::SynthesisReady(r) => (Service::Synthesizer, r.is_err(), "synthesis_failed"),
-            _ => return,
-        };
-        if st.machine.waiting_for() != Some(service) {
-            return;
-        }
-        let Some(span) = st.service_span.take() else { return };
-        if failed {
-            spans::failed(&span, "failed", error_type);
-        }
-        match input {
-            Input::PlanReady(Ok((plan, _))) => {
-                span.record("stepwise.plan.steps", plan.steps.len());
-            }
-            Input::ReplanReady(Ok((d, _))) => {
-                let decided = decision_name(d.decision);
-                span.record("stepwise.replan.decision", decided);
-                telemetry::metrics::global().replanned(decided);
-            }
-            _ => {}
         }
     }
 
@@ -104,66 +77,48 @@ impl Tracker {
             return;
         }
         // A dropped reply port means the worker died mid-step: that is the attempt's report.
-        forward(me, rx, TrackerMsg::StepFinished, move || TrackerMsg::StepFinished(lost()));
+        reply::forward(me, rx, TrackerMsg::StepFinished, move || TrackerMsg::StepFinished(lost()));
     }
 
-    /// Sends a request to the service's current actor (a re-sent request keeps its span).
+    /// Sends a request to the service's current actor (a re-sent request keeps its span). A
+    /// request that cannot be sent is lost at once; the machine decides when to send it again.
     fn ask(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState, request: ServiceRequest) {
         let run = st.machine.run();
+        let service = request.service();
         let cause = match &request {
             ServiceRequest::Replan { failed: Some((step, _)) } => st.failed_spans.get(step),
             _ => None,
         };
-        let span = st
-            .service_span
+        let span = (st.service_span)
             .get_or_insert_with(|| spans::service(&st.span, &request, run.plan.revision, cause));
         let trace = TraceContext::of(span);
         let (run_id, task) = (run.id.clone(), run.task.clone());
-        let services = self.shared.services();
-        let sent = match (request, services) {
-            (ServiceRequest::Plan { stream }, Some(s)) => {
+        let lost = move || TrackerMsg::ServiceLost(service);
+        let sent = self.shared.services().is_some_and(|s| match request {
+            ServiceRequest::Plan { stream } => {
                 let job = PlanJob { run_id, task, trace, stream_to: stream.then(|| me.clone()) };
-                request_to(
-                    me,
-                    &s.planner,
-                    Service::Planner,
-                    |r| PlannerMsg::Plan(job, r),
-                    TrackerMsg::PlanReady,
-                )
+                reply::request(me, &s.planner, |r| PlannerMsg::Plan(job, r), TrackerMsg::PlanReady, lost)
             }
-            (ServiceRequest::Replan { failed }, Some(s)) => {
+            ServiceRequest::Replan { failed } => {
                 let job = ReplanJob { run_id, task, plan: run.plan.clone(), failed, trace };
-                request_to(
+                reply::request(
                     me,
                     &s.replanner,
-                    Service::Replanner,
                     |r| ReplannerMsg::Replan(job, r),
                     TrackerMsg::ReplanReady,
+                    lost,
                 )
             }
-            (ServiceRequest::Synthesize, Some(s)) => {
-                let results = (run.plan.steps.iter())
-                    .map(|s| StepInput {
-                        id: s.id.clone(),
-                        description: s.description.clone(),
-                        output: s.output.clone(),
-                    })
-                    .collect();
+            ServiceRequest::Synthesize => {
+                let results = run.plan.steps.iter().map(StepInput::of).collect();
                 let job = SynthesisJob { run_id, task, goal: run.plan.goal.clone(), results, trace };
-                let deliver = TrackerMsg::SynthesisReady;
-                request_to(
-                    me,
-                    &s.synthesizer,
-                    Service::Synthesizer,
-                    |r| SynthesizerMsg::Synthesize(job, r),
-                    deliver,
-                )
+                let make = |r| SynthesizerMsg::Synthesize(job, r);
+                reply::request(me, &s.synthesizer, make, TrackerMsg::SynthesisReady, lost)
             }
-            (request, None) => Err(request.service()),
-        };
-        if let Err(service) = sent {
-            tracing::warn!(run = %run_id_of(st), service = service.as_str(), "service unreachable; its request is lost");
-            let _ = me.cast(TrackerMsg::ServiceLost(service));
+        });
+        if !sent {
+            tracing::warn!(run = %run.id, service = service.as_str(), "service not running: its request is lost");
+            let _ = me.cast(lost());
         }
     }
 
@@ -190,59 +145,9 @@ impl Tracker {
     }
 }
 
-fn run_id_of(st: &TrackerState) -> &crate::run::RunId {
-    &st.machine.run().id
-}
-
 /// Cancels an attempt that will not report (the run ended, or the plan dropped its step).
 fn stop(a: Attempt) {
     a.cancel.cancel();
     a.span.record("stepwise.step.status", "cancelled");
     telemetry::metrics::global().step_ended("cancelled", Some(a.started.elapsed()));
-}
-
-/// Sends `make(reply)` to `actor` and forwards the answer to the tracker (`deliver`), or a loss
-/// of the request if the reply port is dropped. `Err(service)` when the send itself failed.
-fn request_to<M, T>(
-    me: &ActorRef<TrackerMsg>,
-    actor: &ActorRef<M>,
-    service: Service,
-    make: impl FnOnce(RpcReplyPort<ServiceResult<T>>) -> M,
-    deliver: fn(ServiceResult<T>) -> TrackerMsg,
-) -> Result<(), Service>
-where
-    M: ractor::Message,
-    T: Send + 'static,
-{
-    let (tx, rx) = ractor::concurrency::oneshot();
-    actor.cast(make(tx.into())).map_err(|_| service)?;
-    forward(me, rx, deliver, move || TrackerMsg::ServiceLost(service));
-    Ok(())
-}
-
-/// Waits for a reply on its own task and hands it to the tracker as a message.
-fn forward<T: Send + 'static>(
-    me: &ActorRef<TrackerMsg>,
-    rx: ractor::concurrency::OneshotReceiver<T>,
-    deliver: impl FnOnce(T) -> TrackerMsg + Send + 'static,
-    lost: impl FnOnce() -> TrackerMsg + Send + 'static,
-) {
-    let me = me.clone();
-    tokio::spawn(async move {
-        let msg = match rx.await {
-            Ok(value) => deliver(value),
-            Err(_) => lost(),
-        };
-        // A stopped tracker (ended run) no longer wants the answer.
-        let _ = me.cast(msg);
-    });
-}
-
-fn decision_name(d: Decision) -> &'static str {
-    match d {
-        Decision::Continue => "continue",
-        Decision::Replan => "replan",
-        Decision::Finish => "finish",
-        Decision::Abort => "abort",
-    }
 }

@@ -8,6 +8,7 @@
 //! crash, or a panic of its own) carries on from exactly where the log ends.
 
 mod effects;
+mod observe;
 mod spans;
 
 use std::collections::HashMap;
@@ -23,9 +24,8 @@ use super::messages::{ControlError, TrackerMsg};
 use super::{RunChannels, Shared};
 use crate::plan::StepId;
 use crate::run::machine::{Input, MachineError, RunMachine};
-use crate::run::{EventKind, RunEvent, RunId, RunState};
+use crate::run::{RunEvent, RunId, RunState};
 use crate::store::StoreError;
-use crate::telemetry;
 
 /// The tracker actor (stateless; its state is [`TrackerState`]).
 pub struct Tracker {
@@ -132,7 +132,7 @@ impl Actor for Tracker {
                 return Ok(());
             }
         };
-        self.observe_answer(st, &input);
+        observe::answer(st, &input);
         let transition = st.machine.handle(input, Utc::now()).map_err(TrackerError::from)?;
         self.commit(st, &transition.events).await?;
         self.carry_out(&me, st, transition);
@@ -189,43 +189,9 @@ impl Tracker {
         };
         stored.map_err(|e| TrackerError::Store { run: st.machine.run().id.clone(), source: Arc::new(e) })?;
         for event in events {
-            observe_event(st, &event.kind);
+            observe::event(st, &event.kind);
             st.channels.publish(event.clone());
         }
         Ok(())
-    }
-}
-
-/// Closes a finished attempt's span and records its metrics; keeps what a replan links to.
-fn observe_event(st: &mut TrackerState, kind: &EventKind) {
-    let metrics = telemetry::metrics::global();
-    match kind {
-        EventKind::StepCompleted { step, .. } => {
-            if let Some(a) = st.attempts.remove(step) {
-                a.span.record("stepwise.step.status", "completed");
-                metrics.step_ended("completed", Some(a.started.elapsed()));
-            }
-        }
-        EventKind::StepFailed { step, error, .. } => {
-            if let Some(a) = st.attempts.remove(step) {
-                spans::failed(&a.span, "failed", error.kind.as_str());
-                metrics.step_ended("failed", Some(a.started.elapsed()));
-                st.failed_spans.insert(step.clone(), telemetry::span_context(&a.span));
-            }
-        }
-        EventKind::StepSkipped { .. } => metrics.step_ended("skipped", None),
-        EventKind::PlanStreamed { .. } => {
-            if let Some(span) = &st.service_span {
-                span.record("stepwise.plan.streamed_steps", st.machine.run().plan.steps.len());
-            }
-        }
-        EventKind::Replanned { caused_by, steps, .. } => {
-            let cause = caused_by.as_ref().and_then(|s| st.failed_spans.get(s));
-            st.replan_links = match cause {
-                Some(cause) => steps.iter().map(|s| (s.id.clone(), cause.clone())).collect(),
-                None => HashMap::new(),
-            };
-        }
-        _ => {}
     }
 }

@@ -33,6 +33,13 @@ pub struct StepInput {
     pub output: Option<String>,
 }
 
+impl StepInput {
+    /// A step's result as the steps after it (and the synthesis) see it.
+    pub fn of(step: &crate::plan::Step) -> Self {
+        Self { id: step.id.clone(), description: step.description.clone(), output: step.output.clone() }
+    }
+}
+
 /// How a step attempt ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {

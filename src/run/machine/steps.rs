@@ -31,13 +31,7 @@ impl Step<'_> {
         self.emit(EventKind::StepStarted { step: step.clone(), attempt })?;
         let run = &self.m.run;
         let Some(s) = run.plan.step(step) else { return Ok(()) };
-        let inputs = (s.depends_on.iter().filter_map(|d| run.plan.step(d)))
-            .map(|d| StepInput {
-                id: d.id.clone(),
-                description: d.description.clone(),
-                output: d.output.clone(),
-            })
-            .collect();
+        let inputs = s.depends_on.iter().filter_map(|d| run.plan.step(d)).map(StepInput::of).collect();
         let assignment = StepAssignment {
             step: s.spec(),
             attempt,
