@@ -15,7 +15,7 @@ use ractor::factory::{FactoryRef, Job, Worker, WorkerId};
 use tracing::Instrument;
 
 use super::Shared;
-use super::messages::{ExecutorMsg, StepJob, StepReport, TrackerMsg};
+use super::messages::{ExecutorMsg, Input, StepJob, StepReport, TrackerMsg};
 use super::pool::PoolGauges;
 use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput};
 use crate::plan::strip_code_fence;
@@ -188,8 +188,9 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Res
             };
             let span = super::tool_span(&call.name, &call.id, &job.trace);
             shared.content.record(&span, "gen_ai.tool.call.arguments", &call.arguments.to_string());
-            let result =
-                call_tool(shared, scope.as_deref(), &call.name, call.arguments.clone(), ctx).instrument(span.clone()).await;
+            let result = call_tool(shared, scope.as_deref(), &call.name, call.arguments.clone(), ctx)
+                .instrument(span.clone())
+                .await;
             match &result {
                 Ok(out) => shared.content.record(&span, "gen_ai.tool.call.result", out),
                 Err(e) => {
@@ -295,7 +296,7 @@ pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 fn notify(job: &StepJob, kind: EventKind) {
     if let Some(tracker) = &job.events_to {
         // A stopped tracker (cancelled run) no longer records events; nothing to do.
-        let _ = tracker.cast(TrackerMsg::Tool(kind));
+        let _ = tracker.cast(TrackerMsg::Input(Input::Tool(kind)));
     }
 }
 

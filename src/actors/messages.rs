@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::options::StepBudget;
 use crate::plan::{Plan, PlanSpec, StepId, StepSpec};
 use crate::run::StepError;
-use crate::run::{EventKind, ReplanDecision, RunId, RunResult};
+use crate::run::{ReplanDecision, RunId, RunResult};
 use crate::store::StoreError;
 use crate::telemetry::TraceContext;
 
 pub use crate::run::machine::{
-    Refusal, Service, ServiceFailure, ServiceResult, StepInput, StepReport, Timer,
+    Input, Refusal, Service, ServiceFailure, ServiceResult, StepInput, StepReport, Timer,
 };
 
 /// One step attempt for an executor.
@@ -65,7 +65,7 @@ pub struct PlanJob {
     pub task: String,
     /// The run span's context.
     pub trace: TraceContext,
-    /// Where to send each step as soon as it is parsed ([`TrackerMsg::PlanStreamed`]), before
+    /// Where to send each step as soon as it is parsed ([`Input::PlanStreamed`]), before
     /// the reply brings the whole plan; none: do not stream.
     #[serde(skip)]
     pub stream_to: Option<ActorRef<TrackerMsg>>,
@@ -136,20 +136,9 @@ pub enum ControlError {
 
 /// Messages to a run's tracker.
 pub enum TrackerMsg {
-    /// Begin, or resume from the stored events.
-    Start,
-    /// Steps parsed from the plan while it is still streaming in (`stream_plan`), in order.
-    PlanStreamed(Vec<StepSpec>),
-    /// The planner answered.
-    PlanReady(ServiceResult<PlanSpec>),
-    /// The replanner answered.
-    ReplanReady(ServiceResult<ReplanDecision>),
-    /// The synthesizer answered.
-    SynthesisReady(ServiceResult<String>),
-    /// A step attempt ended (or its executor crashed).
-    StepFinished(StepReport),
-    /// A tool event from an executor (`ToolCalled` / `ToolReturned`).
-    Tool(EventKind),
+    /// Something that happened to the run, for its state machine: start, a service's answer, a
+    /// step's report or tool event, a lost request, a timer.
+    Input(Input),
     /// Approve the plan, optionally edited.
     Approve(Option<PlanSpec>, RpcReplyPort<Result<(), ControlError>>),
     /// Reject the plan.
@@ -158,10 +147,6 @@ pub enum TrackerMsg {
     Cancel(String, RpcReplyPort<Result<(), ControlError>>),
     /// The run's current result.
     Snapshot(RpcReplyPort<RunResult>),
-    /// A request to a service will not be answered (its actor died or could not be reached).
-    ServiceLost(Service),
-    /// A timer the run scheduled went off.
-    Timeout(Timer),
 }
 
 /// Messages to the supervisor.

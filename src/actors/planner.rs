@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::messages::{PlanJob, PlannerMsg, ServiceResult, TrackerMsg};
+use super::messages::{Input, PlanJob, PlannerMsg, ServiceResult, TrackerMsg};
 use super::{Shared, schema, service_failure, spawn_service, structured_usage};
 use crate::llm::{
     AgentRole, CallContext, ChatRequest, Message, StructuredOutput, TextSink, structured_call_spent,
@@ -45,8 +45,11 @@ impl Actor for Planner {
 
 async fn plan(shared: &Shared, job: PlanJob) -> ServiceResult<PlanSpec> {
     let model = shared.models.get(AgentRole::Planner).clone();
-    let tools: Vec<String> =
-        shared.step_tool_specs(&job.run_id).iter().map(|t| format!("- {}: {}", t.name, t.description)).collect();
+    let tools: Vec<String> = shared
+        .step_tool_specs(&job.run_id)
+        .iter()
+        .map(|t| format!("- {}: {}", t.name, t.description))
+        .collect();
     let tools_text = if tools.is_empty() { "(no tools)".to_owned() } else { tools.join("\n") };
     let request = ChatRequest {
         context: CallContext {
@@ -71,7 +74,7 @@ async fn plan(shared: &Shared, job: PlanJob) -> ServiceResult<PlanSpec> {
         let found = steps.lock().unwrap_or_else(|p| p.into_inner()).push(piece);
         if let (false, Some(tracker)) = (found.is_empty(), &job.stream_to) {
             // A stopped tracker no longer wants the steps; the whole plan is in the reply.
-            let _ = tracker.cast(TrackerMsg::PlanStreamed(found));
+            let _ = tracker.cast(TrackerMsg::Input(Input::PlanStreamed(found)));
         }
     };
     let sink: Option<&TextSink<'_>> = if job.stream_to.is_some() { Some(&stream_to) } else { None };

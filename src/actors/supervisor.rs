@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::messages::{SupervisorMsg, TrackerMsg};
+use super::messages::{Input, SupervisorMsg, TrackerMsg};
 use super::planner::Planner;
 use super::pool::{ExecutorPool, PoolBounds};
 use super::replanner::Replanner;
@@ -68,7 +68,9 @@ impl Supervisor {
                 .map_err(|e| format!("could not start the tracker of run {run}: {e}"))?;
         st.trackers.insert(tracker.get_id(), run.clone());
         self.shared.runs.set_tracker(&run, tracker.clone());
-        tracker.cast(TrackerMsg::Start).map_err(|e| format!("run {run}: tracker did not take Start: {e}"))?;
+        tracker
+            .cast(TrackerMsg::Input(Input::Start))
+            .map_err(|e| format!("run {run}: tracker did not take Start: {e}"))?;
         Ok(tracker)
     }
 

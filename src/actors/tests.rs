@@ -22,6 +22,15 @@ async fn runtime(latency_ms: u64) -> Runtime {
     Stepwise::builder().model(Arc::new(model)).workspace_root(workspace).build().await.expect("runtime")
 }
 
+/// Waits (bounded) for every run's result and checks that each completed.
+async fn assert_all_complete(handles: &[crate::RunHandle], within: Duration) {
+    let results = futures::future::join_all(handles.iter().map(|h| h.result()));
+    for r in tokio::time::timeout(within, results).await.expect("every run ends") {
+        let r = r.expect("result");
+        assert_eq!(r.status, RunStatus::Completed, "run {}: {:?}", r.id, r.error);
+    }
+}
+
 /// Waits (bounded) until the supervisor has published a replacement for the planner `old`.
 async fn replaced(rt: &Runtime, old: ractor::ActorId) {
     for _ in 0..200 {
@@ -57,16 +66,7 @@ async fn runs_waiting_for_a_killed_planner_still_end() {
     for i in 0..4 {
         handles.push(rt.submit(&format!("after the second kill {i}")).await.expect("submit"));
     }
-    let results = tokio::time::timeout(
-        Duration::from_secs(60),
-        futures::future::join_all(handles.iter().map(|h| h.result())),
-    )
-    .await
-    .expect("every run ends");
-    for r in results {
-        let r = r.expect("result");
-        assert_eq!(r.status, RunStatus::Completed, "run {}: {:?}", r.id, r.error);
-    }
+    assert_all_complete(&handles, Duration::from_secs(60)).await;
 }
 
 /// A planner that takes requests and drops them unanswered, as a planner that dies with
@@ -116,14 +116,5 @@ async fn a_request_dropped_unanswered_is_sent_again_to_the_current_service() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     publish(real.planner.clone());
     hole.stop(None);
-    let results = tokio::time::timeout(
-        Duration::from_secs(30),
-        futures::future::join_all(handles.iter().map(|h| h.result())),
-    )
-    .await
-    .expect("every run ends");
-    for r in results {
-        let r = r.expect("result");
-        assert_eq!(r.status, RunStatus::Completed, "run {}: {:?}", r.id, r.error);
-    }
+    assert_all_complete(&handles, Duration::from_secs(30)).await;
 }

@@ -15,7 +15,7 @@ use crate::actors::messages::{
     SynthesizerMsg, TrackerMsg,
 };
 use crate::actors::reply;
-use crate::run::machine::{Command, ServiceRequest, StepAssignment, Transition};
+use crate::run::machine::{Command, Input, ServiceRequest, StepAssignment, Transition};
 use crate::run::{LlmUsage, StepError, StepErrorKind};
 use crate::telemetry::{self, TraceContext};
 
@@ -34,7 +34,7 @@ impl Tracker {
                 }
                 Command::Ask(request) => self.ask(me, st, request),
                 Command::Schedule { timer, after } => {
-                    me.send_after(after, move || TrackerMsg::Timeout(timer));
+                    me.send_after(after, move || TrackerMsg::Input(Input::Timeout(timer)));
                 }
                 Command::Finish => self.finish(me, st),
             }
@@ -73,11 +73,12 @@ impl Tracker {
             .services()
             .map(|s| s.executors.dispatch(key, ExecutorMsg::Run(Box::new(job), tx.into())));
         if !matches!(sent, Some(Ok(()))) {
-            let _ = me.cast(TrackerMsg::StepFinished(lost()));
+            let _ = me.cast(TrackerMsg::Input(Input::StepFinished(lost())));
             return;
         }
         // A dropped reply port means the worker died mid-step: that is the attempt's report.
-        reply::forward(me, rx, TrackerMsg::StepFinished, move || TrackerMsg::StepFinished(lost()));
+        let finished = |report| TrackerMsg::Input(Input::StepFinished(report));
+        reply::forward(me, rx, finished, move || finished(lost()));
     }
 
     /// Sends a request to the service's current actor (a re-sent request keeps its span). A
@@ -93,27 +94,23 @@ impl Tracker {
             .get_or_insert_with(|| spans::service(&st.span, &request, run.plan.revision, cause));
         let trace = TraceContext::of(span);
         let (run_id, task) = (run.id.clone(), run.task.clone());
-        let lost = move || TrackerMsg::ServiceLost(service);
+        let lost = move || TrackerMsg::Input(Input::ServiceLost(service));
         let sent = self.shared.services().is_some_and(|s| match request {
             ServiceRequest::Plan { stream } => {
                 let job = PlanJob { run_id, task, trace, stream_to: stream.then(|| me.clone()) };
-                reply::request(me, &s.planner, |r| PlannerMsg::Plan(job, r), TrackerMsg::PlanReady, lost)
+                let deliver = |r| TrackerMsg::Input(Input::PlanReady(r));
+                reply::request(me, &s.planner, |r| PlannerMsg::Plan(job, r), deliver, lost)
             }
             ServiceRequest::Replan { failed } => {
                 let job = ReplanJob { run_id, task, plan: run.plan.clone(), failed, trace };
-                reply::request(
-                    me,
-                    &s.replanner,
-                    |r| ReplannerMsg::Replan(job, r),
-                    TrackerMsg::ReplanReady,
-                    lost,
-                )
+                let deliver = |r| TrackerMsg::Input(Input::ReplanReady(r));
+                reply::request(me, &s.replanner, |r| ReplannerMsg::Replan(job, r), deliver, lost)
             }
             ServiceRequest::Synthesize => {
                 let results = run.plan.steps.iter().map(StepInput::of).collect();
                 let job = SynthesisJob { run_id, task, goal: run.plan.goal.clone(), results, trace };
-                let make = |r| SynthesizerMsg::Synthesize(job, r);
-                reply::request(me, &s.synthesizer, make, TrackerMsg::SynthesisReady, lost)
+                let deliver = |r| TrackerMsg::Input(Input::SynthesisReady(r));
+                reply::request(me, &s.synthesizer, |r| SynthesizerMsg::Synthesize(job, r), deliver, lost)
             }
         });
         if !sent {

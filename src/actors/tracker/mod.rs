@@ -109,15 +109,7 @@ impl Actor for Tracker {
         st: &mut TrackerState,
     ) -> Result<(), ActorProcessingErr> {
         let input = match msg {
-            TrackerMsg::Start => Input::Start,
-            TrackerMsg::PlanStreamed(steps) => Input::PlanStreamed(steps),
-            TrackerMsg::PlanReady(result) => Input::PlanReady(result),
-            TrackerMsg::ReplanReady(result) => Input::ReplanReady(result),
-            TrackerMsg::SynthesisReady(result) => Input::SynthesisReady(result),
-            TrackerMsg::StepFinished(report) => Input::StepFinished(report),
-            TrackerMsg::Tool(kind) => Input::Tool(kind),
-            TrackerMsg::ServiceLost(service) => Input::ServiceLost(service),
-            TrackerMsg::Timeout(timer) => Input::Timeout(timer),
+            TrackerMsg::Input(input) => input,
             TrackerMsg::Approve(edited, reply) => {
                 return self.control(&me, st, Input::Approve(edited), reply).await;
             }

@@ -8,6 +8,14 @@ use crate::plan::{PlanSpec, StepId, StepSpec, StepStatus, validate_steps, valida
 use crate::run::{Decision, EventKind, LlmUsage, ReplanDecision, RunStatus, StateError};
 
 impl Step<'_> {
+    /// A service's answer, or `None` after failing the run with its error (and what it spent).
+    fn succeeded<T>(&mut self, result: ServiceResult<T>) -> Result<Option<(T, LlmUsage)>, StateError> {
+        match result {
+            Ok(ok) => Ok(Some(ok)),
+            Err(f) => self.fail_run(f.error, f.usage).map(|()| None),
+        }
+    }
+
     /// Sends a request and remembers it until it is answered (or lost).
     pub(super) fn ask(&mut self, request: ServiceRequest) {
         self.m.waiting = Some((request.clone(), 0));
@@ -91,10 +99,7 @@ impl Step<'_> {
         if self.answered(Service::Planner).is_none() || self.m.run.status != RunStatus::Planning {
             return Ok(());
         }
-        let (plan, usage) = match result {
-            Ok(ok) => ok,
-            Err(f) => return Ok(self.fail_run(f.error, f.usage)?),
-        };
+        let Some((plan, usage)) = self.succeeded(result)? else { return Ok(()) };
         self.emit(EventKind::PlanProposed { revision: 1, plan, usage })?;
         // A streamed step that the whole plan left out (a repair rewrote it) stops.
         let plan = &self.m.run.plan;
@@ -117,10 +122,7 @@ impl Step<'_> {
         if self.answered(Service::Replanner).is_none() || self.m.run.status != RunStatus::Running {
             return Ok(());
         }
-        let (decision, usage) = match result {
-            Ok(ok) => ok,
-            Err(f) => return Ok(self.fail_run(f.error, f.usage)?),
-        };
+        let Some((decision, usage)) = self.succeeded(result)? else { return Ok(()) };
         match decision.decision {
             Decision::Continue => self.keep_plan(decision.reason, usage)?,
             Decision::Replan => {
@@ -176,9 +178,8 @@ impl Step<'_> {
         if self.answered(Service::Synthesizer).is_none() || self.m.run.status.is_terminal() {
             return Ok(());
         }
-        match result {
-            Ok((final_output, usage)) => self.emit(EventKind::RunCompleted { final_output, usage })?,
-            Err(f) => self.fail_run(f.error, f.usage)?,
+        if let Some((final_output, usage)) = self.succeeded(result)? {
+            self.emit(EventKind::RunCompleted { final_output, usage })?;
         }
         Ok(())
     }
