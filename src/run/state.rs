@@ -137,6 +137,8 @@ pub struct RunState {
     pub finished_at: Option<DateTime<Utc>>,
     /// Seq of the last applied event.
     pub last_seq: u64,
+    /// When the plan was approved (runs that wait for approval).
+    pub approved_at: Option<DateTime<Utc>>,
     /// Each step's latest failure, typed (the plan's `error` is its text), so that a driver
     /// resuming the run decides a failure exactly as it was.
     pub last_errors: BTreeMap<StepId, StepError>,
@@ -158,6 +160,7 @@ impl RunState {
             created_at,
             finished_at: None,
             last_seq: 0,
+            approved_at: None,
             last_errors: BTreeMap::new(),
         }
     }
@@ -260,6 +263,7 @@ impl RunState {
                     }
                 }
                 self.status = RunStatus::Running;
+                self.approved_at = Some(e.at);
             }
             EventKind::StepStarted { step, attempt } => {
                 self.expect_running(&bad)?;
@@ -405,6 +409,22 @@ impl RunState {
             created_at: self.created_at,
             finished_at: self.finished_at,
         }
+    }
+
+    /// How much of the run's wall-clock budget (`run_budget.timeout_ms`) is left at `now`; none
+    /// without a limit, or while the plan awaits approval (that time does not count).
+    pub fn time_left(&self, now: DateTime<Utc>) -> Option<std::time::Duration> {
+        let limit = self.options.run_budget.timeout_ms;
+        if limit == 0 || self.status == RunStatus::AwaitingApproval || self.status.is_terminal() {
+            return None;
+        }
+        let proposed = self.revisions.first().map(|r| r.created_at);
+        let waited = match (proposed, self.approved_at) {
+            (Some(p), Some(a)) => (a - p).to_std().unwrap_or_default(),
+            _ => std::time::Duration::ZERO,
+        };
+        let elapsed = (now - self.created_at).to_std().unwrap_or_default().saturating_sub(waited);
+        Some(std::time::Duration::from_millis(limit).saturating_sub(elapsed))
     }
 
     /// Which run-level budget is used up, if any (tokens, tool calls).

@@ -149,12 +149,7 @@ impl Step<'_> {
     }
 
     fn start(&mut self) -> Result<(), MachineError> {
-        let run = &self.m.run;
-        if run.options.run_budget.timeout_ms > 0 && !run.status.is_terminal() {
-            let elapsed = (self.now - run.created_at).to_std().unwrap_or_default();
-            let after = Duration::from_millis(run.options.run_budget.timeout_ms).saturating_sub(elapsed);
-            self.command(Command::Schedule { timer: Timer::Run, after });
-        }
+        self.arm_run_timeout();
         match self.m.run.status {
             RunStatus::Planning => {
                 self.ask_planner();
@@ -178,6 +173,8 @@ impl Step<'_> {
             plan.validate(&tools).map_err(Refusal::InvalidPlan)?;
         }
         self.emit(EventKind::PlanApproved { edited })?;
+        // The run's clock stopped while the plan waited; it runs again from here.
+        self.arm_run_timeout();
         self.advance()?;
         Ok(())
     }
@@ -208,15 +205,29 @@ impl Step<'_> {
                 let reason = format!("plan not approved within {secs} s (approval_timeout_secs)");
                 self.emit(EventKind::RunCancelled { reason })?;
             }
-            Timer::Run if !run.status.is_terminal() && run.status != RunStatus::AwaitingApproval => {
-                let error =
-                    format!("run budget exhausted: timeout after {} ms", run.options.run_budget.timeout_ms);
-                self.fail_run(error, LlmUsage::default())?;
-            }
+            Timer::Run => match run.time_left(self.now) {
+                // Armed before a wait for approval, which does not count: not yet.
+                Some(left) if !left.is_zero() => self.command(Command::Schedule { timer, after: left }),
+                Some(_) => {
+                    let error = format!(
+                        "run budget exhausted: timeout after {} ms",
+                        run.options.run_budget.timeout_ms
+                    );
+                    self.fail_run(error, LlmUsage::default())?;
+                }
+                None => {}
+            },
             Timer::Resend { service, loss } => self.resend(service, loss),
-            Timer::Approval | Timer::Run => {}
+            Timer::Approval => {}
         }
         Ok(())
+    }
+
+    /// Schedules the end of the run's wall-clock budget, if it has one and its clock runs.
+    fn arm_run_timeout(&mut self) {
+        if let Some(after) = self.m.run.time_left(self.now) {
+            self.command(Command::Schedule { timer: Timer::Run, after });
+        }
     }
 
     /// Schedules the approval deadline, counted from when the plan was proposed (so it holds

@@ -370,9 +370,35 @@ fn run_budgets_end_the_run() {
 
     let (mut m, _) = machine(opts);
     go(&mut m, Input::Start);
-    let t = go(&mut m, Input::Timeout(Timer::Run));
+    let t = m.handle(Input::Timeout(Timer::Run), Utc::now() + chrono::Duration::seconds(6)).unwrap();
     assert_eq!(names(&t), ["RunFailed"]);
     assert!(m.run().error.as_deref().unwrap().contains("timeout after 5000 ms"));
+}
+
+#[test]
+fn time_awaiting_approval_does_not_count_against_the_run_timeout() {
+    let mut opts = options(|p| p.require_approval = true);
+    opts.run_budget.timeout_ms = 5_000;
+    let (mut m, _) = machine(opts);
+    let t0 = m.run().created_at;
+    let at = |secs: i64| t0 + chrono::Duration::seconds(secs);
+    let t = m.handle(Input::Start, at(0)).unwrap();
+    assert!(matches!(t.commands[0], Command::Schedule { timer: Timer::Run, .. }));
+    m.handle(Input::PlanReady(Ok((plan(&[("a", &[])]), usage(1)))), at(1)).unwrap();
+    // The timer armed while planning goes off while the plan waits: the clock is stopped.
+    assert_eq!(m.handle(Input::Timeout(Timer::Run), at(5)).unwrap(), Transition::default());
+    let t = m.handle(Input::Approve(None), at(60)).unwrap();
+    let after = |t: &Transition| {
+        t.commands.iter().find_map(|c| match c {
+            Command::Schedule { timer: Timer::Run, after } => Some(*after),
+            _ => None,
+        })
+    };
+    assert_eq!(after(&t), Some(Duration::from_secs(4)), "1 s was spent planning");
+    let t = m.handle(Input::Timeout(Timer::Run), at(62)).unwrap();
+    assert_eq!((names(&t), after(&t)), (vec![], Some(Duration::from_secs(2))), "an early timer re-arms");
+    let t = m.handle(Input::Timeout(Timer::Run), at(64)).unwrap();
+    assert_eq!(names(&t), ["RunFailed"]);
 }
 
 #[test]
