@@ -711,6 +711,7 @@ mod tests {
     fn typed_plan_and_decisions_are_valid_stepwise_json() {
         let tools = adapter_tools(&Adapters::new(Scenario::Happy));
         let names = tools.names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let plan = ReleasePlan::standard(VERSION);
         // Through JSON, as the planner's answer travels.
         let text = serde_json::to_string(&plan.to_plan_spec()).unwrap();

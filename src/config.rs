@@ -125,6 +125,10 @@ pub struct ServerConfig {
     /// On SIGTERM, how long running runs may take to finish before the process exits anyway
     /// (what is left resumes from the store on the next start), in seconds.
     pub drain_secs: u64,
+    /// The web page's link to a run's trace, `{run_id}` replaced by the run's id (e.g. a Jaeger
+    /// search on the `stepwise.run.id` tag); no link when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_url_template: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +139,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             queue_limit: 1000,
             drain_secs: 30,
+            trace_url_template: None,
         }
     }
 }
@@ -373,6 +378,11 @@ impl Config {
             }
         }
         self.validate_executors()?;
+        if let Some(t) = &self.server.trace_url_template {
+            if !(t.starts_with("http://") || t.starts_with("https://")) || !t.contains("{run_id}") {
+                return invalid("server.trace_url_template", "must be an http(s) URL containing {run_id}");
+            }
+        }
         if self.runtime.data_dir.as_os_str().is_empty() {
             return invalid("runtime.data_dir", "must not be empty");
         }
@@ -404,6 +414,9 @@ impl Config {
                 );
             }
         }
+        if let Err(crate::tools::mcp::McpError::Config { server, key, message }) = self.tools.mcp.validate() {
+            return invalid(&format!("tools.mcp.servers[{server:?}].{key}"), message);
+        }
         Ok(())
     }
 
@@ -426,6 +439,7 @@ impl Config {
             policy: self.policy.clone(),
             step_budget: self.budget.step.clone(),
             run_budget: self.budget.run.clone(),
+            mcp_servers: None,
         }
     }
 

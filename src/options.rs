@@ -120,4 +120,8 @@ pub struct RunOptions {
     pub step_budget: StepBudget,
     /// Per-run budget.
     pub run_budget: RunBudget,
+    /// The MCP servers (`[[tools.mcp.servers]]` names) whose tools this run may use; absent:
+    /// every configured server, `[]`: none. Names must be configured servers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<Vec<String>>,
 }

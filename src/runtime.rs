@@ -40,6 +40,14 @@ pub enum RuntimeError {
     /// A stored run could not be folded (corrupt log).
     #[error(transparent)]
     State(#[from] crate::run::StateError),
+    /// The run's options name an MCP server that is not configured.
+    #[error("mcp_servers: unknown MCP server {name:?} (configured: {configured})")]
+    UnknownMcpServer {
+        /// The name given.
+        name: String,
+        /// The configured servers' names.
+        configured: String,
+    },
     /// No such run.
     #[error("unknown run {0}")]
     UnknownRun(RunId),
@@ -182,8 +190,10 @@ impl RuntimeBuilder {
     pub async fn build(self) -> Result<Runtime, RuntimeError> {
         let models =
             self.models.ok_or_else(|| RuntimeError::Config("no model: call .model() or .models()".into()))?;
-        let tool_names: Arc<[String]> = self.tools.names().into_iter().map(str::to_owned).collect();
-        let tool_specs = self.tools.specs();
+        // Plan validation knows the MCP tools listed at start; steps see each server's list as
+        // it is when they run.
+        let tool_names: Arc<[String]> = self.tools.names().into();
+        let tool_specs = self.tools.fixed_specs();
         let shared = Arc::new(Shared {
             models: crate::telemetry::traced(&models, self.content),
             content: self.content,
@@ -247,7 +257,9 @@ impl Runtime {
 
     /// Starts `task` with `options`. The run is committed to the store before this returns.
     pub async fn submit_with(&self, task: &str, options: RunOptions) -> Result<RunHandle, RuntimeError> {
+        self.check_mcp_servers(&options)?;
         let id = RunId::new();
+        let mcp_servers = options.mcp_servers.clone();
         let event = RunEvent {
             run_id: id.clone(),
             seq: 1,
@@ -255,6 +267,7 @@ impl Runtime {
             kind: EventKind::RunSubmitted { task: task.to_owned(), options },
         };
         self.shared.store.append(&event).await?;
+        self.shared.runs.set_mcp_servers(&id, mcp_servers.as_deref());
         let channels = self.shared.runs.channels(&id);
         self.start(&id).await?;
         Ok(RunHandle { id, shared: self.shared.clone(), channels: Some(channels) })
@@ -272,10 +285,39 @@ impl Runtime {
         let ids = self.shared.store.unfinished().await?;
         for id in &ids {
             if self.shared.runs.get(id).is_none() {
+                // The run's MCP servers come from its options, before any step can run.
+                let first = self.shared.store.events(id, 0).await?.into_iter().next();
+                if let Some(RunEvent { kind: EventKind::RunSubmitted { options, .. }, .. }) = first {
+                    self.shared.runs.set_mcp_servers(id, options.mcp_servers.as_deref());
+                }
                 self.start(id).await?;
             }
         }
         Ok(ids)
+    }
+
+    /// Refuses options naming an MCP server that is not configured.
+    fn check_mcp_servers(&self, options: &RunOptions) -> Result<(), RuntimeError> {
+        let configured: Vec<&str> = self.shared.tools.sources().iter().map(|s| s.name()).collect();
+        for name in options.mcp_servers.iter().flatten() {
+            if !configured.contains(&name.as_str()) {
+                return Err(RuntimeError::UnknownMcpServer {
+                    name: name.clone(),
+                    configured: configured.join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The state of each tool source (MCP server), for readiness checks.
+    pub fn tool_sources(&self) -> Vec<crate::tools::SourceStatus> {
+        self.shared.tools.sources().iter().map(|s| s.status()).collect()
+    }
+
+    /// Every tool a run may be offered now, fixed and from the MCP servers.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.shared.tools
     }
 
     /// A handle on a run, live or finished.

@@ -265,9 +265,12 @@ pub async fn build_runtime(
     if let Some(store) = store {
         builder = builder.store(store);
     }
+    let mut tools = stepwise::tools::builtin_registry(&cfg.tools);
+    // MCP servers come up before the runtime: a required one that does not is an error here.
+    stepwise::tools::mcp::McpServers::start(&cfg.tools.mcp).await?.register(&mut tools);
     let runtime = builder
         .models(models)
-        .tools(stepwise::tools::builtin_registry(&cfg.tools))
+        .tools(tools)
         .options(cfg.run_options())
         .executors(cfg.executors.min_workers, cfg.executors.max_workers)
         .executor_shrink_after(std::time::Duration::from_secs(cfg.executors.shrink_after_idle_secs))

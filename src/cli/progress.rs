@@ -1,5 +1,9 @@
 //! Live progress of a run on stderr: the plan, each step's state (a spinner while it runs), and
-//! counts. On a terminal it redraws in place; otherwise it prints one line per event.
+//! counts. On a terminal it redraws in place, one line per step clipped to the terminal's width
+//! (a wrapped line would break the redraw); otherwise it prints one line per event.
+//!
+//! While a plan awaits approval the live display is hidden: its steady redraw would otherwise
+//! paint over the question asked on the same terminal (`stepwise run --approve`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -19,6 +23,8 @@ pub struct Progress {
     done: usize,
     total: usize,
     failed: usize,
+    /// The run waits for a person before any step runs (`require_approval`).
+    needs_approval: bool,
 }
 
 impl Progress {
@@ -32,12 +38,12 @@ impl Progress {
         });
         let header = multi.add(ProgressBar::new_spinner());
         header.set_style(
-            ProgressStyle::with_template("{spinner} {msg}")
+            ProgressStyle::with_template("{spinner} {wide_msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         header.enable_steady_tick(Duration::from_millis(120));
         header.set_message("planning…");
-        Self { multi, header, bars: HashMap::new(), tty, done: 0, total: 0, failed: 0 }
+        Self { multi, header, bars: HashMap::new(), tty, done: 0, total: 0, failed: 0, needs_approval: false }
     }
 
     fn line(&self, text: String) {
@@ -54,6 +60,8 @@ impl Progress {
 
     fn add_steps(&mut self, steps: &[StepSpec]) {
         // A streamed plan shows its steps as they arrive; the whole plan adds only the rest.
+        // Ids are padded to the longest of this batch so the states line up.
+        let width = steps.iter().map(|s| s.id.as_str().chars().count()).max().unwrap_or(0).clamp(2, 16);
         for s in steps {
             if self.bars.contains_key(s.id.as_str()) {
                 continue;
@@ -68,7 +76,7 @@ impl Progress {
             ));
             let bar = self.multi.add(ProgressBar::new_spinner());
             bar.set_style(
-                ProgressStyle::with_template("  {prefix:>8} {spinner} {msg}")
+                ProgressStyle::with_template(&format!("  {{prefix:<{width}}} {{spinner}} {{wide_msg}}"))
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             bar.set_prefix(s.id.to_string());
@@ -95,7 +103,10 @@ impl Progress {
     /// Shows one event.
     pub fn event(&mut self, e: &RunEvent) {
         match &e.kind {
-            EventKind::RunSubmitted { task, .. } => self.line(format!("task: {task}")),
+            EventKind::RunSubmitted { task, options } => {
+                self.needs_approval = options.policy.require_approval;
+                self.line(format!("task: {task}"));
+            }
             EventKind::PlanStreamed { steps } => {
                 if self.bars.is_empty() {
                     self.line("plan (streaming)".into());
@@ -105,12 +116,21 @@ impl Progress {
             EventKind::PlanProposed { plan, revision, .. } => {
                 self.line(format!("plan (revision {revision}): {}", plan.goal));
                 self.add_steps(&plan.steps);
+                if self.needs_approval && self.tty {
+                    // Nothing changes until the answer; the question must stay readable.
+                    self.multi.set_draw_target(ProgressDrawTarget::hidden());
+                }
             }
-            EventKind::PlanApproved { edited } => self.line(if edited.is_some() {
-                "plan approved (edited)".into()
-            } else {
-                "plan approved".into()
-            }),
+            EventKind::PlanApproved { edited } => {
+                if self.needs_approval && self.tty {
+                    self.multi.set_draw_target(ProgressDrawTarget::stderr());
+                }
+                self.line(if edited.is_some() {
+                    "plan approved (edited)".into()
+                } else {
+                    "plan approved".into()
+                })
+            }
             EventKind::StepStarted { step, attempt } => {
                 let msg =
                     if *attempt > 1 { format!("running (attempt {attempt})") } else { "running".into() };

@@ -29,6 +29,7 @@ mod error;
 pub mod load;
 mod openapi;
 mod routes;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -63,6 +64,7 @@ pub struct ServerState {
     metrics: Option<MetricsHook>,
     keep_alive: Duration,
     shutdown: CancellationToken,
+    trace_url_template: Option<Arc<str>>,
 }
 
 impl ServerState {
@@ -77,6 +79,7 @@ impl ServerState {
             metrics: None,
             keep_alive: Duration::from_secs(15),
             shutdown: CancellationToken::new(),
+            trace_url_template: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl ServerState {
             .tokens(tokens)
             .max_body_bytes(config.max_body_bytes)
             .queue_limit(config.queue_limit)
+            .trace_url_template(config.trace_url_template.clone())
     }
 
     /// Bearer tokens accepted by the API; none turns auth off (loopback only, see [`check_bind`]).
@@ -119,6 +123,13 @@ impl ServerState {
         self
     }
 
+    /// The link from the web page to a run's trace, `{run_id}` replaced by the run's id (see
+    /// `[server] trace_url_template`); none hides the link.
+    pub fn trace_url_template(mut self, template: Option<String>) -> Self {
+        self.trace_url_template = template.map(Arc::from);
+        self
+    }
+
     /// The runtime served.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
@@ -135,12 +146,17 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/runs/{id}/approve", post(routes::approve))
         .route("/v1/runs/{id}/reject", post(routes::reject))
         .route("/v1/runs/{id}/cancel", post(routes::cancel))
+        .route("/v1/tools", get(routes::tools))
         .route("/metrics", get(routes::metrics))
+        .route("/ui/config.json", get(ui::config))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     let open = Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
-        .route("/openapi.json", get(routes::openapi));
+        .route("/openapi.json", get(routes::openapi))
+        // The web page and its assets hold no run data, so they are served without a token.
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset));
     protected
         .merge(open)
         .fallback(routes::no_route)

@@ -18,7 +18,7 @@ use super::routes;
     info(title = "stepwise", description = "Plan & Execute agent runtime: submit tasks, follow and steer their runs."),
     paths(
         routes::submit, routes::list, routes::get_run, routes::events, routes::approve, routes::reject,
-        routes::cancel, routes::healthz, routes::readyz, routes::metrics, routes::openapi,
+        routes::cancel, routes::healthz, routes::readyz, routes::tools, routes::metrics, routes::openapi,
     ),
     modifiers(&BearerAuth)
 )]

@@ -42,12 +42,15 @@ pub(crate) struct SubmitRequest {
     step_budget: Option<Value>,
     #[serde(default)]
     run_budget: Option<Value>,
+    /// The MCP servers the run may use (absent: all configured ones).
+    #[serde(default)]
+    mcp_servers: Option<Vec<String>>,
 }
 
 /// Submit a task: the run is committed before the 202 is sent.
 #[utoipa::path(
     post, path = "/v1/runs", tag = "runs",
-    request_body(content = Object, description = "`{\"task\": \"…\", \"require_approval\"?: bool, \"policy\"?: {…}, \"step_budget\"?: {…}, \"run_budget\"?: {…}}`; \
+    request_body(content = Object, description = "`{\"task\": \"…\", \"require_approval\"?: bool, \"policy\"?: {…}, \"step_budget\"?: {…}, \"run_budget\"?: {…}, \"mcp_servers\"?: [\"name\", …]}`; \
         options are merged key by key onto the service's defaults (schema: SubmitRequest)"),
     responses(
         (status = 202, description = "Accepted: `{\"id\", \"status\"}`", body = Object,
@@ -76,11 +79,12 @@ pub(crate) async fn submit(
     if live >= state.queue_limit {
         return Err(ServerError::TooManyRuns { live, limit: state.queue_limit });
     }
-    let handle = state
-        .runtime
-        .submit_with(task, options)
-        .await
-        .map_err(|e| ServerError::Unavailable(format!("could not accept the run: {e}")))?;
+    let handle = state.runtime.submit_with(task, options).await.map_err(|e| match e {
+        e @ crate::runtime::RuntimeError::UnknownMcpServer { .. } => {
+            ServerError::Unprocessable(e.to_string())
+        }
+        e => ServerError::Unavailable(format!("could not accept the run: {e}")),
+    })?;
     let id = handle.id().clone();
     let location = HeaderValue::from_str(&format!("/v1/runs/{id}"))
         .map_err(|e| ServerError::Internal(format!("run id is not a header value: {e}")))?;
@@ -107,6 +111,9 @@ fn merge_options(defaults: &RunOptions, req: &SubmitRequest) -> Result<RunOption
     let mut options: RunOptions = from_value(base)?;
     if let Some(a) = req.require_approval {
         options.policy.require_approval = a;
+    }
+    if let Some(servers) = &req.mcp_servers {
+        options.mcp_servers = Some(servers.clone());
     }
     Ok(options)
 }
@@ -381,17 +388,66 @@ pub(crate) async fn healthz() -> Json<Value> {
 #[utoipa::path(
     get, path = "/readyz", tag = "service",
     responses(
-        (status = 200, description = "`{\"status\": \"ready\"}`", body = Object),
-        (status = 503, description = "The run store does not answer", body = Object),
+        (status = 200, description = "`{\"status\": \"ready\", \"mcp_servers\"?: [{\"name\", \"state\", \"ready\", \"optional\", \"tools\", \"error\"?, \"problems\"?}]}`", body = Object),
+        (status = 503, description = "The run store does not answer, or a required MCP server is not connected", body = Object),
     )
 )]
 pub(crate) async fn readyz(State(state): AppState) -> Result<Json<Value>, ServerError> {
     let query = ListQuery { limit: 1, ..ListQuery::default() };
     match tokio::time::timeout(Duration::from_secs(2), state.runtime.store().list(&query)).await {
-        Ok(Ok(_)) => Ok(Json(json!({"status": "ready"}))),
+        Ok(Ok(_)) => {
+            // Each MCP server's state; a required one that is not connected makes the service unready.
+            let servers = state.runtime.tool_sources();
+            if servers.is_empty() {
+                return Ok(Json(json!({"status": "ready"})));
+            }
+            let down: Vec<&str> =
+                servers.iter().filter(|s| !s.ready && !s.optional).map(|s| s.name.as_str()).collect();
+            if down.is_empty() {
+                Ok(Json(json!({"status": "ready", "mcp_servers": servers})))
+            } else {
+                Err(ServerError::Unavailable(format!(
+                    "MCP server(s) not connected: {}; states: {}",
+                    down.join(", "),
+                    json!(servers)
+                )))
+            }
+        }
         Ok(Err(e)) => Err(ServerError::Unavailable(format!("run store: {e}"))),
         Err(_) => Err(ServerError::Unavailable("run store did not answer within 2 s".into())),
     }
+}
+
+/// Every tool runs may be offered now: the fixed tools and each MCP server's (with the hints
+/// of its annotations, and which server it comes from).
+#[utoipa::path(
+    get, path = "/v1/tools", tag = "service",
+    responses(
+        (status = 200, description = "`{\"tools\": [{\"name\", \"description\", \"parameters\", \"idempotent\", \"hints\", \"mcp_server\"?}]}`", body = Object),
+        (status = 401, description = "Missing or wrong bearer token", body = Object),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn tools(State(state): AppState) -> Json<Value> {
+    let registry = state.runtime.tools();
+    let tools: Vec<Value> = registry
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let tool = registry.get(&name)?;
+            let server =
+                registry.sources().iter().find(|s| s.tool(&name).is_some()).map(|s| s.name().to_owned());
+            Some(json!({
+                "name": name,
+                "description": tool.description(),
+                "parameters": tool.parameters(),
+                "idempotent": tool.idempotent(),
+                "hints": tool.hints(),
+                "mcp_server": server,
+            }))
+        })
+        .collect();
+    Json(json!({"tools": tools}))
 }
 
 /// Prometheus metrics (text exposition format 0.0.4).

@@ -12,6 +12,8 @@ pub struct ToolsConfig {
     pub files: FilesConfig,
     /// `http_get`.
     pub http_get: HttpGetConfig,
+    /// MCP servers whose tools are offered (`[[tools.mcp.servers]]`).
+    pub mcp: super::mcp::McpConfig,
 }
 
 /// `run_command` settings.

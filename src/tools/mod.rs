@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 pub mod fs;
 pub mod http;
+pub mod mcp;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -97,20 +98,90 @@ pub trait Tool: Send + Sync + 'static {
     fn idempotent(&self) -> bool {
         false
     }
+    /// What the tool says about its side effects (MCP tool annotations); all unknown by default.
+    fn hints(&self) -> ToolHints {
+        ToolHints::default()
+    }
     /// Runs the tool. The returned text is the model's observation.
     async fn call(&self, args: serde_json::Value, ctx: &ToolContext) -> Result<String, ToolError>;
 }
 
-/// The tools available to a runtime, by name.
+/// Hints a tool gives about its side effects, as MCP tool annotations carry them. They are
+/// hints from the tool's author, shown to people (the API's tool listing), never trusted for
+/// security decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, JsonSchema)]
+pub struct ToolHints {
+    /// The tool does not change its environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// The tool may destroy or overwrite things (meaningful when not read-only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destructive: Option<bool>,
+    /// Calling it again with the same arguments has no further effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+    /// The tool reaches an open world (the web, other systems) rather than a closed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_world: Option<bool>,
+}
+
+/// A named set of tools that may change while the runtime runs: one MCP server's tools, which
+/// come and go with the server's `notifications/tools/list_changed`. Runs may be narrowed to some
+/// sources by name ([`crate::options::RunOptions::mcp_servers`]).
+pub trait ToolSource: Send + Sync + 'static {
+    /// The source's name (an MCP server's configured name).
+    fn name(&self) -> &str;
+    /// The tools it offers now.
+    fn tools(&self) -> Vec<Arc<dyn Tool>>;
+    /// The tool called `name`, if it offers it now.
+    fn tool(&self, name: &str) -> Option<Arc<dyn Tool>>;
+    /// Its state, for readiness checks and the API.
+    fn status(&self) -> SourceStatus;
+}
+
+/// The state of a [`ToolSource`], as `/readyz` reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, JsonSchema)]
+pub struct SourceStatus {
+    /// The source's name.
+    pub name: String,
+    /// `connecting`, `ready`, `reconnecting` or `stopped`.
+    pub state: String,
+    /// Whether its tools can be called now.
+    pub ready: bool,
+    /// An optional source being down does not make the service unready.
+    pub optional: bool,
+    /// How many tools it offers now.
+    pub tools: usize,
+    /// Why it is not ready, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Tools it listed but that are not offered (invalid schema, clashing name…), each with why.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub problems: Vec<String>,
+}
+
+/// The tools available to a runtime, by name: fixed tools, plus the tools of each
+/// [`ToolSource`] as they are at the moment of asking.
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
     tools: BTreeMap<String, Arc<dyn Tool>>,
+    sources: Vec<Arc<dyn ToolSource>>,
 }
 
 impl std::fmt::Debug for ToolRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.tools.keys()).finish()
+        f.debug_struct("ToolRegistry")
+            .field("tools", &self.tools.keys().collect::<Vec<_>>())
+            .field("sources", &self.sources.iter().map(|s| s.name()).collect::<Vec<_>>())
+            .finish()
     }
+}
+
+/// Which tool sources a run may use: `None` for all of them, or the names of those it may use.
+pub type SourceScope<'a> = Option<&'a [String]>;
+
+fn in_scope(scope: SourceScope<'_>, source: &str) -> bool {
+    scope.is_none_or(|names| names.iter().any(|n| n == source))
 }
 
 impl ToolRegistry {
@@ -131,33 +202,80 @@ impl ToolRegistry {
         self
     }
 
-    /// The tool called `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Tool>> {
-        self.tools.get(name)
+    /// Adds a source of tools that may change at run time (an MCP server).
+    pub fn add_source(&mut self, source: Arc<dyn ToolSource>) -> &mut Self {
+        self.sources.push(source);
+        self
     }
 
-    /// Every tool name, sorted.
-    pub fn names(&self) -> Vec<&str> {
-        self.tools.keys().map(String::as_str).collect()
+    /// The sources, in the order they were added.
+    pub fn sources(&self) -> &[Arc<dyn ToolSource>] {
+        &self.sources
     }
 
-    /// The schemas the model sees.
+    /// The tool called `name`, fixed or from any source.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        self.get_in(name, None).ok()
+    }
+
+    /// Every tool name, sorted (the sources' tools as they are now).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tools.keys().cloned().collect();
+        names.extend(self.sources.iter().flat_map(|s| s.tools()).map(|t| t.name().to_owned()));
+        names.sort();
+        names
+    }
+
+    /// The schemas the model sees: every tool.
     pub fn specs(&self) -> Vec<ToolSpec> {
-        self.tools
-            .values()
-            .map(|t| ToolSpec {
-                name: t.name().to_owned(),
-                description: t.description().to_owned(),
-                parameters: Arc::new(t.parameters()),
-            })
+        let mut specs = self.fixed_specs();
+        specs.extend(self.source_specs(None));
+        specs
+    }
+
+    /// The schemas of the fixed tools (those not from a source), which never change.
+    pub fn fixed_specs(&self) -> Vec<ToolSpec> {
+        self.tools.values().map(|t| spec_of(t.as_ref())).collect()
+    }
+
+    /// The schemas of the sources' tools that `scope` lets a run use, as they are now.
+    pub fn source_specs(&self, scope: SourceScope<'_>) -> Vec<ToolSpec> {
+        self.sources
+            .iter()
+            .filter(|s| in_scope(scope, s.name()))
+            .flat_map(|s| s.tools())
+            .map(|t| spec_of(t.as_ref()))
             .collect()
     }
 
     /// Looks `name` up, or says which tools exist.
-    pub fn lookup(&self, name: &str) -> Result<&Arc<dyn Tool>, ToolError> {
-        self.get(name)
-            .ok_or_else(|| ToolError::Unknown { name: name.to_owned(), available: self.names().join(", ") })
+    pub fn lookup(&self, name: &str) -> Result<Arc<dyn Tool>, ToolError> {
+        self.get_in(name, None)
     }
+
+    /// Looks `name` up among the tools a run with `scope` may use. A tool of a source the run may
+    /// not use is refused as denied, naming the source, rather than reported unknown.
+    pub fn get_in(&self, name: &str, scope: SourceScope<'_>) -> Result<Arc<dyn Tool>, ToolError> {
+        if let Some(tool) = self.tools.get(name) {
+            return Ok(tool.clone());
+        }
+        for source in &self.sources {
+            if let Some(tool) = source.tool(name) {
+                if !in_scope(scope, source.name()) {
+                    return Err(ToolError::Denied(format!(
+                        "tool {name:?} belongs to MCP server {:?}, which this run may not use",
+                        source.name()
+                    )));
+                }
+                return Ok(tool);
+            }
+        }
+        Err(ToolError::Unknown { name: name.to_owned(), available: self.names().join(", ") })
+    }
+}
+
+fn spec_of(t: &dyn Tool) -> ToolSpec {
+    ToolSpec { name: t.name().to_owned(), description: t.description().to_owned(), parameters: Arc::new(t.parameters()) }
 }
 
 /// The JSON Schema of `T`, as tool parameters.
