@@ -160,11 +160,26 @@ pub struct TelemetryConfig {
     pub record_content: bool,
     /// Longest content recorded per attribute, in bytes.
     pub max_content_bytes: usize,
+    /// How log lines on stderr look: `text` (coloured only on a terminal) or `json` (one object
+    /// a line, for a service's log collector).
+    pub log_format: LogFormat,
+}
+
+/// How log lines on stderr are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
+            log_format: LogFormat::Text,
             otlp_endpoint: None,
             otlp_protocol: "http/protobuf".into(),
             service_name: "stepwise".into(),
@@ -691,6 +706,17 @@ mod tests {
         assert!(err.to_string().contains("policy.max_retries` is a value"), "{err}");
         let err = Config::default().apply_env(env(&[("STEPWISE_POLICY____X", "1")])).unwrap_err();
         assert!(err.to_string().contains("STEPWISE_POLICY____X"), "{err}");
+    }
+
+    #[test]
+    fn mcp_servers_parse_and_a_bad_one_is_named() {
+        let text = "[[tools.mcp.servers]]\nname = \"fs\"\ncommand = \"npx\"\nargs = [\"-y\", \"pkg\"]\n\n[[tools.mcp.servers]]\nname = \"web\"\nurl = \"ftp://x/\"\n";
+        let config = Config::from_toml_str(text, "test").unwrap();
+        assert_eq!(config.tools.mcp.servers[0].args, ["-y", "pkg"]);
+        match config.validate() {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "tools.mcp.servers[\"web\"].url"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

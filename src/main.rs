@@ -47,16 +47,22 @@ fn telemetry_config(cli: &Cli) -> stepwise::config::TelemetryConfig {
     let path = match &cli.command {
         Command::Run(args) => args.model.config.as_deref(),
         Command::Serve(args) => args.model.config.as_deref(),
+        Command::Mcp(args) => args.model.config.as_deref(),
         Command::Runs(args) => args.config.as_deref(),
         Command::Bench(_) => None,
     };
-    Config::load(path).map(|c| c.telemetry).unwrap_or_default()
+    let mut telemetry = Config::load(path).map(|c| c.telemetry).unwrap_or_default();
+    if let Some(format) = cli.log_format {
+        telemetry.log_format = format;
+    }
+    telemetry
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => cli::run::run(args).await,
         Command::Serve(args) => cli::serve::serve(args).await,
+        Command::Mcp(args) => cli::mcp::mcp(args).await,
         Command::Runs(args) => cli::runs::runs(args).await,
         Command::Bench(args) => {
             let report = cli::bench::run(&args).await?;

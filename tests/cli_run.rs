@@ -97,3 +97,35 @@ fn a_bad_config_key_is_an_error_that_names_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("max_retrys") && stderr.contains("bad.toml"), "{stderr}");
 }
+
+fn stepwise_logging(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(args)
+        .current_dir(dir)
+        .env("STEPWISE_RUNTIME__DATA_DIR", dir.join("data"))
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes_and_json_logs_are_one_object_a_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fixture(dir);
+    let text = stepwise_logging(dir, &["run", "log task", "--script", "script.json"]);
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(text.status.success(), "{stderr}");
+    assert!(stderr.contains("DEBUG"), "the test needs log lines: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "escape codes in a piped log: {stderr:?}");
+
+    let json = stepwise_logging(dir, &["--log-format", "json", "run", "log task", "--script", "script.json"]);
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    assert!(json.status.success(), "{stderr}");
+    let logs: Vec<Value> =
+        stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!logs.is_empty(), "no JSON log lines: {stderr}");
+    assert!(logs.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()), "{logs:?}");
+    assert!(!stderr.contains(" DEBUG "), "text lines beside the JSON ones: {stderr}");
+}

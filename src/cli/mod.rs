@@ -2,6 +2,7 @@
 //! command that runs tasks.
 
 pub mod bench;
+pub mod mcp;
 pub mod progress;
 pub mod run;
 pub mod runs;
@@ -24,6 +25,10 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr as `text` (coloured only on a terminal) or `json` (one object a line,
+    /// for services); overrides `[telemetry] log_format`.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<stepwise::config::LogFormat>,
 }
 
 /// Subcommands.
@@ -37,6 +42,19 @@ pub enum Command {
     Runs(RunsArgs),
     /// Measure the runtime: prints one JSON object per scenario.
     Bench(BenchArgs),
+    /// Serve stepwise as an MCP server over stdio (start runs, follow and steer them).
+    Mcp(McpArgs),
+}
+
+/// `stepwise mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Data directory: the SQLite store and the run workspaces (overrides `[runtime] data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Shared model flags.
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 /// `stepwise bench`.

@@ -23,7 +23,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use super::metrics::{self, Metrics};
-use crate::config::TelemetryConfig;
+use crate::config::{LogFormat, TelemetryConfig};
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -300,7 +300,14 @@ pub fn init_with(
     let log_filter = env("RUST_LOG")
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(log_filter);
+    // Colour codes belong on a terminal, never in a log file or a collector's pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt = match cfg.log_format {
+        LogFormat::Text => text.boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    }
+    .with_filter(log_filter);
     let pipeline = build_pipeline(&settings)?;
     let otel = pipeline.as_ref().map(|p| p.layer());
     tracing_subscriber::registry()
