@@ -179,6 +179,29 @@ fn approving_a_plan_runs_it_and_the_dag_turns_completed_live() {
     }
 }
 
+/// 10 layers of 5 steps, each depending on every step of the layer before.
+fn fifty_step_script() -> Value {
+    let steps: Vec<Value> = (0..50)
+        .map(|i| {
+            let layer = i / 5;
+            let deps: Vec<String> =
+                if layer == 0 { vec![] } else { (0..5).map(|j| format!("l{}s{j}", layer - 1)).collect() };
+            let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+            step(&format!("l{layer}s{}", i % 5), &format!("Check part {i} of the release"), &deps)
+        })
+        .collect();
+    json!({"planner": [plan(Value::Array(steps))], "executor": ["checked"], "synthesizer": ["All fifty parts checked."]})
+}
+
+#[test]
+fn a_fifty_step_run_is_drawn_without_overlaps_and_its_page_time_is_reported() {
+    let serve = Serve::start(&fifty_step_script(), None, "");
+    let out = scenario("large", &serve.base, &[]);
+    // The figure for the README and the closing note; `cargo test -- --nocapture` shows it.
+    println!("{}", out.trim());
+    assert!(out.contains("page shown in"), "{out}");
+}
+
 #[test]
 fn an_edit_into_a_cycle_shows_the_servers_error_at_the_step_and_a_valid_edit_runs() {
     let script = json!({
