@@ -125,8 +125,9 @@ pub struct ServerConfig {
     /// On SIGTERM, how long running runs may take to finish before the process exits anyway
     /// (what is left resumes from the store on the next start), in seconds.
     pub drain_secs: u64,
-    /// The web page's link to a run's trace, `{run_id}` replaced by the run's id (e.g. a Jaeger
-    /// search on the `stepwise.run.id` tag); no link when unset.
+    /// The web page's link to a run's trace: `{trace_id}` is replaced by the run's trace id (its
+    /// run id's 32 hex digits, e.g. Jaeger's `…/trace/{trace_id}`), `{run_id}` by the run id; no
+    /// link when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_url_template: Option<String>,
 }
@@ -394,8 +395,9 @@ impl Config {
         }
         self.validate_executors()?;
         if let Some(t) = &self.server.trace_url_template {
-            if !(t.starts_with("http://") || t.starts_with("https://")) || !t.contains("{run_id}") {
-                return invalid("server.trace_url_template", "must be an http(s) URL containing {run_id}");
+            let names_run = t.contains("{trace_id}") || t.contains("{run_id}");
+            if !(t.starts_with("http://") || t.starts_with("https://")) || !names_run {
+                return invalid("server.trace_url_template", "must be an http(s) URL containing {trace_id} or {run_id}");
             }
         }
         if self.runtime.data_dir.as_os_str().is_empty() {

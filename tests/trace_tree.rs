@@ -29,7 +29,11 @@ struct Capture {
 impl Capture {
     fn install() -> Self {
         let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        // The id generator stepwise's own pipeline installs: a run's trace id is its id.
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .with_id_generator(stepwise::telemetry::RunTraceIds::default())
+            .build();
         // The same per-layer filter `telemetry::init` uses, so parenting is tested through it.
         let layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("test"))
@@ -323,6 +327,12 @@ async fn concurrent_runs_never_share_a_trace() {
         assert_eq!(roots.len(), 1);
         let ids: HashSet<String> = group.iter().filter_map(|s| attr(s, "stepwise.run.id")).collect();
         assert_eq!(ids.len(), 1, "spans of several runs in one trace: {ids:?}");
+        let run = stepwise::run::RunId(ids.iter().next().unwrap().clone());
+        assert_eq!(
+            roots[0].span_context.trace_id(),
+            stepwise::telemetry::trace_id_of(&run),
+            "trace id = run id"
+        );
         seen_runs.extend(ids);
         let in_group: HashSet<SpanId> = group.iter().map(|s| s.span_context.span_id()).collect();
         for s in group.iter().filter(|s| s.name != "stepwise.run") {

@@ -169,7 +169,8 @@ fn diamond_script() -> Value {
 
 #[test]
 fn approving_a_plan_runs_it_and_the_dag_turns_completed_live() {
-    let serve = Serve::start(&diamond_script(), None, "");
+    let trace = "[server]\ntrace_url_template = \"http://127.0.0.1:9/trace/{trace_id}\"\n";
+    let serve = Serve::start(&diamond_script(), None, trace);
     scenario("approve", &serve.base, &[]);
     let shot = artifacts().join("run-page.png");
     assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000), "{} was not saved", shot.display());
@@ -297,13 +298,14 @@ async fn the_page_is_open_and_strict_and_its_config_needs_the_token() {
     assert!(v["trace_url_template"].as_str().unwrap().contains("{run_id}"), "{v}");
 }
 
-/// A template without `{run_id}` (or not http) is a configuration error naming the key.
+/// A template naming neither `{trace_id}` nor `{run_id}` (or not http) is a configuration error
+/// naming the key.
 #[test]
-fn a_trace_template_without_run_id_is_refused_at_start() {
+fn a_trace_template_naming_no_id_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("c.toml"),
-        "[server]\ntrace_url_template = \"http://jaeger/trace/{trace_id}\"\n",
+        "[server]\ntrace_url_template = \"http://jaeger/trace/\"\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_stepwise"))

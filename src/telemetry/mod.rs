@@ -28,6 +28,7 @@
 //! keys in request headers, which no span or log sees.
 
 mod export;
+mod ids;
 pub mod metrics;
 
 use crate::text::clip;
@@ -46,6 +47,8 @@ pub use export::{
     ExportSettings, OtlpPipeline, OtlpProtocol, TelemetryError, TelemetryGuard, build_pipeline, init,
     init_with, otel_filter,
 };
+pub use ids::{RunTraceIds, trace_id_of};
+pub(crate) use ids::with_trace_id;
 pub use metrics::prometheus_text;
 
 use crate::config::TelemetryConfig;

@@ -50,6 +50,10 @@ await run('approve', async ({ page }) => {
   expect(output.includes('Release report') && output.includes('five'), `output: ${output}`);
   expect(await page.$('#output table td'), 'the Markdown table is rendered');
   expect((await page.textContent('#revisions')).includes('Revision 1'), 'revision 1 listed');
+  // The trace link names the run's trace id: its run id's hex digits.
+  const runId = decodeURIComponent(await page.evaluate(() => location.hash.split('/')[2]));
+  const href = await page.getAttribute('#trace-link', 'href');
+  expect(href === `http://127.0.0.1:9/trace/${runId.replaceAll('-', '')}`, `trace link: ${href} for run ${runId}`);
   await screenshot(page, 'run-page');
 
   // The runs list shows it completed with its step count and usage.

@@ -6,18 +6,26 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::run::RunState;
 use crate::run::machine::{ServiceRequest, StepAssignment};
+use crate::telemetry;
 
 /// The run's root span: every run is its own trace, whatever span is current where the
 /// tracker starts.
+///
+/// Its trace id is the run's id (see `telemetry::RunTraceIds`), so the span is started here,
+/// where that id is set, and a restarted tracker's span joins the same trace.
 pub(super) fn run(run: &RunState) -> tracing::Span {
-    tracing::info_span!(
-        parent: None,
-        "stepwise.run",
-        stepwise.run.id = %run.id,
-        stepwise.task = %run.task,
-        stepwise.run.status = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    )
+    telemetry::with_trace_id(telemetry::trace_id_of(&run.id), || {
+        let span = tracing::info_span!(
+            parent: None,
+            "stepwise.run",
+            stepwise.run.id = %run.id,
+            stepwise.task = %run.task,
+            stepwise.run.status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let _started = span.context();
+        span
+    })
 }
 
 /// The span of a service request; a replan after a failure links to the failed attempt.

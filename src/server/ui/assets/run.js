@@ -81,7 +81,7 @@ export function runView(main, runId, { config, onError }) {
     const done = steps.filter((r) => r.status === 'completed').length;
     const failed = steps.filter((r) => r.status === 'failed').length;
     const trace = config.trace_url_template && /^https?:\/\//.test(config.trace_url_template)
-      ? h('a', { id: 'trace-link', href: config.trace_url_template.replaceAll('{run_id}', encodeURIComponent(runId)), target: '_blank', rel: 'noopener noreferrer', text: 'Trace ↗' })
+      ? h('a', { id: 'trace-link', href: traceUrl(config.trace_url_template, runId), target: '_blank', rel: 'noopener noreferrer', text: 'Trace ↗' })
       : null;
     const cancel = model.terminal
       ? null
@@ -264,4 +264,10 @@ export function runView(main, runId, { config, onError }) {
     clearInterval(tick);
     if (frame) cancelAnimationFrame(frame);
   };
+}
+
+/** The run's trace link: its trace id is its run id's hex digits (stepwise's id generator). */
+function traceUrl(template, runId) {
+  const traceId = runId.replaceAll('-', '').toLowerCase();
+  return template.replaceAll('{trace_id}', encodeURIComponent(traceId)).replaceAll('{run_id}', encodeURIComponent(runId));
 }
