@@ -397,7 +397,10 @@ impl Config {
         if let Some(t) = &self.server.trace_url_template {
             let names_run = t.contains("{trace_id}") || t.contains("{run_id}");
             if !(t.starts_with("http://") || t.starts_with("https://")) || !names_run {
-                return invalid("server.trace_url_template", "must be an http(s) URL containing {trace_id} or {run_id}");
+                return invalid(
+                    "server.trace_url_template",
+                    "must be an http(s) URL containing {trace_id} or {run_id}",
+                );
             }
         }
         if self.runtime.data_dir.as_os_str().is_empty() {

@@ -303,11 +303,8 @@ async fn the_page_is_open_and_strict_and_its_config_needs_the_token() {
 #[test]
 fn a_trace_template_naming_no_id_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("c.toml"),
-        "[server]\ntrace_url_template = \"http://jaeger/trace/\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[server]\ntrace_url_template = \"http://jaeger/trace/\"\n")
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_stepwise"))
         .args([
             "serve",

@@ -208,12 +208,11 @@ pub fn build_pipeline(settings: &ExportSettings) -> Result<Option<OtlpPipeline>,
     };
     let batch = BatchConfigBuilder::default().with_max_queue_size(settings.max_queue_size).build();
     let processor = BatchSpanProcessor::builder(spans).with_batch_config(batch).build();
-    let tracer_provider =
-        SdkTracerProvider::builder()
-            .with_resource(resource.clone())
-            .with_span_processor(processor)
-            .with_id_generator(super::RunTraceIds::default())
-            .build();
+    let tracer_provider = SdkTracerProvider::builder()
+        .with_resource(resource.clone())
+        .with_span_processor(processor)
+        .with_id_generator(super::RunTraceIds::default())
+        .build();
     Ok(Some(OtlpPipeline { tracer_provider, metrics: Metrics::new(resource, Some(metric_exporter)) }))
 }
 

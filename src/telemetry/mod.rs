@@ -47,8 +47,8 @@ pub use export::{
     ExportSettings, OtlpPipeline, OtlpProtocol, TelemetryError, TelemetryGuard, build_pipeline, init,
     init_with, otel_filter,
 };
-pub use ids::{RunTraceIds, trace_id_of};
 pub(crate) use ids::with_trace_id;
+pub use ids::{RunTraceIds, trace_id_of};
 pub use metrics::prometheus_text;
 
 use crate::config::TelemetryConfig;
