@@ -716,6 +716,7 @@ async fn openapi_lists_every_route_with_its_methods_and_statuses() {
         ("/v1/runs/{id}/cancel", "post", &["200", "404", "409"]),
         ("/healthz", "get", &["200"]),
         ("/readyz", "get", &["200", "503"]),
+        ("/v1/tools", "get", &["200", "401"]),
         ("/metrics", "get", &["200", "401", "404"]),
         ("/openapi.json", "get", &["200"]),
     ];
@@ -726,7 +727,7 @@ async fn openapi_lists_every_route_with_its_methods_and_statuses() {
             assert!(op["responses"][st].is_object(), "{method} {path} lacks {st}");
         }
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 10);
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 11);
     for name in ["RunResult", "RunEvent", "RunSummary", "PlanSpec", "RunOptions", "Error", "SubmitRequest"] {
         assert!(doc["components"]["schemas"][name].is_object(), "schema {name}");
     }

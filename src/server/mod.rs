@@ -149,6 +149,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/tools", get(routes::tools))
         .route("/metrics", get(routes::metrics))
         .route("/ui/config.json", get(ui::config))
+        .nest_service("/mcp", mcp_service(&state))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     let open = Router::new()
         .route("/healthz", get(routes::healthz))
@@ -163,6 +164,29 @@ pub fn router(state: ServerState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
+}
+
+/// stepwise as an MCP server over streamable HTTP (`/mcp`), behind the API's bearer tokens.
+fn mcp_service(
+    state: &ServerState,
+) -> rmcp::transport::StreamableHttpService<
+    crate::tools::mcp::expose::StepwiseMcp,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    // Open sessions (and their SSE streams) end when the server shuts down.
+    let mut config = rmcp::transport::StreamableHttpServerConfig::default()
+        .with_cancellation_token(state.shutdown.child_token());
+    // The Host check guards a token-less loopback server against DNS rebinding; with tokens a
+    // request needs one anyway, and the service may be reached by any name.
+    if !state.tokens.is_empty() {
+        config = config.disable_allowed_hosts();
+    }
+    let runtime = state.runtime.clone();
+    rmcp::transport::StreamableHttpService::new(
+        move || Ok(crate::tools::mcp::expose::StepwiseMcp::new(runtime.clone())),
+        Default::default(),
+        config,
+    )
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, ends open

@@ -275,7 +275,11 @@ impl ToolRegistry {
 }
 
 fn spec_of(t: &dyn Tool) -> ToolSpec {
-    ToolSpec { name: t.name().to_owned(), description: t.description().to_owned(), parameters: Arc::new(t.parameters()) }
+    ToolSpec {
+        name: t.name().to_owned(),
+        description: t.description().to_owned(),
+        parameters: Arc::new(t.parameters()),
+    }
 }
 
 /// The JSON Schema of `T`, as tool parameters.
@@ -444,6 +448,53 @@ mod tests {
         );
         assert!(err.to_string().contains("\"rm_rf\""));
         assert!(tools.lookup("read_file").is_ok());
+    }
+
+    /// A source whose tools are whatever the test puts in it.
+    struct FakeSource(String, std::sync::Mutex<Vec<Arc<dyn Tool>>>);
+
+    impl ToolSource for FakeSource {
+        fn name(&self) -> &str {
+            &self.0
+        }
+        fn tools(&self) -> Vec<Arc<dyn Tool>> {
+            self.1.lock().unwrap().clone()
+        }
+        fn tool(&self, name: &str) -> Option<Arc<dyn Tool>> {
+            self.tools().into_iter().find(|t| t.name() == name)
+        }
+        fn status(&self) -> SourceStatus {
+            SourceStatus {
+                name: self.0.clone(),
+                state: "ready".into(),
+                ready: true,
+                optional: false,
+                tools: self.tools().len(),
+                error: None,
+                problems: vec![],
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sources_tools_follow_their_current_list_and_the_runs_scope() {
+        let mut tools = builtin_registry(&ToolsConfig::default());
+        let source = Arc::new(FakeSource("srv".into(), Default::default()));
+        tools.add_source(source.clone());
+        assert!(tools.get("srv__a").is_none());
+        let a: Arc<dyn Tool> =
+            Arc::new(typed_tool("srv__a", "A", |_: Add, _ctx| async { Ok("a".to_owned()) }));
+        source.1.lock().unwrap().push(a);
+        // Added after the registry was built, and seen at once.
+        assert!(tools.names().contains(&"srv__a".to_owned()));
+        assert_eq!(tools.fixed_specs().len(), 4);
+        assert_eq!(tools.specs().len(), 5);
+        assert_eq!(tools.source_specs(Some(&["other".to_owned()])).len(), 0);
+        assert_eq!(tools.source_specs(Some(&["srv".to_owned()])).len(), 1);
+        assert!(tools.get_in("srv__a", None).is_ok());
+        assert!(tools.get_in("read_file", Some(&[])).is_ok(), "fixed tools are not scoped");
+        let Err(denied) = tools.get_in("srv__a", Some(&[])) else { panic!("out of scope") };
+        assert!(matches!(&denied, ToolError::Denied(m) if m.contains("\"srv\"")), "{denied:?}");
     }
 
     #[derive(serde::Deserialize, JsonSchema)]

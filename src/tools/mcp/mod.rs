@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod content;
+pub mod expose;
 pub mod server;
 pub mod tool;
 mod transport;

@@ -304,7 +304,7 @@ impl McpServer {
                 break;
             }
             match outcome {
-                // The connection was up and ended: try again at once.
+                // The connection was up and ended: start the backoff over.
                 Ok(()) => attempt = 0,
                 Err(error) => {
                     attempt += 1;
@@ -316,12 +316,14 @@ impl McpServer {
                 }
             }
             self.set_state(State::Reconnecting);
-            if attempt > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff(attempt)) => {}
-                    _ = self.core.wake.notified() => {}
-                    _ = self.stop.cancelled() => {}
-                }
+            // Even after a connection that worked, pause a little: a server that accepts and
+            // then dies at once must not be restarted in a tight loop. A waiting call cuts the
+            // pause short.
+            let pause = if attempt == 0 { FIRST_BACKOFF } else { backoff(attempt) };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.core.wake.notified() => {}
+                _ = self.stop.cancelled() => {}
             }
         }
         self.core.live.send_replace(None);
