@@ -291,7 +291,8 @@ impl AnthropicModel {
             Some(sink) => {
                 body["stream"] = json!(true);
                 let never = |_: u16, _: &str| false;
-                post_streamed(&self.http, &self.url, &body, &never, AnthropicEvents::new(tool), sink).await?
+                let bytes = super::http::json_bytes(&body)?;
+                post_streamed(&self.http, &self.url, bytes, &never, AnthropicEvents::new(tool), sink).await?
             }
         };
         self.parse_response(v, tool)

@@ -12,7 +12,7 @@
 use crate::text::clip;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
 use super::LlmError;
@@ -115,10 +115,20 @@ impl HttpTransport {
         body: &Value,
         give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
     ) -> Result<Value, HttpFailure> {
-        let shown = display_url(url);
-        self.retrying(&shown, || async {
-            match self.open(url, &shown, body, give_up).await {
-                Attempt::Done(response) => self.read_json(response, &shown).await,
+        self.post_bytes_with(url, json_bytes(body)?, give_up).await
+    }
+
+    /// Like [`Self::post_json_with`] with a body already encoded as JSON, so a provider can write
+    /// it straight from its request without building a `Value` first.
+    pub async fn post_bytes_with(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
+    ) -> Result<Value, HttpFailure> {
+        self.retrying(url, || async {
+            match self.open(url, &body, give_up).await {
+                Attempt::Done(response) => self.read_json(response, url).await,
                 Attempt::Final(f) => Attempt::Final(f),
                 Attempt::Retry { failure, retry_after } => Attempt::Retry { failure, retry_after },
             }
@@ -126,20 +136,20 @@ impl HttpTransport {
         .await
     }
 
-    /// POSTs `body` and reads a server-sent-events answer, handing each event's `data` to
-    /// `on_data` as it arrives; `on_data` returns `false` to stop reading (e.g. at `[DONE]`).
-    /// Connecting and error statuses are retried per the policy, as for [`Self::post_json_with`];
-    /// once events flow, a broken stream is final (what was handed on cannot be taken back).
+    /// POSTs `body` (JSON bytes) and reads a server-sent-events answer, handing each event's
+    /// `data` to `on_data` as it arrives; `on_data` returns `false` to stop reading (e.g. at
+    /// `[DONE]`). Connecting and error statuses are retried per the policy, as for
+    /// [`Self::post_json_with`]; once events flow, a broken stream is final (what was handed on
+    /// cannot be taken back).
     pub async fn post_sse(
         &self,
         url: &str,
-        body: &Value,
+        body: Vec<u8>,
         give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
         on_data: &mut (dyn FnMut(&str) -> bool + Send),
     ) -> Result<(), HttpFailure> {
         use futures::StreamExt;
-        let shown = display_url(url);
-        let response = self.retrying(&shown, || self.open(url, &shown, body, give_up)).await?;
+        let response = self.retrying(url, || self.open(url, &body, give_up)).await?;
         let is_json = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -147,16 +157,16 @@ impl HttpTransport {
             .is_some_and(|v| v.starts_with("application/json"));
         if is_json {
             // A server that does not stream answers whole: one event carrying the whole answer.
-            let text = response.text().await.map_err(|e| self.stream_failure(&shown, e))?;
+            let text = response.text().await.map_err(|e| self.stream_failure(url, e))?;
             on_data(&text);
             return Ok(());
         }
         let mut stream = response.bytes_stream();
         let mut events = SseDecoder::default();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.stream_failure(&shown, e))?;
+            let chunk = chunk.map_err(|e| self.stream_failure(url, e))?;
             let datas = events.push(&chunk).map_err(|error| HttpFailure {
-                error: LlmError::InvalidResponse(format!("stream from {shown}: {error}")),
+                error: LlmError::InvalidResponse(format!("stream from {}: {error}", display_url(url))),
                 body: None,
             })?;
             for data in datas {
@@ -169,7 +179,7 @@ impl HttpTransport {
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retries are used up.
-    async fn retrying<T, F>(&self, shown: &str, attempt: impl Fn() -> F) -> Result<T, HttpFailure>
+    async fn retrying<T, F>(&self, url: &str, attempt: impl Fn() -> F) -> Result<T, HttpFailure>
     where
         F: std::future::Future<Output = Attempt<T>>,
     {
@@ -189,7 +199,7 @@ impl HttpTransport {
             };
             retries += 1;
             tracing::warn!(
-                url = %shown,
+                url = %display_url(url),
                 error = %failure.error,
                 retry = retries,
                 max_retries = self.policy.max_retries,
@@ -204,14 +214,21 @@ impl HttpTransport {
     async fn open(
         &self,
         url: &str,
-        shown: &str,
-        body: &Value,
+        body: &[u8],
         give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
     ) -> Attempt<reqwest::Response> {
-        let sent = self.client.post(url).headers(self.headers.clone()).json(body).send().await;
+        // A copy per attempt (a few KiB) keeps the body for a retry.
+        let sent = self
+            .client
+            .post(url)
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body.to_vec())
+            .send()
+            .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return self.send_error(shown, e),
+            Err(e) => return self.send_error(url, e),
         };
         let status = response.status();
         if status.is_success() {
@@ -224,7 +241,7 @@ impl HttpTransport {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let text = match response.text().await {
             Ok(t) => t,
-            Err(e) => return self.send_error(shown, e),
+            Err(e) => return self.send_error(url, e),
         };
         let text = self.redact(text);
         let code = status.as_u16();
@@ -240,45 +257,54 @@ impl HttpTransport {
         }
     }
 
-    /// Reads a successful answer as JSON.
-    async fn read_json(&self, response: reqwest::Response, shown: &str) -> Attempt<Value> {
-        let text = match response.text().await {
-            Ok(t) => t,
-            Err(e) => return self.send_error(shown, e),
+    /// Reads a successful answer as JSON (bytes parsed as they are: JSON is UTF-8, so no text
+    /// decoding pass first).
+    async fn read_json(&self, response: reqwest::Response, url: &str) -> Attempt<Value> {
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return self.send_error(url, e),
         };
         // A successful body is the model's answer: never rewrite it (a short placeholder key
         // such as "x" would otherwise corrupt every answer that contains that letter).
-        match serde_json::from_str(&text) {
+        match serde_json::from_slice(&bytes) {
             Ok(v) => Attempt::Done(v),
-            Err(e) => Attempt::Final(HttpFailure {
-                error: LlmError::InvalidResponse(
-                    self.redact(format!("response from {shown} is not JSON ({e}): {}", clip(&text, 300))),
-                ),
-                body: Some(self.redact(text)),
-            }),
+            Err(e) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let shown = display_url(url);
+                Attempt::Final(HttpFailure {
+                    error: LlmError::InvalidResponse(
+                        self.redact(format!("response from {shown} is not JSON ({e}): {}", clip(&text, 300))),
+                    ),
+                    body: Some(self.redact(text.into_owned())),
+                })
+            }
         }
     }
 
     /// A read error once the answer is flowing: final, whatever its kind.
-    fn stream_failure(&self, shown: &str, e: reqwest::Error) -> HttpFailure {
-        self.transport_failure(shown, e).0
+    fn stream_failure(&self, url: &str, e: reqwest::Error) -> HttpFailure {
+        self.transport_failure(url, e).0
     }
 
-    fn send_error<T>(&self, shown: &str, e: reqwest::Error) -> Attempt<T> {
-        match self.transport_failure(shown, e) {
+    fn send_error<T>(&self, url: &str, e: reqwest::Error) -> Attempt<T> {
+        match self.transport_failure(url, e) {
             (failure, true) => Attempt::Retry { failure, retry_after: None },
             (failure, false) => Attempt::Final(failure),
         }
     }
 
     /// A transport error as a failure, and whether trying again may help.
-    fn transport_failure(&self, shown: &str, e: reqwest::Error) -> (HttpFailure, bool) {
+    fn transport_failure(&self, url: &str, e: reqwest::Error) -> (HttpFailure, bool) {
         let timeout = e.is_timeout();
         let retryable = timeout || e.is_connect() || e.is_request() || e.is_body();
         let error = if timeout {
             LlmError::Timeout(self.policy.timeout)
         } else {
-            LlmError::Transport(self.redact(format!("POST {shown}: {}", error_chain(e.without_url()))))
+            LlmError::Transport(self.redact(format!(
+                "POST {}: {}",
+                display_url(url),
+                error_chain(e.without_url())
+            )))
         };
         (HttpFailure { error, body: None }, retryable)
     }
@@ -296,6 +322,14 @@ impl HttpTransport {
 /// Keys shorter than this are placeholders for local servers (`OPENAI_API_KEY=x`), not secrets;
 /// scrubbing them would mangle every message containing those characters.
 const MIN_SECRET_LEN: usize = 8;
+
+/// `value` as the JSON bytes of a request body.
+pub fn json_bytes(value: &Value) -> Result<Vec<u8>, HttpFailure> {
+    serde_json::to_vec(value).map_err(|e| HttpFailure {
+        error: LlmError::InvalidResponse(format!("cannot encode the request as JSON: {e}")),
+        body: None,
+    })
+}
 
 /// A header value holding a secret, marked sensitive so it never shows in `Debug` output.
 pub fn secret_header(value: &str) -> Result<reqwest::header::HeaderValue, LlmError> {

@@ -19,16 +19,17 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::config::{LlmConfig, ProviderKind, RoleModelConfig, StructuredMode};
 use super::http::{HttpFailure, HttpTransport, RetryPolicy, secret_header};
 use super::providers::inherited;
 use super::stream::{Assembler, Flow, OpenAiChunks, post_streamed};
 use super::{
-    ChatModel, ChatRequest, ChatResponse, LlmError, Message, Role, StructuredOutput, TextSink, TokenUsage,
-    ToolCall,
+    ChatModel, ChatRequest, ChatResponse, LlmError, StructuredOutput, TextSink, TokenUsage, ToolCall,
 };
+
+mod wire;
 
 /// The public OpenAI endpoint, used when neither config nor `OPENAI_BASE_URL` names another.
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
@@ -200,64 +201,18 @@ impl OpenAiModel {
     /// resolved as a fresh process would: `json_schema`). Public for docs and debugging.
     pub fn request_body(&self, request: &ChatRequest, mode: StructuredMode) -> Value {
         let mode = if mode == StructuredMode::Auto { StructuredMode::JsonSchema } else { mode };
-        let structured = request.structured.as_ref();
-        let mut messages: Vec<Value> = request.messages.iter().map(wire_message).collect();
-        if let Some(s) = structured {
-            if matches!(mode, StructuredMode::JsonObject | StructuredMode::Prompt) {
-                add_to_system_prompt(&mut messages, &schema_instruction(s));
-            }
-        }
-        let mut body = Map::new();
-        body.insert("model".into(), json!(self.settings.model));
-        body.insert("messages".into(), Value::Array(messages));
+        serde_json::to_value(self.wire_body(request, mode)).unwrap_or_default()
+    }
+
+    /// The body of `request` in `mode` (not `auto`), borrowing from it.
+    fn wire_body<'a>(&'a self, request: &'a ChatRequest, mode: StructuredMode) -> wire::Body<'a> {
+        let mut body = wire::Body::new(&self.settings.model, request, mode);
         if let Some(n) = request.max_tokens.or(self.settings.max_tokens) {
-            let key = if self.public { "max_completion_tokens" } else { "max_tokens" };
-            body.insert(key.into(), json!(n));
+            if self.public { body.max_completion_tokens = Some(n) } else { body.max_tokens = Some(n) }
         }
-        if let Some(t) = self.settings.temperature {
-            // Through the decimal text, so 0.2f32 is sent as 0.2 rather than 0.20000000298….
-            let t: f64 = t.to_string().parse().unwrap_or(f64::from(t));
-            body.insert("temperature".into(), json!(t));
-        }
-        match structured {
-            Some(s) if mode == StructuredMode::Tool => {
-                let description = format!("Return the `{}` object as this function's arguments.", s.name);
-                body.insert(
-                    "tools".into(),
-                    json!([{"type": "function", "function": {
-                        "name": s.name, "description": description, "parameters": s.schema}}]),
-                );
-                body.insert("tool_choice".into(), json!({"type": "function", "function": {"name": s.name}}));
-            }
-            _ if !request.tools.is_empty() => {
-                let tools: Vec<Value> = request
-                    .tools
-                    .iter()
-                    .map(|t| {
-                        json!({"type": "function", "function": {
-                            "name": t.name, "description": t.description, "parameters": t.parameters}})
-                    })
-                    .collect();
-                body.insert("tools".into(), Value::Array(tools));
-            }
-            _ => {}
-        }
-        if let Some(s) = structured {
-            match mode {
-                StructuredMode::JsonSchema => {
-                    body.insert(
-                        "response_format".into(),
-                        json!({"type": "json_schema",
-                               "json_schema": {"name": s.name, "schema": s.schema, "strict": false}}),
-                    );
-                }
-                StructuredMode::JsonObject => {
-                    body.insert("response_format".into(), json!({"type": "json_object", "schema": s.schema}));
-                }
-                _ => {}
-            }
-        }
-        Value::Object(body)
+        // Through the decimal text, so 0.2f32 is sent as 0.2 rather than 0.20000000298….
+        body.temperature = self.settings.temperature.map(|t| t.to_string().parse().unwrap_or(f64::from(t)));
+        body
     }
 
     fn parse_response(
@@ -316,28 +271,25 @@ impl OpenAiModel {
     /// stream and hands the text to it as it arrives.
     async fn send(
         &self,
-        mut body: Value,
+        mut body: wire::Body<'_>,
         may_fall_back: bool,
         sink: Option<(&TextSink<'_>, Option<&str>)>,
     ) -> Result<Value, HttpFailure> {
         let give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync) =
             if may_fall_back { &|status, body| rejects_structured(status, body) } else { &|_, _| false };
         let Some((sink, tool)) = sink else {
-            return self.http.post_json_with(&self.url, &body, give_up).await;
+            return self.http.post_bytes_with(&self.url, encode(&body)?, give_up).await;
         };
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({"include_usage": true});
-        match post_streamed(&self.http, &self.url, &body, give_up, OpenAiChunks::new(tool), sink).await {
+        body.streamed(true);
+        let bytes = encode(&body)?;
+        match post_streamed(&self.http, &self.url, bytes, give_up, OpenAiChunks::new(tool), sink).await {
             Err(f) if rejects_streaming(&f) => {
                 // Some servers take no `stream_options` (or no streaming at all): the answer
                 // then comes whole, and its steps start once it is complete.
                 tracing::warn!(base_url = %self.settings.base_url, error = %f.error,
                     "the server refused a streamed request; asking for the whole answer");
-                if let Some(fields) = body.as_object_mut() {
-                    fields.remove("stream");
-                    fields.remove("stream_options");
-                }
-                let whole = self.http.post_json_with(&self.url, &body, give_up).await?;
+                body.streamed(false);
+                let whole = self.http.post_bytes_with(&self.url, encode(&body)?, give_up).await?;
                 match OpenAiChunks::new(tool).take(whole.clone(), sink) {
                     Flow::Whole(v) => Ok(v),
                     _ => Ok(whole),
@@ -346,6 +298,14 @@ impl OpenAiModel {
             other => other,
         }
     }
+}
+
+/// A request body as the JSON bytes sent.
+fn encode(body: &wire::Body<'_>) -> Result<Vec<u8>, HttpFailure> {
+    body.to_bytes().map_err(|e| HttpFailure {
+        error: LlmError::InvalidResponse(format!("cannot encode the request as JSON: {e}")),
+        body: None,
+    })
 }
 
 /// A client error saying the server does not take a streamed request.
@@ -400,14 +360,14 @@ impl OpenAiModel {
         sink: Option<&TextSink<'_>>,
     ) -> Result<ChatResponse, LlmError> {
         let Some(structured) = request.structured.as_ref() else {
-            let body = self.request_body(&request, StructuredMode::JsonSchema);
+            let body = self.wire_body(&request, StructuredMode::JsonSchema);
             let v = self.send(body, false, sink.map(|s| (s, None))).await?;
             return self.parse_response(v, None);
         };
         let auto = self.settings.structured == StructuredMode::Auto;
         let mut mode = if auto { auto_mode_for(&self.settings.base_url) } else { self.settings.structured };
         loop {
-            let body = self.request_body(&request, mode);
+            let body = self.wire_body(&request, mode);
             let tool = (mode == StructuredMode::Tool).then_some(structured.name.as_str());
             match self.send(body, auto && next_fallback(mode).is_some(), sink.map(|s| (s, tool))).await {
                 Ok(v) => {
@@ -449,52 +409,12 @@ impl OpenAiModel {
     }
 }
 
-/// One message in the Chat Completions wire format.
-fn wire_message(m: &Message) -> Value {
-    match m.role {
-        Role::System => json!({"role": "system", "content": m.content}),
-        Role::User => json!({"role": "user", "content": m.content}),
-        Role::Tool => json!({"role": "tool", "tool_call_id": m.tool_call_id.clone().unwrap_or_default(),
-                             "content": m.content}),
-        Role::Assistant => {
-            let mut v = json!({"role": "assistant", "content": m.content});
-            if !m.tool_calls.is_empty() {
-                let calls: Vec<Value> = m
-                    .tool_calls
-                    .iter()
-                    .map(|c| {
-                        let arguments = match &c.arguments {
-                            Value::String(raw) => raw.clone(),
-                            other => other.to_string(),
-                        };
-                        json!({"id": c.id, "type": "function",
-                               "function": {"name": c.name, "arguments": arguments}})
-                    })
-                    .collect();
-                v["tool_calls"] = Value::Array(calls);
-            }
-            v
-        }
-    }
-}
-
 /// The instruction appended to the system prompt in the `json_object` and `prompt` modes.
 pub fn schema_instruction(s: &StructuredOutput) -> String {
     format!(
         "Reply with only a JSON object for the `{}` schema: no prose, no code fences. JSON Schema:\n{}",
         s.name, s.schema
     )
-}
-
-fn add_to_system_prompt(messages: &mut Vec<Value>, text: &str) {
-    match messages.iter_mut().find(|m| m["role"] == "system") {
-        Some(m) => {
-            let existing = m["content"].as_str().unwrap_or_default();
-            m["content"] =
-                json!(if existing.is_empty() { text.to_owned() } else { format!("{existing}\n\n{text}") });
-        }
-        None => messages.insert(0, json!({"role": "system", "content": text})),
-    }
 }
 
 /// `content` as text: a string, `null`, or an array of `{"type":"text","text":…}` parts.

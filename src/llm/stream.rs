@@ -51,12 +51,12 @@ fn too_many_parts(index: usize) -> Flow {
     Flow::Invalid(format!("stream event for part #{index}; an answer has at most {MAX_PARTS}"))
 }
 
-/// POSTs `body` (which asks for a stream), hands the answer's text to `sink` as it arrives, and
+/// POSTs `body` (JSON bytes asking for a stream), hands the answer's text to `sink` as it arrives, and
 /// returns the whole answer in the non-streaming shape.
 pub(crate) async fn post_streamed<A: Assembler + Send>(
     http: &HttpTransport,
     url: &str,
-    body: &Value,
+    body: Vec<u8>,
     give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
     mut answer: A,
     sink: &TextSink<'_>,
