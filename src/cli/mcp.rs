@@ -10,7 +10,7 @@ use anyhow::Context;
 use rmcp::ServiceExt;
 use stepwise::tools::mcp::expose::StepwiseMcp;
 
-use super::{McpArgs, build_runtime, load_config};
+use super::{McpArgs, durable_runtime, load_config};
 
 /// Serves until the client closes stdin.
 pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
@@ -19,12 +19,7 @@ pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
         cfg.runtime.data_dir = dir.clone();
     }
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.runtime.data_dir)
-        .with_context(|| format!("creating the data dir {}", cfg.runtime.data_dir.display()))?;
-    let store = stepwise::store::open_store(cfg.server.store_url.as_deref(), &cfg.runtime.data_dir)
-        .await
-        .context("opening the run store")?;
-    let runtime = Arc::new(build_runtime(&cfg, args.model.record.as_deref(), Some(store)).await?);
+    let runtime = durable_runtime(&cfg, args.model.record.as_deref()).await?;
     runtime.recover().await.context("resuming unfinished runs")?;
     let service = StepwiseMcp::new(runtime.clone())
         .serve(rmcp::transport::stdio())

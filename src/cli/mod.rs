@@ -266,6 +266,19 @@ pub fn load_config(args: &ModelArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// The runtime of a long-lived process (`serve`, `mcp`): its data dir created, the configured
+/// store (SQLite in the data dir, or `[server] store_url`) opened. Unfinished runs are not resumed
+/// yet: the caller does that when it is ready to serve them.
+pub async fn durable_runtime(cfg: &Config, record: Option<&Path>) -> anyhow::Result<Arc<stepwise::Runtime>> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&cfg.runtime.data_dir)
+        .with_context(|| format!("creating the data dir {}", cfg.runtime.data_dir.display()))?;
+    let store = stepwise::store::open_store(cfg.server.store_url.as_deref(), &cfg.runtime.data_dir)
+        .await
+        .context("opening the run store")?;
+    Ok(Arc::new(build_runtime(cfg, record, Some(store)).await?))
+}
+
 /// Builds a runtime from the config, recording model exchanges to `record` when given, on
 /// `store` (default: in memory).
 pub async fn build_runtime(

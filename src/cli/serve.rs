@@ -14,7 +14,7 @@ use anyhow::Context;
 use stepwise::run::RunStatus;
 use stepwise::server::{self, ServerState};
 
-use super::{ServeArgs, build_runtime, load_config};
+use super::{ServeArgs, durable_runtime, load_config};
 
 /// Runs the service until a termination signal.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -29,12 +29,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr: SocketAddr = cfg.server.bind.parse().with_context(|| format!("--bind {}", cfg.server.bind))?;
     let tokens = server::tokens_from_env(std::env::var("STEPWISE_API_TOKENS").ok().as_deref());
     server::check_bind(addr, &tokens)?;
-    std::fs::create_dir_all(&cfg.runtime.data_dir)
-        .with_context(|| format!("creating the data dir {}", cfg.runtime.data_dir.display()))?;
-    let store = stepwise::store::open_store(cfg.server.store_url.as_deref(), &cfg.runtime.data_dir)
-        .await
-        .context("opening the run store")?;
-    let runtime = Arc::new(build_runtime(&cfg, args.model.record.as_deref(), Some(store)).await?);
+    let runtime = durable_runtime(&cfg, args.model.record.as_deref()).await?;
     let resumed = runtime.recover().await.context("resuming unfinished runs")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     // Scripts and tests read the bound address from this line (port 0 picks a free port).
