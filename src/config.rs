@@ -107,6 +107,29 @@ pub struct Config {
     pub server: ServerConfig,
     /// Traces, metrics and what goes into spans.
     pub telemetry: TelemetryConfig,
+    /// Several replicas on one Postgres store: leases and the step queue.
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` section: how replicas sharing a Postgres store (`server.store_url`) divide
+/// the work. Ignored with any other store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This replica's name in leases, metrics and logs; default `<hostname>-<pid>`. Must be
+    /// unique among live replicas.
+    pub replica_id: Option<String>,
+    /// Seconds after its last heartbeat that a replica's run and step leases expire and other
+    /// replicas take them over (≥ 1; heartbeats come every third of it).
+    pub lease_ttl_secs: u64,
+    /// How often a replica looks for work even without a notification (≥ 10 ms).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { replica_id: None, lease_ttl_secs: 5, poll_interval_ms: 500 }
+    }
 }
 
 /// The `[server]` section: `stepwise serve`.
@@ -394,6 +417,7 @@ impl Config {
             }
         }
         self.validate_executors()?;
+        self.validate_cluster()?;
         if let Some(t) = &self.server.trace_url_template {
             let names_run = t.contains("{trace_id}") || t.contains("{run_id}");
             if !(t.starts_with("http://") || t.starts_with("https://")) || !names_run {
@@ -436,6 +460,23 @@ impl Config {
         }
         if let Err(crate::tools::mcp::McpError::Config { server, key, message }) = self.tools.mcp.validate() {
             return invalid(&format!("tools.mcp.servers[{server:?}].{key}"), message);
+        }
+        Ok(())
+    }
+
+    /// Lease and polling times a replica can keep.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid { key: key.to_owned(), message: message.to_owned() })
+        };
+        if self.cluster.lease_ttl_secs == 0 {
+            return invalid("cluster.lease_ttl_secs", "must be at least 1");
+        }
+        if self.cluster.poll_interval_ms < 10 {
+            return invalid("cluster.poll_interval_ms", "must be at least 10");
+        }
+        if self.cluster.replica_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+            return invalid("cluster.replica_id", "must not be blank (leave it out for <hostname>-<pid>)");
         }
         Ok(())
     }

@@ -16,6 +16,8 @@
 //! ```
 
 pub mod actors;
+#[cfg(feature = "postgres")]
+pub mod cluster;
 pub mod config;
 pub mod llm;
 pub mod options;

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::actors::messages::{ControlError, Refusal, SupervisorMsg, TrackerMsg};
 use crate::actors::pool::{ExecutorLoad, PoolBounds};
+use crate::actors::replication::ControlRequest;
 use crate::actors::supervisor::Supervisor;
 use crate::actors::{RunChannels, RunTable, Shared};
 use crate::llm::{Models, SharedModel};
@@ -83,6 +84,8 @@ pub struct RuntimeBuilder {
     store: Option<Arc<dyn RunStore>>,
     prompts: Prompts,
     content: ContentCapture,
+    #[cfg(feature = "postgres")]
+    replica: Option<crate::cluster::Replica>,
 }
 
 impl Default for RuntimeBuilder {
@@ -97,6 +100,8 @@ impl Default for RuntimeBuilder {
             store: None,
             prompts: Prompts::default(),
             content: ContentCapture::OFF,
+            #[cfg(feature = "postgres")]
+            replica: None,
         }
     }
 }
@@ -173,6 +178,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Makes this runtime one replica of several sharing a Postgres store: the replica's fenced
+    /// store replaces [`store`](Self::store), steps go to the shared queue, and runs whose
+    /// replica died are taken over (see [`crate::cluster`]).
+    #[cfg(feature = "postgres")]
+    pub fn replica(mut self, replica: crate::cluster::Replica) -> Self {
+        self.store = Some(replica.store());
+        self.replica = Some(replica);
+        self
+    }
+
     /// System prompts per role.
     pub fn prompts(mut self, prompts: Prompts) -> Self {
         self.prompts = prompts;
@@ -208,6 +223,7 @@ impl RuntimeBuilder {
             llm_permits: Arc::new(Semaphore::new(self.llm_concurrency)),
             runs: RunTable::default(),
             services: RwLock::new(None),
+            replication: std::sync::OnceLock::new(),
         });
         let (supervisor, handle) = Actor::spawn(
             None,
@@ -216,6 +232,10 @@ impl RuntimeBuilder {
         )
         .await
         .map_err(|e| RuntimeError::Actor(e.to_string()))?;
+        #[cfg(feature = "postgres")]
+        if let Some(replica) = &self.replica {
+            replica.attach(&shared, supervisor.clone(), self.executor_bounds.max);
+        }
         Ok(Runtime { shared, supervisor, handle: Some(handle), options: self.options })
     }
 }
@@ -281,7 +301,13 @@ impl Runtime {
     }
 
     /// Resumes every unfinished run in the store (after a restart). Returns their ids.
+    ///
+    /// With replicas, only the runs whose leases are free (their replica died, or never came
+    /// back) are taken, as every replica keeps doing while it runs.
     pub async fn recover(&self) -> Result<Vec<RunId>, RuntimeError> {
+        if let Some(replicas) = self.shared.replication() {
+            return Ok(replicas.take_over().await?);
+        }
         let ids = self.shared.store.unfinished().await?;
         for id in &ids {
             if self.shared.runs.get(id).is_none() {
@@ -351,6 +377,9 @@ impl Runtime {
         if let Some(h) = self.handle.take() {
             let _ = h.await;
         }
+        if let Some(replicas) = self.shared.replication() {
+            replicas.shutdown().await;
+        }
     }
 }
 
@@ -409,16 +438,29 @@ impl RunHandle {
         self.shared.runs.get(&self.id).and_then(|c| c.tracker)
     }
 
-    async fn control(
-        &self,
-        msg: impl FnOnce(ractor::RpcReplyPort<Result<(), ControlError>>) -> TrackerMsg,
-    ) -> Result<(), ControlError> {
-        match self.tracker() {
-            Some(t) => match t.call(msg, None).await {
+    async fn control(&self, request: ControlRequest) -> Result<(), ControlError> {
+        match (self.tracker(), self.shared.replication()) {
+            (Some(t), _) => match t.call(|reply| request.into_message(reply), None).await {
                 Ok(ractor::rpc::CallResult::Success(r)) => r,
                 _ => Err(self.ended_or_inactive().await),
             },
-            None => Err(self.ended_or_inactive().await),
+            // Another replica drives the run (or will, once it takes the run over).
+            (None, Some(replicas)) => match self.stored().await {
+                Ok(r) if r.status.is_terminal() => Err(Refusal::AlreadyEnded(r.status).into()),
+                _ => self.remote_control(replicas.as_ref(), request).await,
+            },
+            (None, None) => Err(self.ended_or_inactive().await),
+        }
+    }
+
+    async fn remote_control(
+        &self,
+        replicas: &dyn crate::actors::replication::Replication,
+        request: ControlRequest,
+    ) -> Result<(), ControlError> {
+        match replicas.control(&self.id, request).await {
+            Err(ControlError::NotActive) => Err(self.ended_or_inactive().await),
+            answer => answer,
         }
     }
 
@@ -431,28 +473,31 @@ impl RunHandle {
 
     /// Cancels the run: no new step starts, in-flight tool calls see their token cancelled.
     pub async fn cancel(&self, reason: &str) -> Result<(), ControlError> {
-        let reason = reason.to_owned();
-        self.control(|reply| TrackerMsg::Cancel(reason, reply)).await
+        self.control(ControlRequest::Cancel { reason: reason.to_owned() }).await
     }
 
     /// Approves the plan of a run awaiting approval, optionally replacing it with `edited`.
     pub async fn approve(&self, edited: Option<PlanSpec>) -> Result<(), ControlError> {
-        self.control(|reply| TrackerMsg::Approve(edited, reply)).await
+        self.control(ControlRequest::Approve { edited }).await
     }
 
     /// Rejects the plan of a run awaiting approval (the run ends cancelled).
     pub async fn reject(&self, reason: &str) -> Result<(), ControlError> {
-        let reason = reason.to_owned();
-        self.control(|reply| TrackerMsg::Reject(reason, reply)).await
+        self.control(ControlRequest::Reject { reason: reason.to_owned() }).await
     }
 
     /// The run's events with `seq > after`: the stored history, then live events as they happen,
     /// in order and without gaps, ending after the run's last event.
     pub fn events_after(&self, after: u64) -> EventStream {
-        // Subscribe before reading history so nothing falls between the two.
-        let live = self.channels.as_ref().map(|c| c.subscribe());
         let store = self.shared.store.clone();
         let id = self.id.clone();
+        if let Some(replicas) = self.shared.replication() {
+            // Any replica may append to the run, now or after a takeover: follow the store.
+            let changes = replicas.changes(&id);
+            return followed(store, id, after, changes);
+        }
+        // Subscribe before reading history so nothing falls between the two.
+        let live = self.channels.as_ref().map(|c| c.subscribe());
         event_stream(store, id, after, live)
     }
 
@@ -526,6 +571,63 @@ fn event_stream(
                     s.live = None;
                     s.loaded = false;
                 }
+            }
+        }
+    })
+    .boxed()
+}
+
+/// How often a followed stream reads the store even without a change notice (one may be missed
+/// while a replica reconnects to the database).
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// A run's events read from the store, again whenever `changes` says its log grew, in order and
+/// without gaps, ending after the run's last event. A store outage pauses the stream.
+fn followed(
+    store: Arc<dyn RunStore>,
+    id: RunId,
+    after: u64,
+    changes: tokio::sync::watch::Receiver<()>,
+) -> EventStream {
+    struct F {
+        store: Arc<dyn RunStore>,
+        id: RunId,
+        last: u64,
+        changes: tokio::sync::watch::Receiver<()>,
+        backlog: std::collections::VecDeque<RunEvent>,
+        done: bool,
+    }
+    let state = F { store, id, last: after, changes, backlog: Default::default(), done: false };
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            if let Some(e) = s.backlog.pop_front() {
+                if e.seq <= s.last {
+                    continue;
+                }
+                s.last = e.seq;
+                s.done = e.kind.is_terminal();
+                return Some((Ok(e), s));
+            }
+            // Seen before reading: a change during the read wakes the wait below.
+            s.changes.borrow_and_update();
+            match s.store.events(&s.id, s.last).await {
+                Ok(events) if !events.is_empty() => {
+                    s.backlog.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if e.is_transient() => {}
+                Err(e) => {
+                    s.done = true;
+                    return Some((Err(e.into()), s));
+                }
+            }
+            match tokio::time::timeout(FOLLOW_POLL, s.changes.changed()).await {
+                Ok(Err(_)) => tokio::time::sleep(FOLLOW_POLL).await,
+                _ => {}
             }
         }
     })

@@ -15,7 +15,7 @@ use ractor::factory::{FactoryRef, Job, Worker, WorkerId};
 use tracing::Instrument;
 
 use super::Shared;
-use super::messages::{ExecutorMsg, Input, StepJob, StepReport, TrackerMsg};
+use super::messages::{ExecutorMsg, StepJob, StepReport};
 use super::pool::PoolGauges;
 use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput};
 use crate::plan::strip_code_fence;
@@ -294,10 +294,7 @@ pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 fn notify(job: &StepJob, kind: EventKind) {
-    if let Some(tracker) = &job.events_to {
-        // A stopped tracker (cancelled run) no longer records events; nothing to do.
-        let _ = tracker.cast(TrackerMsg::Input(Input::Tool(kind)));
-    }
+    job.events.send(kind);
 }
 
 async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsage) -> Result<(), StepError> {

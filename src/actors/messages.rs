@@ -45,9 +45,37 @@ pub struct StepJob {
     /// Fired on cancel; tools see it through their context.
     #[serde(skip)]
     pub cancel: CancellationToken,
-    /// Where tool events go (the run's tracker).
+    /// Where tool events go: the run's tracker, or the replica that claimed the step.
     #[serde(skip)]
-    pub events_to: Option<ActorRef<TrackerMsg>>,
+    pub events: EventSink,
+}
+
+/// Where a running step's tool events go.
+#[derive(Debug, Clone, Default)]
+pub enum EventSink {
+    /// Nowhere (tests, benches).
+    #[default]
+    None,
+    /// The run's tracker, in this process.
+    Tracker(ActorRef<TrackerMsg>),
+    /// A channel to whoever forwards them to the run's owner (a step claimed from the queue).
+    Channel(tokio::sync::mpsc::UnboundedSender<crate::run::EventKind>),
+}
+
+impl EventSink {
+    /// Sends one event. A receiver that is gone (the run ended, the claim was lost) no longer
+    /// records events: nothing to do.
+    pub fn send(&self, kind: crate::run::EventKind) {
+        match self {
+            EventSink::None => {}
+            EventSink::Tracker(t) => {
+                let _ = t.cast(TrackerMsg::Input(Input::Tool(kind)));
+            }
+            EventSink::Channel(tx) => {
+                let _ = tx.send(kind);
+            }
+        }
+    }
 }
 
 /// Messages to the executor pool (a ractor factory).
@@ -178,7 +206,7 @@ mod tests {
             verify: true,
             trace: TraceContext::default(),
             cancel: CancellationToken::new(),
-            events_to: None,
+            events: EventSink::None,
         };
         let back: StepJob = serde_json::from_str(&serde_json::to_string(&job).unwrap()).unwrap();
         assert_eq!(back.step, job.step);

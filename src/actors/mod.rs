@@ -12,6 +12,7 @@ pub mod messages;
 pub mod planner;
 pub mod pool;
 pub mod replanner;
+pub(crate) mod replication;
 pub(crate) mod reply;
 pub mod supervisor;
 pub mod synthesizer;
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     pub services: RwLock<Option<Services>>,
     /// Whether tool arguments and results go into `execute_tool` spans.
     pub content: crate::telemetry::ContentCapture,
+    /// The replicas this runtime shares runs with, when it has any (set once, at start).
+    pub replication: OnceLock<Arc<dyn replication::Replication>>,
 }
 
 impl Shared {
@@ -80,6 +83,11 @@ impl Shared {
         let mut specs = self.tool_specs.clone();
         specs.extend(self.tools.source_specs(scope.as_deref()));
         specs
+    }
+
+    /// The replicas this runtime shares runs with, if any.
+    pub fn replication(&self) -> Option<&Arc<dyn replication::Replication>> {
+        self.replication.get()
     }
 
     /// Tool names, for plan validation.
@@ -166,6 +174,15 @@ impl RunTable {
     /// The MCP servers the run may use; `None`: all (or the run is not live).
     pub fn mcp_servers(&self, run: &RunId) -> Option<Arc<[String]>> {
         self.lock().get(run).and_then(|c| c.mcp_servers.clone())
+    }
+
+    /// Forgets the run if `tracker` still serves it (a stopped tracker must not remove the entry
+    /// of the tracker that replaced it).
+    pub fn remove_tracker(&self, run: &RunId, tracker: &ActorRef<TrackerMsg>) {
+        let mut runs = self.lock();
+        if runs.get(run).and_then(|c| c.tracker.as_ref()).is_some_and(|t| t.get_id() == tracker.get_id()) {
+            runs.remove(run);
+        }
     }
 
     /// Forgets a finished run (its result stays in the store and in existing handles).

@@ -66,7 +66,7 @@ pub struct BenchArgs {
     /// Concurrent runs.
     #[arg(long, default_value_t = 200)]
     pub runs: usize,
-    /// Steps per run, independent of each other (default: 10; 2 for serve).
+    /// Steps per run, independent of each other (default: 10; 2 for serve and replicas).
     #[arg(long)]
     pub steps: Option<usize>,
     /// A fixed pool of this many executors (default: the runtime's default bounds, 4 to 512
@@ -74,7 +74,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub pool: Option<usize>,
     /// Simulated latency of every model call, in ms (default: 50 for makespan, concurrency, http
-    /// and the fake server serve starts; 0 for tracing). With `--provider openai` or
+    /// and the fake server serve starts; 200 for replicas; 0 for tracing). With `--provider openai` or
     /// `--model-url`, the server's latency as you know it (for the reports; required by makespan,
     /// whose bound depends on it).
     #[arg(long)]
@@ -110,6 +110,20 @@ pub struct BenchArgs {
     /// builds can be compared with the same client.
     #[arg(long, value_name = "PATH")]
     pub serve_exe: Option<PathBuf>,
+    /// Scenario `replicas` (required there): the Postgres database the replicas share,
+    /// `postgres://…`; each replica count gets a fresh schema in it, dropped afterwards.
+    #[arg(long, value_name = "URL")]
+    pub store_url: Option<String>,
+    /// Scenario `replicas`: the replica counts to measure, comma-separated.
+    #[arg(long, value_name = "N,…", value_delimiter = ',', default_value = "1,2,3")]
+    pub replicas: Vec<usize>,
+    /// Scenario `replicas`: `[executors] max_workers` of every replica.
+    #[arg(long, default_value_t = 8)]
+    pub max_workers: usize,
+    /// Scenario `replicas`: `[cluster] lease_ttl_secs` of every replica (a killed replica's runs
+    /// are taken over this long after its last heartbeat).
+    #[arg(long, default_value_t = 5)]
+    pub lease_ttl_secs: u64,
     /// Model flags: `--provider openai` (with `OPENAI_BASE_URL`) drives the scenarios with an
     /// external OpenAI-compatible server instead of the scripted model.
     #[command(flatten)]
@@ -132,6 +146,9 @@ pub enum BenchScenario {
     /// The real `stepwise serve` binary with its default config against the fake model server:
     /// throughput, the service's CPU per step and per model call, its peak RSS.
     Serve,
+    /// Several `serve` replicas sharing one Postgres (`--store-url`): throughput per replica
+    /// count, then the takeover time after one replica is killed.
+    Replicas,
 }
 
 /// `--store` values of `stepwise bench`.
@@ -273,18 +290,53 @@ pub async fn durable_runtime(cfg: &Config, record: Option<&Path>) -> anyhow::Res
     use anyhow::Context;
     std::fs::create_dir_all(&cfg.runtime.data_dir)
         .with_context(|| format!("creating the data dir {}", cfg.runtime.data_dir.display()))?;
-    let store = stepwise::store::open_store(cfg.server.store_url.as_deref(), &cfg.runtime.data_dir)
-        .await
-        .context("opening the run store")?;
-    Ok(Arc::new(build_runtime(cfg, record, Some(store)).await?))
+    let backing = Backing::open(cfg).await?;
+    Ok(Arc::new(build_runtime(cfg, record, Some(backing)).await?))
+}
+
+/// What a runtime of this process keeps its runs in: a store of its own, or the Postgres store
+/// it shares with other replicas (then it takes part in leases and the step queue).
+pub enum Backing {
+    /// SQLite, memory, or Postgres in a build without replica support.
+    Store(Arc<dyn RunStore>),
+    /// One replica of several on a Postgres store.
+    #[cfg(feature = "postgres")]
+    Replica(stepwise::cluster::Replica),
+}
+
+impl Backing {
+    /// Opens the configured store (`[server] store_url`, else SQLite in the data dir); a
+    /// Postgres one makes this process a replica (`[cluster]`).
+    pub async fn open(cfg: &Config) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        #[cfg(feature = "postgres")]
+        if let Some(url) = cfg.server.store_url.as_deref().filter(|u| stepwise::store::is_postgres_url(u)) {
+            let replica = stepwise::cluster::Replica::connect(url, &cfg.cluster)
+                .await
+                .context("opening the run store")?;
+            return Ok(Backing::Replica(replica));
+        }
+        let store = stepwise::store::open_store(cfg.server.store_url.as_deref(), &cfg.runtime.data_dir)
+            .await
+            .context("opening the run store")?;
+        Ok(Backing::Store(store))
+    }
+
+    fn apply(self, builder: stepwise::RuntimeBuilder) -> stepwise::RuntimeBuilder {
+        match self {
+            Backing::Store(store) => builder.store(store),
+            #[cfg(feature = "postgres")]
+            Backing::Replica(replica) => builder.replica(replica),
+        }
+    }
 }
 
 /// Builds a runtime from the config, recording model exchanges to `record` when given, on
-/// `store` (default: in memory).
+/// `backing` (default: in memory).
 pub async fn build_runtime(
     cfg: &Config,
     record: Option<&Path>,
-    store: Option<Arc<dyn RunStore>>,
+    backing: Option<Backing>,
 ) -> anyhow::Result<Runtime> {
     let mut models = stepwise::llm::providers::build_models(&cfg.llm, &stepwise::llm::providers::process_env)
         .context("building the models")?;
@@ -293,8 +345,8 @@ pub async fn build_runtime(
             .with_context(|| format!("recording to {}", path.display()))?;
     }
     let mut builder = Stepwise::builder();
-    if let Some(store) = store {
-        builder = builder.store(store);
+    if let Some(backing) = backing {
+        builder = backing.apply(builder);
     }
     let mut tools = stepwise::tools::builtin_registry(&cfg.tools);
     // MCP servers come up before the runtime: a required one that does not is an error here.

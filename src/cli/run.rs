@@ -12,17 +12,15 @@ use futures::StreamExt;
 use stepwise::RunHandle;
 use stepwise::run::{EventKind, RunStatus};
 
-use super::{RunArgs, build_runtime, load_config};
+use super::{Backing, RunArgs, build_runtime, load_config};
 
 /// Runs the task; exit 0 only when the run completed.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&args.model)?;
     std::fs::create_dir_all(&cfg.runtime.data_dir)
         .with_context(|| format!("creating the data dir {}", cfg.runtime.data_dir.display()))?;
-    let store = stepwise::store::open_store(cfg.server.store_url.as_deref(), &cfg.runtime.data_dir)
-        .await
-        .context("opening the run store")?;
-    let runtime = build_runtime(&cfg, args.model.record.as_deref(), Some(store)).await?;
+    let backing = Backing::open(&cfg).await?;
+    let runtime = build_runtime(&cfg, args.model.record.as_deref(), Some(backing)).await?;
     let mut options = cfg.run_options();
     if args.approve {
         options.policy.require_approval = true;

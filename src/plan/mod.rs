@@ -68,7 +68,8 @@ pub struct PlanSpec {
 }
 
 /// Why a plan (or a replan's new steps) was rejected. Every variant names the offending step.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PlanError {
     /// The JSON did not parse into a plan.
     #[error("plan is not valid JSON for the plan schema: {0}")]

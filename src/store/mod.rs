@@ -28,12 +28,20 @@ pub enum StoreError {
     /// An append whose seq is not the next one for its run (a second writer, or a bug).
     #[error("run {run}: append of seq {got} where {expected} was expected")]
     Conflict { run: RunId, expected: u64, got: u64 },
+    /// The run's lease is no longer the writer's: another replica took the run over (or the
+    /// writer never held it). Nothing was written.
+    #[error("run {run}: lease epoch {epoch} was taken over (owner now {owner:?})")]
+    Fenced { run: RunId, owner: Option<String>, epoch: i64 },
     /// No such run.
     #[error("unknown run {0}")]
     UnknownRun(RunId),
     /// The backend failed.
     #[error("store backend: {0}")]
     Backend(String),
+    /// The backend cannot be reached now (connection refused or lost, server restarting, disk
+    /// full, database locked): the same call may work later. Runs wait instead of failing.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// A stored event could not be decoded.
     #[error("corrupt event in run {run} at seq {seq}: {message}")]
     Corrupt { run: RunId, seq: u64, message: String },
@@ -244,6 +252,12 @@ pub async fn open_store(url: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Ru
     }
 }
 
+/// Whether `url` names a Postgres store (`postgres://…` or `postgresql://…`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url_scheme(url)
+        .is_some_and(|s| s.eq_ignore_ascii_case("postgres") || s.eq_ignore_ascii_case("postgresql"))
+}
+
 /// The `scheme` of `scheme:rest`, if `url` starts with one (RFC 3986 syntax, 2+ characters so
 /// that `C:\\x` stays a path).
 fn url_scheme(url: &str) -> Option<&str> {
@@ -431,8 +445,60 @@ const UNFINISHED_SQL: &str =
     "SELECT id FROM runs WHERE status NOT IN ('completed', 'failed', 'cancelled') ORDER BY id";
 
 /// Maps a backend error.
-pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+pub(crate) fn backend(e: impl Into<BackendFault>) -> StoreError {
+    let BackendFault { message, transient } = e.into();
+    if transient { StoreError::Unavailable(message) } else { StoreError::Backend(message) }
+}
+
+/// A backend error, and whether trying again later may work.
+pub(crate) struct BackendFault {
+    message: String,
+    transient: bool,
+}
+
+impl From<sqlx::Error> for BackendFault {
+    fn from(e: sqlx::Error) -> Self {
+        BackendFault { transient: is_transient_sqlx(&e), message: e.to_string() }
+    }
+}
+
+impl From<serde_json::Error> for BackendFault {
+    fn from(e: serde_json::Error) -> Self {
+        BackendFault { transient: false, message: e.to_string() }
+    }
+}
+
+/// Connection-level failures, a server shutting down or starting, too many connections, a full
+/// disk or a locked database: what an outage looks like, as opposed to a bad query.
+fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            true
+        }
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| transient_code(&c)),
+        _ => false,
+    }
+}
+
+/// SQLSTATE classes 08 (connection), 53 (resources), 57P01-03 (shutdown, starting); SQLite's
+/// BUSY (5), LOCKED (6), IOERR (10) and FULL (13).
+fn transient_code(code: &str) -> bool {
+    // A Postgres SQLSTATE has five characters; SQLite's (extended) codes have at most four digits.
+    if code.len() == 5 {
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    // SQLite: the primary result code is the low byte of an extended one.
+    matches!(code.parse::<u32>().map(|c| c & 0xff), Ok(5 | 6 | 10 | 13))
+}
+
+impl StoreError {
+    /// Whether the same call may work later (the store is unreachable or full, not wrong).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 // ---- a throughput figure ----

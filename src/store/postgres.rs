@@ -8,19 +8,35 @@
 //! collide on the primary key, and the loser gets `Conflict` too. (A batch spanning several runs
 //! locks them in batch order; callers that batch concurrently across runs should keep one order.)
 //!
-//! Not here yet (DESIGN §3): leases for multi-replica claiming of runs and ready steps
-//! (`FOR UPDATE SKIP LOCKED` plus heartbeats and expiry). Today the seq check keeps a second
-//! writer from corrupting a log, but nothing stops two replicas from both resuming a run.
+//! Replicas (`crate::cluster`) append through [`PostgresStore::append_fenced`]: the same
+//! transaction also checks that the run's lease is still the caller's (owner and epoch), so a
+//! replica whose lease was taken over cannot write, even when its seq would fit. Every append
+//! notifies [`EVENTS_CHANNEL`] with the run id, on commit, for event streams on other replicas.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::{
-    ListQuery, RunStore, RunSummary, StoreError, SummaryRow, backend, check_append, seq_to_sql, sql_events,
-    sql_list, sql_unfinished, summary_from_row, time_to_sql,
+    ListQuery, RunStore, RunSummary, StoreError, backend, check_append, seq_to_sql, sql_events, sql_list,
+    sql_unfinished, summary_from_row, time_to_sql,
 };
 use crate::run::{RunEvent, RunId};
+
+/// The channel every append notifies, with the run id as payload.
+pub const EVENTS_CHANNEL: &str = "stepwise_events";
+
+/// Who may append to which runs: a replica and the lease epoch it holds for each of its runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    /// The replica.
+    pub owner: &'a str,
+    /// The epoch of each run whose lease it holds; a run it creates starts at epoch 1.
+    pub epochs: &'a HashMap<RunId, i64>,
+    /// How long a new run's lease lasts before its first heartbeat.
+    pub ttl: Duration,
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -34,14 +50,43 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user:pass@host:port/db`, libpq-style parameters allowed,
     /// e.g. `?options[search_path]=stepwise`) and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, 8, None).await
+    }
+
+    /// [`connect`](Self::connect) with a pool of `connections`, and sessions that the server
+    /// ends when they sit idle inside a transaction for longer than `idle_in_transaction`: a
+    /// replica frozen mid-transaction must not keep a run's row locked past its lease.
+    pub async fn connect_with(
+        url: &str,
+        connections: u32,
+        idle_in_transaction: Option<Duration>,
+    ) -> Result<Self, StoreError> {
+        let invalid =
+            |e: sqlx::Error| StoreError::InvalidUrl { url: "postgres://…".into(), message: e.to_string() };
+        let mut options: PgConnectOptions = url.parse().map_err(invalid)?;
+        if let Some(limit) = idle_in_transaction {
+            options = options
+                .options([("idle_in_transaction_session_timeout", format!("{}ms", limit.as_millis()))]);
+        }
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(|e| StoreError::Backend(format!("connecting to Postgres: {e}")))?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Backend(format!("migrating Postgres: {e}")))?;
         Ok(Self { pool })
+    }
+
+    /// The connection pool (the replica coordination shares it).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends `events` like [`RunStore::append_batch`], only while `fence` holds each run's
+    /// lease: otherwise nothing is written and the error is [`StoreError::Fenced`].
+    pub async fn append_fenced(&self, events: &[RunEvent], fence: Fence<'_>) -> Result<(), StoreError> {
+        self.append_all(events, Some(fence)).await
     }
 
     /// Closes the pool, waiting for connections to finish.
@@ -61,10 +106,14 @@ impl PostgresStore {
     }
 
     /// Runs `events` in one transaction; a primary-key collision becomes `Conflict`.
-    async fn append_all(&self, events: &[RunEvent]) -> Result<(), StoreError> {
+    async fn append_all(&self, events: &[RunEvent], fence: Option<Fence<'_>>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut notified: Vec<&RunId> = Vec::new();
         for event in events {
-            match append_in(&mut tx, event).await {
+            if !notified.contains(&&event.run_id) {
+                notified.push(&event.run_id);
+            }
+            match append_in(&mut tx, event, fence).await {
                 Ok(()) => {}
                 Err(Failure::Store(e)) => return Err(e),
                 Err(Failure::Collision) => {
@@ -72,6 +121,14 @@ impl PostgresStore {
                     return Err(self.lost_race(event).await);
                 }
             }
+        }
+        for run in notified {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(EVENTS_CHANNEL)
+                .bind(run.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
     }
@@ -96,10 +153,17 @@ fn db_failure(e: sqlx::Error) -> Failure {
     }
 }
 
+/// A `runs` row with its lease: the summary columns, then owner and epoch.
+type LeasedRow = (String, String, String, String, Option<String>, i64, bool, Option<String>, i64);
+
 /// One append inside an open transaction.
-async fn append_in(conn: &mut PgConnection, event: &RunEvent) -> Result<(), Failure> {
-    let row: Option<SummaryRow> = sqlx::query_as(
-        "SELECT id, task, status, created_at, finished_at, last_seq, require_approval \
+async fn append_in(
+    conn: &mut PgConnection,
+    event: &RunEvent,
+    fence: Option<Fence<'_>>,
+) -> Result<(), Failure> {
+    let row: Option<LeasedRow> = sqlx::query_as(
+        "SELECT id, task, status, created_at, finished_at, last_seq, require_approval, owner, lease_epoch \
          FROM runs WHERE id = $1 FOR UPDATE",
     )
     .bind(event.run_id.as_str())
@@ -107,7 +171,15 @@ async fn append_in(conn: &mut PgConnection, event: &RunEvent) -> Result<(), Fail
     .await
     .map_err(backend)?;
     let exists = row.is_some();
-    let prev = row.map(summary_from_row).transpose()?;
+    let prev = match row {
+        Some((id, task, status, created, finished, seq, approval, owner, epoch)) => {
+            if let Some(f) = fence {
+                check_fence(&event.run_id, f, owner, epoch)?;
+            }
+            Some(summary_from_row((id, task, status, created, finished, seq, approval))?)
+        }
+        None => None,
+    };
     let next = check_append(prev, event)?;
     let finished_at = next.finished_at.as_ref().map(time_to_sql);
     if exists {
@@ -121,8 +193,9 @@ async fn append_in(conn: &mut PgConnection, event: &RunEvent) -> Result<(), Fail
             .map_err(backend)?;
     } else {
         sqlx::query(
-            "INSERT INTO runs (id, task, status, created_at, finished_at, last_seq, require_approval) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO runs (id, task, status, created_at, finished_at, last_seq, require_approval, \
+             owner, lease_epoch, lease_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))",
         )
         .bind(event.run_id.as_str())
         .bind(&next.task)
@@ -131,6 +204,9 @@ async fn append_in(conn: &mut PgConnection, event: &RunEvent) -> Result<(), Fail
         .bind(finished_at)
         .bind(seq_to_sql(next.last_seq))
         .bind(next.require_approval)
+        .bind(fence.map(|f| f.owner))
+        .bind(if fence.is_some() { 1_i64 } else { 0 })
+        .bind(fence.map_or(0.0, |f| f.ttl.as_secs_f64()))
         .execute(&mut *conn)
         .await
         .map_err(db_failure)?;
@@ -148,17 +224,26 @@ async fn append_in(conn: &mut PgConnection, event: &RunEvent) -> Result<(), Fail
     Ok(())
 }
 
+/// The run's lease must be `fence`'s: same owner, same epoch.
+fn check_fence(run: &RunId, fence: Fence<'_>, owner: Option<String>, epoch: i64) -> Result<(), Failure> {
+    let held = fence.epochs.get(run).copied();
+    if owner.as_deref() == Some(fence.owner) && held == Some(epoch) {
+        return Ok(());
+    }
+    Err(Failure::Store(StoreError::Fenced { run: run.clone(), owner, epoch: held.unwrap_or(0) }))
+}
+
 #[async_trait::async_trait]
 impl RunStore for PostgresStore {
     async fn append(&self, event: &RunEvent) -> Result<(), StoreError> {
-        self.append_all(std::slice::from_ref(event)).await
+        self.append_all(std::slice::from_ref(event), None).await
     }
 
     async fn append_batch(&self, events: &[RunEvent]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        self.append_all(events).await
+        self.append_all(events, None).await
     }
 
     async fn events(&self, run: &RunId, after: u64) -> Result<Vec<RunEvent>, StoreError> {

@@ -238,7 +238,11 @@ async fn commit_group(
         Err(e) => {
             // Nothing of the group was committed; forget what we thought we knew.
             known.clear();
-            results.into_iter().map(|r| r.and_then(|()| Err(StoreError::Backend(e.to_string())))).collect()
+            let each = |_| match &e {
+                StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                other => StoreError::Backend(other.to_string()),
+            };
+            results.into_iter().map(|r| r.and_then(|()| Err(each(())))).collect()
         }
     }
 }

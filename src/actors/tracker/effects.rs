@@ -11,8 +11,8 @@ use ractor::ActorRef;
 
 use super::{Attempt, Tracker, TrackerState, spans};
 use crate::actors::messages::{
-    ExecutorMsg, PlanJob, PlannerMsg, ReplanJob, ReplannerMsg, StepInput, StepJob, StepReport, SynthesisJob,
-    SynthesizerMsg, TrackerMsg,
+    EventSink, ExecutorMsg, PlanJob, PlannerMsg, ReplanJob, ReplannerMsg, StepInput, StepJob, StepReport,
+    SynthesisJob, SynthesizerMsg, TrackerMsg,
 };
 use crate::actors::reply;
 use crate::run::machine::{Command, Input, ServiceRequest, StepAssignment, Transition};
@@ -30,6 +30,9 @@ impl Tracker {
                         if let Some(a) = st.attempts.remove(&step) {
                             stop(a);
                         }
+                        if let Some(r) = self.shared.replication() {
+                            r.withdraw(&st.machine.run().id, Some(step));
+                        }
                     }
                 }
                 Command::Ask(request) => self.ask(me, st, request),
@@ -41,7 +44,7 @@ impl Tracker {
         }
     }
 
-    /// Starts a step attempt on the executor pool.
+    /// Starts a step attempt on the executor pool, or queues it for every replica's executors.
     fn start_step(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState, a: StepAssignment) {
         let run = st.machine.run();
         let span = spans::step(&st.span, run, &a, st.replan_links.get(&a.step.id));
@@ -59,9 +62,14 @@ impl Tracker {
             verify: a.verify,
             trace: TraceContext::of(&span),
             cancel: cancel.clone(),
-            events_to: Some(me.clone()),
+            events: EventSink::Tracker(me.clone()),
         };
         st.attempts.insert(step.clone(), Attempt { attempt, span, started: Instant::now(), cancel });
+        if let Some(replicas) = self.shared.replication() {
+            // Any replica's executors may run it; the report comes back through the database.
+            replicas.enqueue(job);
+            return;
+        }
         let lost = move || {
             let error =
                 StepError::new(StepErrorKind::ExecutorCrashed, "the executor stopped before reporting");
@@ -127,6 +135,10 @@ impl Tracker {
         }
         st.service_span = None;
         let run = st.machine.run();
+        if let Some(r) = self.shared.replication() {
+            r.withdraw(&run.id, None);
+            r.finished(&run.id);
+        }
         st.span.record("stepwise.run.status", run.status.as_str());
         if run.status == crate::run::RunStatus::Failed {
             st.span.record("otel.status_code", "ERROR");
@@ -140,6 +152,19 @@ impl Tracker {
         st.channels.result.send_replace(Some(run.result()));
         me.stop(None);
     }
+}
+
+/// Stops everything of a run whose lease another replica took over, without touching what is
+/// now that replica's: no event, no result, and the run leaves this process's live table.
+pub(super) fn fenced(me: &ActorRef<TrackerMsg>, st: &mut TrackerState, shared: &crate::actors::Shared) {
+    st.cancel.cancel();
+    for (_, a) in st.attempts.drain() {
+        stop(a);
+    }
+    st.service_span = None;
+    st.span.record("stepwise.run.status", "taken_over");
+    shared.runs.remove_tracker(&st.machine.run().id, me);
+    me.stop(Some("lease taken over by another replica".into()));
 }
 
 /// Cancels an attempt that will not report (the run ended, or the plan dropped its step).

@@ -59,6 +59,12 @@ pub struct TrackerState {
     replan_links: HashMap<StepId, SpanContext>,
 }
 
+/// How long to wait before trying the store again after `failures` failures in a row: 100 ms,
+/// doubling up to 2 s.
+fn store_backoff(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(100u64.saturating_mul(1 << failures.min(5).saturating_sub(1)).min(2000))
+}
+
 /// A failure that stops the tracker; the supervisor restarts it from the stored log.
 #[derive(Debug, thiserror::Error)]
 pub enum TrackerError {
@@ -126,9 +132,17 @@ impl Actor for Tracker {
         };
         observe::answer(st, &input);
         let transition = st.machine.handle(input, Utc::now()).map_err(TrackerError::from)?;
-        self.commit(st, &transition.events).await?;
-        self.carry_out(&me, st, transition);
-        Ok(())
+        match self.commit(st, &transition.events).await {
+            Err(TrackerError::Store { source, .. }) if matches!(*source, StoreError::Fenced { .. }) => {
+                effects::fenced(&me, st, &self.shared);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                self.carry_out(&me, st, transition);
+                Ok(())
+            }
+        }
     }
 
     async fn post_stop(
@@ -163,6 +177,10 @@ impl Tracker {
         if let Err(e) = self.commit(st, &transition.events).await {
             if let TrackerError::Store { source, .. } = &e {
                 let _ = reply.send(Err(ControlError::Store(source.clone())));
+                if matches!(**source, StoreError::Fenced { .. }) {
+                    effects::fenced(me, st, &self.shared);
+                    return Ok(());
+                }
             }
             return Err(e.into());
         }
@@ -172,14 +190,34 @@ impl Tracker {
     }
 
     /// Stores a transition's events (one batch), then publishes them and records what they
-    /// mean for spans and metrics.
+    /// mean for spans and metrics. While the store is unreachable the run waits here, trying
+    /// again with backoff: an outage pauses runs, it does not fail them.
     async fn commit(&self, st: &mut TrackerState, events: &[RunEvent]) -> Result<(), TrackerError> {
-        let stored = match events {
-            [] => return Ok(()),
-            [one] => self.shared.store.append(one).await,
-            many => self.shared.store.append_batch(many).await,
-        };
-        stored.map_err(|e| TrackerError::Store { run: st.machine.run().id.clone(), source: Arc::new(e) })?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let run = &st.machine.run().id;
+        let mut failures = 0_u32;
+        loop {
+            let stored = match events {
+                [one] => self.shared.store.append(one).await,
+                many => self.shared.store.append_batch(many).await,
+            };
+            match stored {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(run = %run, error = %e, "run store unreachable: the run waits for it");
+                    }
+                    tokio::time::sleep(store_backoff(failures)).await;
+                }
+                Err(e) => return Err(TrackerError::Store { run: run.clone(), source: Arc::new(e) }),
+            }
+        }
+        if failures > 0 {
+            tracing::info!(run = %run, attempts = failures + 1, "run store back: the run goes on");
+        }
         for event in events {
             observe::event(st, &event.kind);
             st.channels.publish(event.clone());

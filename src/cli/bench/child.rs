@@ -48,6 +48,11 @@ impl Spawned {
             let _ = self.child.kill().await;
         }
     }
+
+    /// Kills the child at once (SIGKILL, as `kill -9`: no drain, no cleanup) and reaps it.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("killing the child with SIGKILL")
+    }
 }
 
 /// Where a spawned child prints the line with its address.
@@ -126,14 +131,16 @@ fn address_after(line: &str, marker: &str) -> Option<String> {
 }
 
 /// `exe serve` (the real stepwise binary) on a free loopback port with the default config: run in
-/// `dir` (so no `config/stepwise.toml` is found), with no `STEPWISE_*` variable, its data in
-/// `dir`, the openai provider at `base_url` (`…/v1`). `config` is passed on when given.
+/// `dir` (so no `config/stepwise.toml` is found), with no `STEPWISE_*` variable but those of
+/// `env`, its data in `dir`, the openai provider at `base_url` (`…/v1`). `config` is passed on
+/// when given.
 pub(super) async fn start_serve(
     exe: &Path,
     dir: &Path,
     base_url: &str,
     model: &str,
     config: Option<&Path>,
+    env: &[(&str, String)],
 ) -> anyhow::Result<Spawned> {
     let mut command = Command::new(exe);
     command
@@ -149,6 +156,7 @@ pub(super) async fn start_serve(
             command.env_remove(name);
         }
     }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     spawn(command, "stepwise listening on", AddressOn::Stderr).await
 }
 

@@ -16,12 +16,16 @@
 //! - `serve`: the real `stepwise serve` binary as a child process with its default config,
 //!   against the fake model server: R runs of a K-step plan over HTTP, the service's CPU time per
 //!   step and per model call, its peak RSS (see `serve.rs`).
+//! - `replicas`: 1, 2, 3 `serve` replicas sharing one Postgres (`--store-url`): throughput and
+//!   speed-up per replica count, then the takeover time after one replica is killed (see
+//!   `replicas.rs`).
 
 mod child;
 mod concurrency;
 mod http;
 mod makespan;
 mod overhead;
+mod replicas;
 mod serve;
 mod tracing;
 
@@ -45,10 +49,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Value> {
     if args.scenario == BenchScenario::Serve {
         return serve::run(&serve_bench(args)?).await;
     }
+    if args.scenario == BenchScenario::Replicas {
+        return replicas::run(&replicas_bench(args)?).await;
+    }
     anyhow::ensure!(
         args.fake_server.is_none() && args.model_url.is_none() && args.serve_exe.is_none(),
-        "--fake-server, --model-url and --serve-exe are for the serve scenario"
+        "--fake-server, --model-url and --serve-exe are for the serve and replicas scenarios"
     );
+    anyhow::ensure!(args.store_url.is_none(), "--store-url is for the replicas scenario");
     let steps = args.steps.unwrap_or(DEFAULT_STEPS);
     let setup = Setup::new(args)?;
     let report = match args.scenario {
@@ -61,28 +69,70 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Value> {
             let latency = Duration::from_millis(args.latency_ms.unwrap_or(0));
             return tracing::run(args.runs, steps, executor_pool(args.pool), args.reps, latency).await;
         }
-        BenchScenario::Serve => unreachable!("handled above"),
+        BenchScenario::Serve | BenchScenario::Replicas => unreachable!("handled above"),
     }?;
     Ok(setup.annotate(report))
 }
 
 /// Steps per run of `overhead` and `tracing` unless `--steps` says otherwise.
 const DEFAULT_STEPS: usize = 10;
-/// Steps per run of `serve` unless `--steps` says otherwise.
+/// Steps per run of `serve` and `replicas` unless `--steps` says otherwise.
 const DEFAULT_SERVE_STEPS: usize = 2;
 
-/// The `serve` scenario's inputs from the flags: the model server is `--model-url`, else the
-/// `--fake-server` binary, else the fake server built beside this executable.
+/// The `serve` scenario's inputs from the flags.
 fn serve_bench(args: &BenchArgs) -> anyhow::Result<serve::ServeBench> {
+    Ok(serve::ServeBench {
+        runs: args.runs,
+        steps: args.steps.unwrap_or(DEFAULT_SERVE_STEPS),
+        latency_ms: args.latency_ms,
+        server: model_server(args, "serve")?,
+        model: args.model.model.clone().unwrap_or_else(|| "fake".into()),
+        config: args.model.config.clone(),
+        serve_exe: args.serve_exe.clone(),
+    })
+}
+
+/// The `replicas` scenario's inputs from the flags.
+fn replicas_bench(args: &BenchArgs) -> anyhow::Result<replicas::ReplicasBench> {
+    let store_url = args.store_url.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the replicas scenario needs --store-url postgres://… (the database the replicas share)"
+        )
+    })?;
+    anyhow::ensure!(
+        !args.replicas.is_empty() && !args.replicas.contains(&0),
+        "--replicas takes replica counts of at least 1, e.g. 1,2,3"
+    );
+    anyhow::ensure!(args.max_workers > 0, "--max-workers must be at least 1");
+    anyhow::ensure!(args.lease_ttl_secs > 0, "--lease-ttl-secs must be at least 1");
+    Ok(replicas::ReplicasBench {
+        store_url,
+        replicas: args.replicas.clone(),
+        runs: args.runs,
+        steps: args.steps.unwrap_or(DEFAULT_SERVE_STEPS),
+        max_workers: args.max_workers,
+        lease_ttl_secs: args.lease_ttl_secs,
+        latency_ms: args.latency_ms,
+        server: model_server(args, "replicas")?,
+        model: args.model.model.clone().unwrap_or_else(|| "fake".into()),
+        config: args.model.config.clone(),
+        serve_exe: args.serve_exe.clone(),
+    })
+}
+
+/// The model server of the scenarios that run the `serve` binary (`scenario` names it in
+/// errors): `--model-url`, else the `--fake-server` binary, else the fake server built beside
+/// this executable.
+fn model_server(args: &BenchArgs, scenario: &str) -> anyhow::Result<serve::ModelServer> {
     let m = &args.model;
     anyhow::ensure!(
         m.provider.is_none_or(|p| p == super::ProviderArg::Openai)
             && m.script.is_none()
             && m.record.is_none(),
-        "the serve scenario always runs `serve --provider openai`; --script and --record do not apply"
+        "the {scenario} scenario always runs `serve --provider openai`; --script and --record do not apply"
     );
-    anyhow::ensure!(!args.stream_plan, "the serve scenario runs the default config: no --stream-plan");
-    let server = match (&args.model_url, &args.fake_server) {
+    anyhow::ensure!(!args.stream_plan, "the {scenario} scenario runs the default config: no --stream-plan");
+    Ok(match (&args.model_url, &args.fake_server) {
         (Some(url), _) => serve::ModelServer::Running(url.trim_end_matches('/').to_owned()),
         (None, Some(path)) => serve::ModelServer::Start(path.clone()),
         (None, None) => serve::ModelServer::Start(serve::default_fake_server().ok_or_else(|| {
@@ -91,15 +141,6 @@ fn serve_bench(args: &BenchArgs) -> anyhow::Result<serve::ServeBench> {
                  (found beside this executable), or pass --fake-server PATH or --model-url URL"
             )
         })?),
-    };
-    Ok(serve::ServeBench {
-        runs: args.runs,
-        steps: args.steps.unwrap_or(DEFAULT_SERVE_STEPS),
-        latency_ms: args.latency_ms,
-        server,
-        model: m.model.clone().unwrap_or_else(|| "fake".into()),
-        config: m.config.clone(),
-        serve_exe: args.serve_exe.clone(),
     })
 }
 

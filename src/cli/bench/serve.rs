@@ -32,15 +32,15 @@ use serde_json::{Value, json};
 use super::child::{self, Spawned};
 
 /// Requests in flight while submitting and reading back.
-const IN_FLIGHT: usize = 64;
+pub(super) const IN_FLIGHT: usize = 64;
 /// How often the bench asks whether runs are still in progress. The wall time comes from the
 /// runs' own `finished_at`, not from when a poll saw them end, so polling seldom loses no
 /// precision and costs the service under test little.
-const POLL_EVERY: Duration = Duration::from_millis(50);
+pub(super) const POLL_EVERY: Duration = Duration::from_millis(50);
 /// A run still in progress after this long fails the bench.
-const DEADLINE: Duration = Duration::from_secs(600);
+pub(super) const DEADLINE: Duration = Duration::from_secs(600);
 /// Statuses of a run in progress (the default config never waits for approval).
-const IN_PROGRESS: [&str; 2] = ["planning", "running"];
+pub(super) const IN_PROGRESS: [&str; 2] = ["planning", "running"];
 
 /// What the scenario is given.
 pub(crate) struct ServeBench {
@@ -72,26 +72,47 @@ pub(crate) enum ModelServer {
 /// The fake server's latency when the bench starts it and `--latency-ms` is not given.
 const DEFAULT_LATENCY_MS: u64 = 50;
 
+/// A model server ready for `serve`: the child when the bench started it, its base URL
+/// (`…/v1`) and its latency per call (None: unknown).
+pub(super) type ReadyModelServer = (Option<Spawned>, String, Option<u64>);
+
+impl ModelServer {
+    /// Starts the fake server at `latency_ms` (else `default_latency_ms`), or takes the running
+    /// server as it is.
+    pub(super) async fn ready(
+        &self,
+        latency_ms: Option<u64>,
+        default_latency_ms: u64,
+    ) -> anyhow::Result<ReadyModelServer> {
+        match self {
+            ModelServer::Start(path) => {
+                let latency = latency_ms.unwrap_or(default_latency_ms);
+                let fake = child::start_fake_server(path, Duration::from_millis(latency))
+                    .await
+                    .with_context(|| format!("starting the fake model server {}", path.display()))?;
+                let url = format!("{}/v1", fake.url);
+                Ok((Some(fake), url, Some(latency)))
+            }
+            ModelServer::Running(url) => Ok((None, url.clone(), latency_ms)),
+        }
+    }
+}
+
+/// The stepwise binary to run as `serve`: `path` when given, else this executable.
+pub(super) fn serve_exe(path: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    match path {
+        Some(path) => Ok(std::path::absolute(path)?),
+        None => std::env::current_exe().context("locating the stepwise executable"),
+    }
+}
+
 /// Runs the scenario and returns its report.
 pub(super) async fn run(bench: &ServeBench) -> anyhow::Result<Value> {
-    let (fake, base_url, latency_ms) = match &bench.server {
-        ModelServer::Start(path) => {
-            let latency = bench.latency_ms.unwrap_or(DEFAULT_LATENCY_MS);
-            let fake = child::start_fake_server(path, Duration::from_millis(latency))
-                .await
-                .with_context(|| format!("starting the fake model server {}", path.display()))?;
-            let url = format!("{}/v1", fake.url);
-            (Some(fake), url, Some(latency))
-        }
-        ModelServer::Running(url) => (None, url.clone(), bench.latency_ms),
-    };
+    let (fake, base_url, latency_ms) = bench.server.ready(bench.latency_ms, DEFAULT_LATENCY_MS).await?;
     let dir = tempfile::tempdir()?;
-    let exe = match &bench.serve_exe {
-        Some(path) => std::path::absolute(path)?,
-        None => std::env::current_exe().context("locating the stepwise executable")?,
-    };
+    let exe = serve_exe(bench.serve_exe.as_deref())?;
     let serve =
-        child::start_serve(&exe, dir.path(), &base_url, &bench.model, bench.config.as_deref()).await?;
+        child::start_serve(&exe, dir.path(), &base_url, &bench.model, bench.config.as_deref(), &[]).await?;
     let outcome = measure(bench, &serve).await;
     let outcome =
         outcome.with_context(|| format!("stepwise serve's stderr ends with:\n{}", serve.stderr_tail()));
@@ -126,11 +147,7 @@ async fn measure(bench: &ServeBench, serve: &Spawned) -> anyhow::Result<Value> {
     let seen_ended = t0.elapsed();
     let (cpu_after, peak_rss) = serve_usage(&pid)?;
     let totals = read_back(&client, base, &submitted.ids).await?;
-    // Until the last run's end as the service recorded it; what the poll saw is the fallback.
-    let wall = totals
-        .last_finished
-        .and_then(|end| (end - started).to_std().ok())
-        .map_or(seen_ended, |w| w.min(seen_ended));
+    let wall = wall_time(started, &totals, seen_ended);
     let cpu = cpu_after.saturating_sub(cpu_before) as f64;
     let per = |n: u64| if n == 0 { None } else { Some(cpu / n as f64) };
     let report = json!({
@@ -157,8 +174,17 @@ async fn measure(bench: &ServeBench, serve: &Spawned) -> anyhow::Result<Value> {
     Ok(report)
 }
 
+/// From `started` to the last run's end as the service recorded it (`finished_at`); `seen_ended`
+/// (when a poll saw no run in progress) is the fallback and the upper bound.
+pub(super) fn wall_time(started: DateTime<Utc>, totals: &Totals, seen_ended: Duration) -> Duration {
+    totals
+        .last_finished
+        .and_then(|end| (end - started).to_std().ok())
+        .map_or(seen_ended, |w| w.min(seen_ended))
+}
+
 /// Fails unless every run completed, naming the statuses and the first error.
-fn check_completed(runs: usize, totals: &Totals, report: &Value) -> anyhow::Result<()> {
+pub(super) fn check_completed(runs: usize, totals: &Totals, report: &Value) -> anyhow::Result<()> {
     let completed = totals.statuses.get("completed").copied().unwrap_or(0);
     anyhow::ensure!(
         completed == runs,
@@ -191,7 +217,11 @@ async fn submit_all(
 }
 
 /// Submits one run, retrying after a 429's `Retry-After`; returns its id and the 429s met.
-async fn submit(client: &reqwest::Client, base: &str, task: String) -> anyhow::Result<(String, u64)> {
+pub(super) async fn submit(
+    client: &reqwest::Client,
+    base: &str,
+    task: String,
+) -> anyhow::Result<(String, u64)> {
     let mut rejected = 0;
     loop {
         let resp = client.post(format!("{base}/v1/runs")).json(&json!({"task": task})).send().await?;
@@ -210,7 +240,7 @@ async fn submit(client: &reqwest::Client, base: &str, task: String) -> anyhow::R
 }
 
 /// Polls `GET /v1/runs?status=S&limit=1` until no run is planning or running.
-async fn wait_until_ended(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+pub(super) async fn wait_until_ended(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let mut busy = false;
@@ -229,39 +259,67 @@ async fn wait_until_ended(client: &reqwest::Client, base: &str) -> anyhow::Resul
 
 /// What the runs' results add up to.
 #[derive(Default)]
-struct Totals {
-    statuses: BTreeMap<String, usize>,
-    steps: u64,
-    llm_calls: u64,
-    first_error: Option<String>,
+pub(super) struct Totals {
+    /// Runs per status.
+    pub statuses: BTreeMap<String, usize>,
+    /// Steps of the runs' final plans.
+    pub steps: u64,
+    /// Model calls of all runs.
+    pub llm_calls: u64,
+    /// The first run error met, if any.
+    pub first_error: Option<String>,
     /// The latest `finished_at`.
-    last_finished: Option<DateTime<Utc>>,
+    pub last_finished: Option<DateTime<Utc>>,
 }
 
 /// Reads every run's result (`GET /v1/runs/{id}`) and adds them up.
-async fn read_back(client: &reqwest::Client, base: &str, ids: &[String]) -> anyhow::Result<Totals> {
-    let results: Vec<Value> = futures::stream::iter(ids)
+pub(super) async fn read_back(
+    client: &reqwest::Client,
+    base: &str,
+    ids: &[String],
+) -> anyhow::Result<Totals> {
+    Ok(Totals::of(&fetch_runs(client, base, ids).await?))
+}
+
+/// Every run's result (`GET /v1/runs/{id}`), in no particular order.
+pub(super) async fn fetch_runs(
+    client: &reqwest::Client,
+    base: &str,
+    ids: &[String],
+) -> anyhow::Result<Vec<Value>> {
+    futures::stream::iter(ids)
         .map(|id| async move {
             let resp = client.get(format!("{base}/v1/runs/{id}")).send().await?.error_for_status()?;
             anyhow::Ok(resp.json::<Value>().await?)
         })
         .buffer_unordered(IN_FLIGHT)
         .try_collect()
-        .await?;
-    let mut totals = Totals::default();
-    for r in &results {
-        *totals.statuses.entry(r["status"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
-        totals.steps += r["plan"]["steps"].as_array().map_or(0, |s| s.len() as u64);
-        totals.llm_calls += r["usage"]["llm_calls"].as_u64().unwrap_or(0);
-        if totals.first_error.is_none() {
-            totals.first_error = r["error"].as_str().map(str::to_owned);
+        .await
+}
+
+impl Totals {
+    /// Adds up the runs' results.
+    pub(super) fn of(results: &[Value]) -> Self {
+        let mut totals = Totals::default();
+        for r in results {
+            *totals.statuses.entry(r["status"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+            totals.steps += r["plan"]["steps"].as_array().map_or(0, |s| s.len() as u64);
+            totals.llm_calls += r["usage"]["llm_calls"].as_u64().unwrap_or(0);
+            if totals.first_error.is_none() {
+                totals.first_error = r["error"].as_str().map(str::to_owned);
+            }
+            if let Some(t) = finished_at(r) {
+                totals.last_finished = totals.last_finished.max(Some(t));
+            }
         }
-        let finished = r["finished_at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-        if let Some(t) = finished.map(|t| t.with_timezone(&Utc)) {
-            totals.last_finished = totals.last_finished.max(Some(t));
-        }
+        totals
     }
-    Ok(totals)
+}
+
+/// A run result's `finished_at`, if it has ended.
+pub(super) fn finished_at(result: &Value) -> Option<DateTime<Utc>> {
+    let t = DateTime::parse_from_rfc3339(result["finished_at"].as_str()?).ok()?;
+    Some(t.with_timezone(&Utc))
 }
 
 /// Where `cargo build --release --example fake_openai_server` puts the fake server, next to this

@@ -206,7 +206,8 @@ pub struct Transition {
 }
 
 /// Why the machine refused a control request (approve, reject, cancel).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Refusal {
     /// Approve/reject when the plan is not waiting for approval.
     #[error("run is {}, not awaiting approval", .0.as_str())]

@@ -1,0 +1,281 @@
+//! The step queue and the runs' inboxes, in SQL: what trackers queue, what executors claim,
+//! and what they send back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPool;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::Inner;
+use super::decide;
+use crate::actors::messages::{StepJob, StepReport};
+use crate::plan::StepId;
+use crate::run::{EventKind, RunId};
+use crate::store::{StoreError, backend};
+
+/// The channel a queued step notifies: every replica's claimer listens.
+pub(super) const STEPS_CHANNEL: &str = "stepwise_steps";
+/// The channel a run's owner is woken on; the payload is the owner's replica id.
+pub(super) const INBOX_CHANNEL: &str = "stepwise_inbox";
+
+/// What a tracker asks of the queue, carried out in order by one task per replica.
+pub(super) enum Outgoing {
+    /// Queue a step attempt.
+    Enqueue(Box<StepJob>),
+    /// Take back a run's queued attempts (of one step, or all).
+    Withdraw(RunId, Option<StepId>),
+}
+
+/// What an executor sends the run's owner.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum InboxMessage {
+    /// A tool event of the running attempt.
+    Tool(EventKind),
+    /// The attempt ended.
+    Finished(StepReport),
+}
+
+/// A claimed queue row.
+pub(super) struct Claimed {
+    pub id: i64,
+    pub token: i64,
+    pub job: StepJob,
+}
+
+/// Carries out the trackers' queue requests in the order they were made (a withdraw never
+/// overtakes the enqueue it withdraws), each batch of pending requests in one transaction. A
+/// store outage holds them until the store is back.
+pub(super) async fn run_outbox(inner: Arc<Inner>, mut rx: UnboundedReceiver<Outgoing>) {
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+        }
+        let mut failures = 0;
+        loop {
+            match write_outgoing(&inner.pg_pool(), &batch).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    failures += 1;
+                    tokio::time::sleep(decide::backoff(failures)).await;
+                }
+                Err(e) => {
+                    tracing::error!(replica = %inner.id, error = %e, "could not queue steps; their runs resume them when taken over");
+                    break;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn write_outgoing(pool: &PgPool, batch: &[Outgoing]) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(backend)?;
+    let mut queued = false;
+    for request in batch {
+        match request {
+            Outgoing::Enqueue(job) => {
+                let body = serde_json::to_string(job).map_err(backend)?;
+                sqlx::query(
+                    "INSERT INTO step_queue (run_id, step_id, attempt, job) VALUES ($1, $2, $3, $4::jsonb)",
+                )
+                .bind(job.run_id.as_str())
+                .bind(job.step.id.as_str())
+                .bind(i64::from(job.attempt))
+                .bind(body)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                queued = true;
+            }
+            Outgoing::Withdraw(run, step) => {
+                sqlx::query(
+                    "DELETE FROM step_queue WHERE run_id = $1 AND ($2::text IS NULL OR step_id = $2)",
+                )
+                .bind(run.as_str())
+                .bind(step.as_ref().map(StepId::as_str))
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+        }
+    }
+    if queued {
+        notify(&mut tx, STEPS_CHANNEL, "").await?;
+    }
+    tx.commit().await.map_err(backend)
+}
+
+/// `pg_notify` inside a transaction: delivered on commit.
+pub(super) async fn notify(
+    conn: &mut sqlx::PgConnection,
+    channel: &str,
+    payload: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Claims up to `n` ready steps for `replica`, fairly across runs: each run's oldest ready step
+/// first, then each run's second, and so on, so that one run with a thousand ready steps does
+/// not starve ten runs with one. A claim whose lease expired is ready again. Steps of runs that
+/// ended are left alone.
+pub(super) async fn claim(
+    pool: &PgPool,
+    replica: &str,
+    n: usize,
+    ttl: Duration,
+) -> Result<Vec<Claimed>, StoreError> {
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+        "WITH ready AS ( \
+             SELECT q.id, row_number() OVER (PARTITION BY q.run_id ORDER BY q.id) AS turn \
+             FROM step_queue q JOIN runs r ON r.id = q.run_id \
+             WHERE (q.claimed_by IS NULL OR q.lease_expires_at < now()) \
+               AND r.status NOT IN ('completed', 'failed', 'cancelled') \
+         ), picked AS ( \
+             SELECT q.id FROM step_queue q JOIN ready ON ready.id = q.id \
+             WHERE q.claimed_by IS NULL OR q.lease_expires_at < now() \
+             ORDER BY ready.turn, q.id LIMIT $1 \
+             FOR UPDATE OF q SKIP LOCKED \
+         ) \
+         UPDATE step_queue s SET claimed_by = $2, claim_token = s.claim_token + 1, \
+             lease_expires_at = now() + make_interval(secs => $3) \
+         FROM picked WHERE s.id = picked.id \
+         RETURNING s.id, s.claim_token, s.job::text",
+    )
+    .bind(i64::try_from(n).unwrap_or(i64::MAX))
+    .bind(replica)
+    .bind(ttl.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .map_err(backend)?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for (id, token, body) in rows {
+        match serde_json::from_str::<StepJob>(&body) {
+            Ok(job) => claimed.push(Claimed { id, token, job }),
+            Err(e) => {
+                // A row no build of ours could have written: drop it rather than claim it forever.
+                tracing::error!(row = id, error = %e, "undecodable step in the queue; removed");
+                let _ = sqlx::query("DELETE FROM step_queue WHERE id = $1").bind(id).execute(pool).await;
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+/// Pushes the leases of `claims` (row, token) on; returns the rows still claimed by `replica`.
+pub(super) async fn renew_claims(
+    pool: &PgPool,
+    replica: &str,
+    claims: &[(i64, i64)],
+    ttl: Duration,
+) -> Result<Vec<i64>, StoreError> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, tokens): (Vec<i64>, Vec<i64>) = claims.iter().copied().unzip();
+    sqlx::query_scalar(
+        "UPDATE step_queue q SET lease_expires_at = now() + make_interval(secs => $4) \
+         FROM unnest($1::bigint[], $2::bigint[]) AS c(id, token) \
+         WHERE q.id = c.id AND q.claim_token = c.token AND q.claimed_by = $3 \
+         RETURNING q.id",
+    )
+    .bind(ids)
+    .bind(tokens)
+    .bind(replica)
+    .bind(ttl.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .map_err(backend)
+}
+
+/// Sends `messages` of a claimed step to its run's inbox, only while the claim (row, token) is
+/// still `replica`'s; `done` also removes the row (the attempt reported). Returns false when the
+/// claim was lost: nothing was sent.
+pub(super) async fn report(
+    pool: &PgPool,
+    replica: &str,
+    claim: (i64, i64),
+    messages: &[InboxMessage],
+    done: bool,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await.map_err(backend)?;
+    let owner: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT q.run_id, r.owner FROM step_queue q JOIN runs r ON r.id = q.run_id \
+         WHERE q.id = $1 AND q.claim_token = $2 AND q.claimed_by = $3 FOR UPDATE OF q",
+    )
+    .bind(claim.0)
+    .bind(claim.1)
+    .bind(replica)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let Some((run, owner)) = owner else {
+        return Ok(false);
+    };
+    for m in messages {
+        let body = serde_json::to_string(m).map_err(backend)?;
+        sqlx::query("INSERT INTO run_inbox (run_id, body) VALUES ($1, $2::jsonb)")
+            .bind(&run)
+            .bind(body)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    if done {
+        sqlx::query("DELETE FROM step_queue WHERE id = $1")
+            .bind(claim.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    notify(&mut tx, INBOX_CHANNEL, owner.as_deref().unwrap_or("")).await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(true)
+}
+
+/// Takes the inbox messages of the runs in `runs`, oldest first.
+pub(super) async fn take_inbox(
+    pool: &PgPool,
+    runs: &[String],
+) -> Result<Vec<(RunId, InboxMessage)>, StoreError> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rows: Vec<(i64, String, String)> =
+        sqlx::query_as("DELETE FROM run_inbox WHERE run_id = ANY($1) RETURNING id, run_id, body::text")
+            .bind(runs)
+            .fetch_all(pool)
+            .await
+            .map_err(backend)?;
+    rows.sort_by_key(|r| r.0);
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, run, body) in rows {
+        match serde_json::from_str(&body) {
+            Ok(m) => out.push((RunId(run), m)),
+            Err(e) => tracing::error!(row = id, run = %run, error = %e, "undecodable inbox message; dropped"),
+        }
+    }
+    Ok(out)
+}
+
+/// Steps waiting to be claimed, and how long the oldest has waited.
+pub(super) async fn depth(pool: &PgPool) -> Result<(u64, f64), StoreError> {
+    let (n, oldest): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(enqueued_at))::float8 \
+         FROM step_queue WHERE claimed_by IS NULL OR lease_expires_at < now()",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(backend)?;
+    Ok((u64::try_from(n).unwrap_or(0), oldest.unwrap_or(0.0)))
+}
