@@ -11,6 +11,8 @@
 # - fsync is off: a CI throwaway, not a durability test; never reuse these settings.
 # - Idempotent: when the cluster is already running it is reused, so a second call costs ~0.1 s.
 # - `bash .ci/postgres.sh stop` stops it and deletes the directory.
+# - `bash .ci/postgres.sh down` / `up` stop and start the server and keep its data (the
+#   outage tests take the database away under load and bring it back).
 # Everything except the export line goes to stderr.
 set -euo pipefail
 cd /  # the postgres user may not be able to read the caller's directory
@@ -68,6 +70,23 @@ if [ "${1:-}" = "stop" ]; then
     exit 0
 fi
 
+# The server's settings; $port must be set.
+server_opts() {
+    echo "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+}
+
+if [ "${1:-}" = "down" ]; then
+    as_owner "$bindir/pg_ctl" -D "$data" -m fast -w stop >&2
+    exit 0
+fi
+if [ "${1:-}" = "up" ]; then
+    port=$(cat "$dir/port")
+    as_owner "$bindir/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
+        -o "$(server_opts)" \
+        start >&2
+    exit 0
+fi
+
 url_for() { echo "postgres://$user:$(cat "$dir/password")@127.0.0.1:$(cat "$dir/port")/$db"; }
 
 if [ -f "$dir/ready" ] && as_owner "$bindir/pg_ctl" -D "$data" status >/dev/null 2>&1; then
@@ -115,7 +134,7 @@ rm -f "$pwfile"
 
 log "starting on 127.0.0.1:$port"
 as_owner "$bindir/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    -o "$(server_opts)" \
     start >&2 || { cat "$dir/server.log" >&2; exit 1; }
 
 export PGPASSWORD

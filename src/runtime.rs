@@ -625,9 +625,9 @@ fn followed(
                     return Some((Err(e.into()), s));
                 }
             }
-            match tokio::time::timeout(FOLLOW_POLL, s.changes.changed()).await {
-                Ok(Err(_)) => tokio::time::sleep(FOLLOW_POLL).await,
-                _ => {}
+            if let Ok(Err(_)) = tokio::time::timeout(FOLLOW_POLL, s.changes.changed()).await {
+                // No sender (the replica stopped): fall back to polling.
+                tokio::time::sleep(FOLLOW_POLL).await;
             }
         }
     })

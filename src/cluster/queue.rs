@@ -279,3 +279,101 @@ pub(super) async fn depth(pool: &PgPool) -> Result<(u64, f64), StoreError> {
     .map_err(backend)?;
     Ok((u64::try_from(n).unwrap_or(0), oldest.unwrap_or(0.0)))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against the Postgres that `STEPWISE_TEST_POSTGRES_URL` names (`.ci/postgres.sh`).
+    use super::*;
+    use crate::options::StepBudget;
+    use crate::plan::StepSpec;
+    use crate::run::{RunEvent, RunId};
+    use crate::store::RunStore;
+    use crate::store::postgres::PostgresStore;
+    use crate::telemetry::TraceContext;
+
+    async fn store() -> PostgresStore {
+        let base = std::env::var("STEPWISE_TEST_POSTGRES_URL")
+            .expect("STEPWISE_TEST_POSTGRES_URL is not set: eval \"$(bash .ci/postgres.sh)\" starts a Postgres");
+        let admin = PgPool::connect(&base).await.unwrap();
+        let schema = format!("q_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        PostgresStore::connect(&format!("{base}{sep}options[search_path]={schema}")).await.unwrap()
+    }
+
+    fn job(run: &RunId, step: usize) -> Outgoing {
+        Outgoing::Enqueue(Box::new(StepJob {
+            run_id: run.clone(),
+            task: "t".into(),
+            goal: "g".into(),
+            step: StepSpec {
+                id: crate::plan::StepId(format!("s{step}")),
+                description: "d".into(),
+                expected_outcome: "e".into(),
+                tool: None,
+                depends_on: vec![],
+            },
+            attempt: 1,
+            inputs: vec![],
+            budget: StepBudget::default(),
+            verify: false,
+            trace: TraceContext::default(),
+            cancel: Default::default(),
+            events: Default::default(),
+        }))
+    }
+
+    async fn new_run(store: &PostgresStore) -> RunId {
+        let run = RunId::new();
+        let kind = EventKind::RunSubmitted { task: "t".into(), options: Default::default() };
+        store.append(&RunEvent { run_id: run.clone(), seq: 1, at: chrono::Utc::now(), kind }).await.unwrap();
+        run
+    }
+
+    #[tokio::test]
+    async fn a_run_with_a_thousand_ready_steps_does_not_starve_ten_runs_with_one() {
+        let store = store().await;
+        let big = new_run(&store).await;
+        let mut outgoing: Vec<Outgoing> = (0..1000).map(|i| job(&big, i)).collect();
+        let mut small = Vec::new();
+        for _ in 0..10 {
+            let run = new_run(&store).await;
+            outgoing.push(job(&run, 0));
+            small.push(run);
+        }
+        write_outgoing(store.pool(), &outgoing).await.unwrap();
+        let ttl = Duration::from_secs(30);
+        let first = claim(store.pool(), "r", 11, ttl).await.unwrap();
+        let mut runs: Vec<&RunId> = first.iter().map(|c| &c.job.run_id).collect();
+        runs.sort();
+        runs.dedup();
+        assert_eq!(runs.len(), 11, "each run's first step comes before any run's second");
+        let next = claim(store.pool(), "r", 5, ttl).await.unwrap();
+        assert!(next.iter().all(|c| c.job.run_id == big));
+        // Claimed rows are not claimed twice; a withdrawn run's rows are gone.
+        write_outgoing(store.pool(), &[Outgoing::Withdraw(big.clone(), None)]).await.unwrap();
+        assert!(claim(store.pool(), "other", 100, ttl).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_report_whose_claim_was_taken_over_is_refused() {
+        let store = store().await;
+        let run = new_run(&store).await;
+        write_outgoing(store.pool(), &[job(&run, 0)]).await.unwrap();
+        // Claimed by a, whose lease expires at once; then claimed by b.
+        let a = claim(store.pool(), "a", 1, Duration::ZERO).await.unwrap().remove(0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let b = claim(store.pool(), "b", 1, Duration::from_secs(30)).await.unwrap().remove(0);
+        assert_eq!(a.id, b.id);
+        let report = |step: &str| InboxMessage::Tool(EventKind::RunCancelled { reason: step.into() });
+        assert!(!report_ok(&store, "a", (a.id, a.token), report("a")).await, "a's claim was taken over");
+        assert!(report_ok(&store, "b", (b.id, b.token), report("b")).await);
+        let inbox = take_inbox(store.pool(), std::slice::from_ref(&run.0)).await.unwrap();
+        assert_eq!(inbox.len(), 1, "only b's report arrived");
+        assert!(renew_claims(store.pool(), "a", &[(a.id, a.token)], Duration::from_secs(1)).await.unwrap().is_empty());
+    }
+
+    async fn report_ok(store: &PostgresStore, who: &str, claim: (i64, i64), m: InboxMessage) -> bool {
+        report(store.pool(), who, claim, &[m], true).await.unwrap()
+    }
+}
