@@ -185,9 +185,13 @@ async fn cancel_and_approve_sent_to_a_replica_that_does_not_own_the_run_take_eff
     // Approving again is refused by the owner's state machine, and the refusal comes back.
     let (status, _) = api.post(other, &format!("/v1/runs/{rejected}/approve"), json!({})).await;
     assert_eq!(status, 409);
-    let results =
-        wait_ended(&api, std::slice::from_ref(other), &[approved.clone(), rejected.clone()], Duration::from_secs(60))
-            .await;
+    let results = wait_ended(
+        &api,
+        std::slice::from_ref(other),
+        &[approved.clone(), rejected.clone()],
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(results[0]["status"], "completed", "{:#}", results[0]);
     assert_eq!(results[1]["status"], "cancelled", "{:#}", results[1]);
 
@@ -195,7 +199,13 @@ async fn cancel_and_approve_sent_to_a_replica_that_does_not_own_the_run_take_eff
     let (status, body) =
         api.post(other, &format!("/v1/runs/{running}/cancel"), json!({"reason": "stop"})).await;
     assert!(status < 300, "cancel via the non-owner: {status} {body}");
-    let r = wait_ended(&api, std::slice::from_ref(other), std::slice::from_ref(&running), Duration::from_secs(30)).await;
+    let r = wait_ended(
+        &api,
+        std::slice::from_ref(other),
+        std::slice::from_ref(&running),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(r[0]["status"], "cancelled", "{:#}", r[0]);
     for run in [&approved, &rejected, &running] {
         check_log(run, &db.events(run).await);

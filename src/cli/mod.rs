@@ -1,4 +1,4 @@
-//! Command-line interface (DESIGN §6): `stepwise run TASK`, with the model flags shared by every
+//! Command-line interface: `stepwise run TASK`, with the model flags shared by every
 //! command that runs tasks.
 
 pub mod bench;

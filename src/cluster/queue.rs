@@ -292,8 +292,9 @@ mod tests {
     use crate::telemetry::TraceContext;
 
     async fn store() -> PostgresStore {
-        let base = std::env::var("STEPWISE_TEST_POSTGRES_URL")
-            .expect("STEPWISE_TEST_POSTGRES_URL is not set: eval \"$(bash .ci/postgres.sh)\" starts a Postgres");
+        let base = std::env::var("STEPWISE_TEST_POSTGRES_URL").expect(
+            "STEPWISE_TEST_POSTGRES_URL is not set: eval \"$(bash .ci/postgres.sh)\" starts a Postgres",
+        );
         let admin = PgPool::connect(&base).await.unwrap();
         let schema = format!("q_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
@@ -370,7 +371,12 @@ mod tests {
         assert!(report_ok(&store, "b", (b.id, b.token), report("b")).await);
         let inbox = take_inbox(store.pool(), std::slice::from_ref(&run.0)).await.unwrap();
         assert_eq!(inbox.len(), 1, "only b's report arrived");
-        assert!(renew_claims(store.pool(), "a", &[(a.id, a.token)], Duration::from_secs(1)).await.unwrap().is_empty());
+        assert!(
+            renew_claims(store.pool(), "a", &[(a.id, a.token)], Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     async fn report_ok(store: &PostgresStore, who: &str, claim: (i64, i64), m: InboxMessage) -> bool {

@@ -157,7 +157,7 @@ pub struct ToolSpec {
     pub parameters: Arc<serde_json::Value>,
 }
 
-/// A request for JSON matching a named schema (DESIGN §4).
+/// A request for JSON matching a named schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StructuredOutput {
     /// `plan`, `replan_decision` or `step_verdict`.

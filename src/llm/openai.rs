@@ -3,7 +3,7 @@
 //! Speaks to OpenAI and to the servers that copy its API (vLLM, llama.cpp's server, Ollama's
 //! `/v1`, LM Studio, OpenRouter …). Differences between those servers that matter here:
 //!
-//! - Structured output (DESIGN §4) is requested in one of four [`StructuredMode`]s. `auto` tries
+//! - Structured output is requested in one of four [`StructuredMode`]s. `auto` tries
 //!   `json_schema`; when a server rejects it (an error status whose body mentions `json_schema`
 //!   or `response_format`) the call falls back to `json_object`, then `prompt`, warns once, and
 //!   the working mode is remembered per base URL for the rest of the process.

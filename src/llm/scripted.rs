@@ -1,4 +1,4 @@
-//! The deterministic, offline provider: replays a script of responses (DESIGN §4).
+//! The deterministic, offline provider: replays a script of responses.
 //!
 //! Every example and test of the runtime runs on it, and many runs share one instance, so the
 //! position in the script is kept per run. A script is JSON; every key is optional:

@@ -1,4 +1,4 @@
-//! The HTTP API of `stepwise serve` (DESIGN §6): submit runs, list and read them, follow their
+//! The HTTP API of `stepwise serve`: submit runs, list and read them, follow their
 //! events over SSE, approve / reject / cancel, plus health, readiness, metrics and OpenAPI.
 //!
 //! Build a [`ServerState`] around a [`Runtime`], then either mount [`router`] in your own axum

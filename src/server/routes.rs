@@ -171,7 +171,7 @@ pub(crate) async fn list(
     Ok(Json(json!({"runs": runs, "next_before": next_before})))
 }
 
-/// A run's result as it stands (DESIGN §6 RunResult).
+/// A run's result as it stands.
 #[utoipa::path(
     get, path = "/v1/runs/{id}", tag = "runs",
     params(("id" = String, Path, description = "Run id")),

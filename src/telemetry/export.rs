@@ -5,7 +5,7 @@
 //! Export is on when `OTEL_EXPORTER_OTLP_ENDPOINT` (first) or `[telemetry] otlp_endpoint` names
 //! an endpoint: traces through a batch span processor, metrics through a periodic reader, over
 //! `http/protobuf` (blocking reqwest client: the async one panics on the batch processor's own
-//! thread, DESIGN §8) or `grpc` (tonic; the pipeline must be built inside a tokio runtime that
+//! thread) or `grpc` (tonic; the pipeline must be built inside a tokio runtime that
 //! outlives the [`TelemetryGuard`]).
 
 use std::time::Duration;
@@ -227,7 +227,7 @@ impl OtlpPipeline {
             .build();
         let tracer = self.tracer_provider.tracer_with_scope(scope);
         // What a span costs is most of what export costs (bench `tracing`), so the layer records
-        // only what the span tree of DESIGN §5 needs: no source location or thread attributes
+        // only what the documented span tree (docs/telemetry.md) needs: no source location or thread attributes
         // (a run's spans hop threads and their names say where they come from), no busy/idle
         // timings (a clock read on every poll), and no context activation on enter: every span
         // here is parented explicitly through `TraceContext`, never through the current context.

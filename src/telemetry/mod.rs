@@ -1,4 +1,4 @@
-//! Tracing, OpenTelemetry and metrics (DESIGN §5): the span tree of a run, OTLP export
+//! Tracing, OpenTelemetry and metrics: the span tree of a run, OTLP export
 //! ([`init`]), metrics and their Prometheus rendering ([`prometheus_text`]).
 //!
 //! # How spans are parented (and why not by ractor)
