@@ -510,6 +510,33 @@ impl RunHandle {
 /// A run's events, in order: the stored history, then live events.
 pub type EventStream = futures::stream::BoxStream<'static, Result<RunEvent, RuntimeError>>;
 
+/// Where a stream of a run's events stands: the last seq handed out, events read but not yet
+/// handed out, and whether the run's last event went out.
+struct Cursor {
+    last: u64,
+    backlog: std::collections::VecDeque<RunEvent>,
+    done: bool,
+}
+
+impl Cursor {
+    fn after(last: u64) -> Self {
+        Self { last, backlog: Default::default(), done: false }
+    }
+
+    /// The next event not handed out yet, in seq order; none once the run's last event went out.
+    fn next(&mut self) -> Option<RunEvent> {
+        while !self.done {
+            let e = self.backlog.pop_front()?;
+            if e.seq > self.last {
+                self.last = e.seq;
+                self.done = e.kind.is_terminal();
+                return Some(e);
+            }
+        }
+        None
+    }
+}
+
 fn event_stream(
     store: Arc<dyn RunStore>,
     id: RunId,
@@ -520,29 +547,22 @@ fn event_stream(
     struct S {
         store: Arc<dyn RunStore>,
         id: RunId,
-        last: u64,
         live: Option<tokio::sync::broadcast::Receiver<RunEvent>>,
-        backlog: std::collections::VecDeque<RunEvent>,
-        done: bool,
+        cur: Cursor,
         loaded: bool,
     }
-    let state = S { store, id, last: after, live, backlog: Default::default(), done: false, loaded: false };
+    let state = S { store, id, live, cur: Cursor::after(after), loaded: false };
     futures::stream::unfold(state, |mut s| async move {
         loop {
-            if s.done {
+            if s.cur.done {
                 return None;
             }
-            if let Some(e) = s.backlog.pop_front() {
-                if e.seq <= s.last {
-                    continue;
-                }
-                s.last = e.seq;
-                s.done = e.kind.is_terminal();
+            if let Some(e) = s.cur.next() {
                 return Some((Ok(e), s));
             }
             if !s.loaded {
                 s.loaded = true;
-                match s.store.events(&s.id, s.last).await {
+                match s.store.events(&s.id, s.cur.last).await {
                     Ok(evs) => {
                         if evs.last().is_some_and(|e| e.kind.is_terminal())
                             || (evs.is_empty() && s.live.is_none())
@@ -550,21 +570,21 @@ fn event_stream(
                             // Nothing live to wait for: the history is the whole story.
                             s.live = None;
                         }
-                        s.backlog.extend(evs);
-                        if s.backlog.is_empty() && s.live.is_none() {
+                        s.cur.backlog.extend(evs);
+                        if s.cur.backlog.is_empty() && s.live.is_none() {
                             return None;
                         }
                         continue;
                     }
                     Err(e) => {
-                        s.done = true;
+                        s.cur.done = true;
                         return Some((Err(e.into()), s));
                     }
                 }
             }
             let rx = s.live.as_mut()?;
             match rx.recv().await {
-                Ok(e) => s.backlog.push_back(e),
+                Ok(e) => s.cur.backlog.push_back(e),
                 // Fell behind the live channel: the store has everything, read from there.
                 Err(RecvError::Lagged(_)) => s.loaded = false,
                 Err(RecvError::Closed) => {
@@ -592,36 +612,29 @@ fn followed(
     struct F {
         store: Arc<dyn RunStore>,
         id: RunId,
-        last: u64,
         changes: tokio::sync::watch::Receiver<()>,
-        backlog: std::collections::VecDeque<RunEvent>,
-        done: bool,
+        cur: Cursor,
     }
-    let state = F { store, id, last: after, changes, backlog: Default::default(), done: false };
+    let state = F { store, id, changes, cur: Cursor::after(after) };
     futures::stream::unfold(state, |mut s| async move {
         loop {
-            if s.done {
+            if s.cur.done {
                 return None;
             }
-            if let Some(e) = s.backlog.pop_front() {
-                if e.seq <= s.last {
-                    continue;
-                }
-                s.last = e.seq;
-                s.done = e.kind.is_terminal();
+            if let Some(e) = s.cur.next() {
                 return Some((Ok(e), s));
             }
             // Seen before reading: a change during the read wakes the wait below.
             s.changes.borrow_and_update();
-            match s.store.events(&s.id, s.last).await {
+            match s.store.events(&s.id, s.cur.last).await {
                 Ok(events) if !events.is_empty() => {
-                    s.backlog.extend(events);
+                    s.cur.backlog.extend(events);
                     continue;
                 }
                 Ok(_) => {}
                 Err(e) if e.is_transient() => {}
                 Err(e) => {
-                    s.done = true;
+                    s.cur.done = true;
                     return Some((Err(e.into()), s));
                 }
             }

@@ -52,11 +52,7 @@ async fn three_replicas_finish_300_runs_through_a_kill_9_and_every_replica_runs_
     replicas[2].kill();
     let survivors = bases[..2].to_vec();
     // Its runs move on: another replica takes them over once their leases expire.
-    let taken = Instant::now();
-    while db.scalar("SELECT count(*) FROM runs WHERE owner = 'r2' AND status NOT IN ('completed','failed','cancelled')").await > 0 {
-        assert!(taken.elapsed() < Duration::from_secs(LEASE_TTL_SECS + 30), "r2's runs were not taken over");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    db.wait_taken_from("r2", Duration::from_secs(LEASE_TTL_SECS + 30)).await;
     replicas[2] = Replica::start("r2-again", &db, &model, &[]);
     let mut bases = survivors;
     bases.push(replicas[2].url.clone());
@@ -98,11 +94,7 @@ async fn a_replica_frozen_past_its_leases_writes_nothing_to_runs_taken_over() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     replicas[1].signal("STOP");
     // Frozen well past its lease: r0 takes its runs over.
-    let frozen = Instant::now();
-    while db.scalar("SELECT count(*) FROM runs WHERE owner = 'r1' AND status NOT IN ('completed','failed','cancelled')").await > 0 {
-        assert!(frozen.elapsed() < Duration::from_secs(LEASE_TTL_SECS + 30), "r1's runs were not taken over");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    db.wait_taken_from("r1", Duration::from_secs(LEASE_TTL_SECS + 30)).await;
     let taken: Vec<(String, i64)> = {
         let sql = format!("SELECT id, last_seq FROM {}.runs WHERE lease_epoch > 1", db.schema);
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&db.admin).await.unwrap()

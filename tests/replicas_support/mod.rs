@@ -49,6 +49,18 @@ impl Db {
         self.store.events(&RunId(run.to_owned()), 0).await.unwrap()
     }
 
+    /// Waits until `replica` holds no unfinished run (the others took them over).
+    pub async fn wait_taken_from(&self, replica: &str, within: Duration) {
+        let sql = format!(
+            "SELECT count(*) FROM runs WHERE owner = '{replica}' AND status NOT IN ('completed','failed','cancelled')"
+        );
+        let start = Instant::now();
+        while self.scalar(&sql).await > 0 {
+            assert!(start.elapsed() < within, "{replica}'s runs were not taken over within {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// One SQL scalar in this schema.
     pub async fn scalar(&self, sql: &str) -> i64 {
         let sql = format!("SET LOCAL search_path = {}; {sql}", self.schema);
