@@ -112,15 +112,22 @@ async fn withdraw(inner: &Inner, id: i64) -> Result<bool, StoreError> {
     Ok(r.rows_affected() > 0)
 }
 
-/// Carries out the open requests for the runs in `runs` (this replica's) and stores each answer.
-pub(super) async fn serve(inner: &Inner, shared: &Shared, runs: &[String]) -> Result<(), StoreError> {
-    if runs.is_empty() {
+/// Carries out the open requests for the runs `held` (run, epoch) whose leases this replica still
+/// holds in the database, and stores each answer.
+pub(super) async fn serve(inner: &Inner, shared: &Shared, held: &[(String, i64)]) -> Result<(), StoreError> {
+    if held.is_empty() {
         return Ok(());
     }
+    let (runs, epochs): (Vec<&str>, Vec<i64>) = held.iter().map(|(r, e)| (r.as_str(), *e)).unzip();
     let open: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT id, run_id, request::text FROM run_control WHERE answer IS NULL AND run_id = ANY($1) ORDER BY id",
+        "SELECT c.id, c.run_id, c.request::text \
+         FROM run_control c JOIN runs r ON r.id = c.run_id \
+         JOIN unnest($1::text[], $2::bigint[]) AS h(id, epoch) ON h.id = r.id AND h.epoch = r.lease_epoch \
+         WHERE c.answer IS NULL AND r.owner = $3 ORDER BY c.id",
     )
     .bind(runs)
+    .bind(epochs)
+    .bind(&inner.id)
     .fetch_all(&inner.pg_pool())
     .await
     .map_err(backend)?;

@@ -40,13 +40,18 @@ impl ReplicaMetrics {
         let counter = |name: &'static str, description: &'static str| {
             meter.u64_counter(name).with_description(description).build()
         };
-        Self {
+        let metrics = Self {
             claimed: counter("stepwise.cluster.steps_claimed", "Steps this replica's executors claimed"),
             lost: counter("stepwise.cluster.leases_lost", "Run leases this replica lost to another"),
             taken: counter("stepwise.cluster.leases_taken_over", "Run leases this replica took over"),
             label,
             queue,
+        };
+        // Shown as 0 from the start, not missing until the first event.
+        for c in [&metrics.claimed, &metrics.lost, &metrics.taken] {
+            c.add(0, &metrics.label);
         }
+        metrics
     }
 
     pub(super) fn claimed(&self, n: usize) {

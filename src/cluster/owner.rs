@@ -212,9 +212,9 @@ async fn inbox(inner: Arc<Inner>) {
 }
 
 async fn deliver(inner: &Arc<Inner>) -> Result<(), StoreError> {
-    let runs: Vec<String> = inner.held().keys().map(|r| r.0.clone()).collect();
+    let held: Vec<(String, i64)> = inner.held().iter().map(|(r, e)| (r.0.clone(), *e)).collect();
     let Some(shared) = inner.shared() else { return Ok(()) };
-    for (run, message) in queue::take_inbox(&inner.pg_pool(), &runs).await? {
+    for (run, message) in queue::take_inbox(&inner.pg_pool(), &inner.id, &held).await? {
         let Some(tracker) = shared.runs.get(&run).and_then(|c| c.tracker) else { continue };
         let input = match message {
             InboxMessage::Tool(kind) => Input::Tool(kind),
@@ -222,7 +222,7 @@ async fn deliver(inner: &Arc<Inner>) -> Result<(), StoreError> {
         };
         let _ = tracker.cast(TrackerMsg::Input(input));
     }
-    control::serve(inner, &shared, &runs).await
+    control::serve(inner, &shared, &held).await
 }
 
 /// Gives up every held lease (expiry now), so that other replicas take the runs at once.

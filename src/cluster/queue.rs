@@ -76,20 +76,10 @@ pub(super) async fn run_outbox(inner: Arc<Inner>, mut rx: UnboundedReceiver<Outg
 async fn write_outgoing(pool: &PgPool, batch: &[Outgoing]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(backend)?;
     let mut queued = false;
-    for request in batch {
-        match request {
-            Outgoing::Enqueue(job) => {
-                let body = serde_json::to_string(job).map_err(backend)?;
-                sqlx::query(
-                    "INSERT INTO step_queue (run_id, step_id, attempt, job) VALUES ($1, $2, $3, $4::jsonb)",
-                )
-                .bind(job.run_id.as_str())
-                .bind(job.step.id.as_str())
-                .bind(i64::from(job.attempt))
-                .bind(body)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+    for group in batch.chunk_by(|a, b| matches!((a, b), (Outgoing::Enqueue(_), Outgoing::Enqueue(_)))) {
+        match &group[0] {
+            Outgoing::Enqueue(_) => {
+                enqueue(&mut tx, group).await?;
                 queued = true;
             }
             Outgoing::Withdraw(run, step) => {
@@ -108,6 +98,34 @@ async fn write_outgoing(pool: &PgPool, batch: &[Outgoing]) -> Result<(), StoreEr
         notify(&mut tx, STEPS_CHANNEL, "").await?;
     }
     tx.commit().await.map_err(backend)
+}
+
+/// Queues the jobs of consecutive `Enqueue` requests with one statement, in order.
+async fn enqueue(conn: &mut sqlx::PgConnection, group: &[Outgoing]) -> Result<(), StoreError> {
+    let (mut runs, mut steps, mut attempts, mut bodies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for job in group.iter().filter_map(|o| match o {
+        Outgoing::Enqueue(job) => Some(job),
+        Outgoing::Withdraw(..) => None,
+    }) {
+        bodies.push(serde_json::to_string(job).map_err(backend)?);
+        runs.push(job.run_id.as_str());
+        steps.push(job.step.id.as_str());
+        attempts.push(i64::from(job.attempt));
+    }
+    sqlx::query(
+        "INSERT INTO step_queue (run_id, step_id, attempt, job) \
+         SELECT j.run_id, j.step_id, j.attempt, j.job::jsonb \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY AS j(run_id, step_id, attempt, job, n) \
+         ORDER BY j.n",
+    )
+    .bind(runs)
+    .bind(steps)
+    .bind(attempts)
+    .bind(bodies)
+    .execute(conn)
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 /// `pg_notify` inside a transaction: delivered on commit.
@@ -199,7 +217,8 @@ pub(super) async fn renew_claims(
 }
 
 /// Sends `messages` of a claimed step to its run's inbox, only while the claim (row, token) is
-/// still `replica`'s; `done` also removes the row (the attempt reported). Returns false when the
+/// still `replica`'s; `done` also removes the row (the attempt reported). One statement: the
+/// claim's row is locked, checked, and everything else depends on it. Returns false when the
 /// claim was lost: nothing was sent.
 pub(super) async fn report(
     pool: &PgPool,
@@ -208,55 +227,58 @@ pub(super) async fn report(
     messages: &[InboxMessage],
     done: bool,
 ) -> Result<bool, StoreError> {
-    let mut tx = pool.begin().await.map_err(backend)?;
-    let owner: Option<(String, Option<String>)> = sqlx::query_as(
-        "SELECT q.run_id, r.owner FROM step_queue q JOIN runs r ON r.id = q.run_id \
-         WHERE q.id = $1 AND q.claim_token = $2 AND q.claimed_by = $3 FOR UPDATE OF q",
+    let bodies =
+        messages.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>().map_err(backend)?;
+    let held: i64 = sqlx::query_scalar(
+        "WITH claim AS ( \
+             SELECT q.id, q.run_id, r.owner FROM step_queue q JOIN runs r ON r.id = q.run_id \
+             WHERE q.id = $1 AND q.claim_token = $2 AND q.claimed_by = $3 FOR UPDATE OF q \
+         ), sent AS ( \
+             INSERT INTO run_inbox (run_id, body) \
+             SELECT claim.run_id, m.body::jsonb FROM claim, unnest($4::text[]) WITH ORDINALITY AS m(body, n) \
+             ORDER BY m.n \
+         ), removed AS ( \
+             DELETE FROM step_queue WHERE $5 AND id IN (SELECT id FROM claim) \
+         ), woken AS ( \
+             SELECT pg_notify($6, coalesce(claim.owner, '')) FROM claim \
+         ) \
+         SELECT (SELECT count(*) FROM claim) + 0 * (SELECT count(*) FROM woken)",
     )
     .bind(claim.0)
     .bind(claim.1)
     .bind(replica)
-    .fetch_optional(&mut *tx)
+    .bind(bodies)
+    .bind(done)
+    .bind(INBOX_CHANNEL)
+    .fetch_one(pool)
     .await
     .map_err(backend)?;
-    let Some((run, owner)) = owner else {
-        return Ok(false);
-    };
-    for m in messages {
-        let body = serde_json::to_string(m).map_err(backend)?;
-        sqlx::query("INSERT INTO run_inbox (run_id, body) VALUES ($1, $2::jsonb)")
-            .bind(&run)
-            .bind(body)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-    }
-    if done {
-        sqlx::query("DELETE FROM step_queue WHERE id = $1")
-            .bind(claim.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-    }
-    notify(&mut tx, INBOX_CHANNEL, owner.as_deref().unwrap_or("")).await?;
-    tx.commit().await.map_err(backend)?;
-    Ok(true)
+    Ok(held > 0)
 }
 
-/// Takes the inbox messages of the runs in `runs`, oldest first.
+/// Takes the inbox messages of the runs `held` (run, epoch) whose leases `replica` still holds
+/// in the database, oldest first. A replica that lost a lease without knowing yet must not take
+/// the new owner's messages.
 pub(super) async fn take_inbox(
     pool: &PgPool,
-    runs: &[String],
+    replica: &str,
+    held: &[(String, i64)],
 ) -> Result<Vec<(RunId, InboxMessage)>, StoreError> {
-    if runs.is_empty() {
+    if held.is_empty() {
         return Ok(Vec::new());
     }
-    let mut rows: Vec<(i64, String, String)> =
-        sqlx::query_as("DELETE FROM run_inbox WHERE run_id = ANY($1) RETURNING id, run_id, body::text")
-            .bind(runs)
-            .fetch_all(pool)
-            .await
-            .map_err(backend)?;
+    let (runs, epochs): (Vec<&str>, Vec<i64>) = held.iter().map(|(r, e)| (r.as_str(), *e)).unzip();
+    let mut rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "DELETE FROM run_inbox i USING runs r, unnest($1::text[], $2::bigint[]) AS h(id, epoch) \
+         WHERE i.run_id = h.id AND r.id = h.id AND r.lease_epoch = h.epoch AND r.owner = $3 \
+         RETURNING i.id, i.run_id, i.body::text",
+    )
+    .bind(runs)
+    .bind(epochs)
+    .bind(replica)
+    .fetch_all(pool)
+    .await
+    .map_err(backend)?;
     rows.sort_by_key(|r| r.0);
     let mut out = Vec::with_capacity(rows.len());
     for (id, run, body) in rows {
@@ -369,7 +391,11 @@ mod tests {
         let report = |step: &str| InboxMessage::Tool(EventKind::RunCancelled { reason: step.into() });
         assert!(!report_ok(&store, "a", (a.id, a.token), report("a")).await, "a's claim was taken over");
         assert!(report_ok(&store, "b", (b.id, b.token), report("b")).await);
-        let inbox = take_inbox(store.pool(), std::slice::from_ref(&run.0)).await.unwrap();
+        // The run's lease is not b's (it has none): its inbox is not b's to take.
+        assert!(take_inbox(store.pool(), "b", &[(run.0.clone(), 0)]).await.unwrap().is_empty());
+        let sql = "UPDATE runs SET owner = 'b', lease_epoch = 3 WHERE id = $1";
+        sqlx::query(sql).bind(run.as_str()).execute(store.pool()).await.unwrap();
+        let inbox = take_inbox(store.pool(), "b", &[(run.0.clone(), 3)]).await.unwrap();
         assert_eq!(inbox.len(), 1, "only b's report arrived");
         assert!(
             renew_claims(store.pool(), "a", &[(a.id, a.token)], Duration::from_secs(1))

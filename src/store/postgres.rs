@@ -105,30 +105,19 @@ impl PostgresStore {
         StoreError::Conflict { run: event.run_id.clone(), expected, got: event.seq }
     }
 
-    /// Runs `events` in one transaction; a primary-key collision becomes `Conflict`.
+    /// Runs `events` in one transaction, one run's consecutive events at a time; a primary-key
+    /// collision becomes `Conflict`.
     async fn append_all(&self, events: &[RunEvent], fence: Option<Fence<'_>>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let mut notified: Vec<&RunId> = Vec::new();
-        for event in events {
-            if !notified.contains(&&event.run_id) {
-                notified.push(&event.run_id);
-            }
-            match append_in(&mut tx, event, fence).await {
+        for group in events.chunk_by(|a, b| a.run_id == b.run_id) {
+            match append_group(&mut tx, group, fence).await {
                 Ok(()) => {}
                 Err(Failure::Store(e)) => return Err(e),
                 Err(Failure::Collision) => {
                     drop(tx);
-                    return Err(self.lost_race(event).await);
+                    return Err(self.lost_race(&group[0]).await);
                 }
             }
-        }
-        for run in notified {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(EVENTS_CHANNEL)
-                .bind(run.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
     }
@@ -156,71 +145,109 @@ fn db_failure(e: sqlx::Error) -> Failure {
 /// A `runs` row with its lease: the summary columns, then owner and epoch.
 type LeasedRow = (String, String, String, String, Option<String>, i64, bool, Option<String>, i64);
 
-/// One append inside an open transaction.
-async fn append_in(
+/// Appends one run's consecutive `events` inside an open transaction: the run's row is locked
+/// and checked (seq, first event, fence), then written with every event and the notification in
+/// one statement, so a batch costs the same few round trips whatever its length.
+async fn append_group(
     conn: &mut PgConnection,
-    event: &RunEvent,
+    events: &[RunEvent],
     fence: Option<Fence<'_>>,
 ) -> Result<(), Failure> {
+    let run = &events[0].run_id;
     let row: Option<LeasedRow> = sqlx::query_as(
         "SELECT id, task, status, created_at, finished_at, last_seq, require_approval, owner, lease_epoch \
          FROM runs WHERE id = $1 FOR UPDATE",
     )
-    .bind(event.run_id.as_str())
+    .bind(run.as_str())
     .fetch_optional(&mut *conn)
     .await
     .map_err(backend)?;
     let exists = row.is_some();
-    let prev = match row {
+    let mut summary = match row {
         Some((id, task, status, created, finished, seq, approval, owner, epoch)) => {
             if let Some(f) = fence {
-                check_fence(&event.run_id, f, owner, epoch)?;
+                check_fence(run, f, owner, epoch)?;
             }
             Some(summary_from_row((id, task, status, created, finished, seq, approval))?)
         }
         None => None,
     };
-    let next = check_append(prev, event)?;
-    let finished_at = next.finished_at.as_ref().map(time_to_sql);
-    if exists {
-        sqlx::query("UPDATE runs SET status = $1, finished_at = $2, last_seq = $3 WHERE id = $4")
-            .bind(next.status.as_str())
-            .bind(finished_at)
-            .bind(seq_to_sql(next.last_seq))
-            .bind(event.run_id.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-    } else {
-        sqlx::query(
-            "INSERT INTO runs (id, task, status, created_at, finished_at, last_seq, require_approval, \
-             owner, lease_epoch, lease_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))",
-        )
-        .bind(event.run_id.as_str())
-        .bind(&next.task)
-        .bind(next.status.as_str())
-        .bind(time_to_sql(&next.created_at))
-        .bind(finished_at)
-        .bind(seq_to_sql(next.last_seq))
-        .bind(next.require_approval)
-        .bind(fence.map(|f| f.owner))
-        .bind(if fence.is_some() { 1_i64 } else { 0 })
-        .bind(fence.map_or(0.0, |f| f.ttl.as_secs_f64()))
-        .execute(&mut *conn)
-        .await
-        .map_err(db_failure)?;
+    for event in events {
+        summary = Some(check_append(summary, event)?);
     }
-    let body = serde_json::to_string(event).map_err(backend)?;
-    sqlx::query("INSERT INTO events (run_id, seq, at, type, body) VALUES ($1, $2, $3, $4, $5::jsonb)")
-        .bind(event.run_id.as_str())
-        .bind(seq_to_sql(event.seq))
-        .bind(time_to_sql(&event.at))
-        .bind(event.kind.name())
-        .bind(body)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_failure)?;
+    let Some(next) = summary else { return Ok(()) };
+    if !exists {
+        insert_run(conn, &next, fence).await?;
+    }
+    let mut rows = EventColumns::default();
+    for e in events {
+        rows.push(e)?;
+    }
+    sqlx::query(
+        "WITH updated AS (UPDATE runs SET status = $2, finished_at = $3, last_seq = $4 WHERE id = $1), \
+         inserted AS (INSERT INTO events (run_id, seq, at, type, body) \
+             SELECT $1, e.seq, e.at, e.type, e.body::jsonb \
+             FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[]) AS e(seq, at, type, body)) \
+         SELECT pg_notify($9, $1)",
+    )
+    .bind(run.as_str())
+    .bind(next.status.as_str())
+    .bind(next.finished_at.as_ref().map(time_to_sql))
+    .bind(seq_to_sql(next.last_seq))
+    .bind(rows.seq)
+    .bind(rows.at)
+    .bind(rows.kind)
+    .bind(rows.body)
+    .bind(EVENTS_CHANNEL)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_failure)?;
+    Ok(())
+}
+
+/// The events of one append, column by column (for `unnest`).
+#[derive(Default)]
+struct EventColumns {
+    seq: Vec<i64>,
+    at: Vec<String>,
+    kind: Vec<&'static str>,
+    body: Vec<String>,
+}
+
+impl EventColumns {
+    fn push(&mut self, e: &RunEvent) -> Result<(), Failure> {
+        self.body.push(serde_json::to_string(e).map_err(backend)?);
+        self.seq.push(seq_to_sql(e.seq));
+        self.at.push(time_to_sql(&e.at));
+        self.kind.push(e.kind.name());
+        Ok(())
+    }
+}
+
+/// The `runs` row of a new run (its lease is `fence`'s owner's, epoch 1).
+async fn insert_run(
+    conn: &mut PgConnection,
+    next: &RunSummary,
+    fence: Option<Fence<'_>>,
+) -> Result<(), Failure> {
+    sqlx::query(
+        "INSERT INTO runs (id, task, status, created_at, finished_at, last_seq, require_approval, \
+         owner, lease_epoch, lease_expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))",
+    )
+    .bind(next.id.as_str())
+    .bind(&next.task)
+    .bind(next.status.as_str())
+    .bind(time_to_sql(&next.created_at))
+    .bind(next.finished_at.as_ref().map(time_to_sql))
+    .bind(seq_to_sql(next.last_seq))
+    .bind(next.require_approval)
+    .bind(fence.map(|f| f.owner))
+    .bind(if fence.is_some() { 1_i64 } else { 0 })
+    .bind(fence.map_or(0.0, |f| f.ttl.as_secs_f64()))
+    .execute(&mut *conn)
+    .await
+    .map_err(db_failure)?;
     Ok(())
 }
 
