@@ -142,6 +142,9 @@ pub enum Input {
     StepFinished(StepReport),
     /// A tool event from a running attempt (`ToolCalled` / `ToolReturned`).
     Tool(EventKind),
+    /// A model call of the run started or stopped waiting for its unavailable provider
+    /// (`ProviderWaiting` / `ProviderResumed`).
+    Provider(EventKind),
     /// A person approved the plan, possibly edited.
     Approve(Option<PlanSpec>),
     /// A person rejected the plan.
