@@ -130,6 +130,8 @@ pub struct ServerConfig {
     /// link when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_url_template: Option<String>,
+    /// The most a run submitted over the API may ask for (`[server.limits]`).
+    pub limits: crate::options::RunLimits,
 }
 
 impl Default for ServerConfig {
@@ -141,6 +143,7 @@ impl Default for ServerConfig {
             queue_limit: 1000,
             drain_secs: 30,
             trace_url_template: None,
+            limits: crate::options::RunLimits::default(),
         }
     }
 }
@@ -394,6 +397,14 @@ impl Config {
             }
         }
         self.validate_executors()?;
+        // The defaults every run starts from must be within what a run may ask for.
+        if let Err(e) = self.server.limits.check(&self.run_options()) {
+            let key = format!("server.limits.{}", e.limit_key);
+            return invalid(
+                &key,
+                format!("{} is below the configured default {} ({})", e.limit, e.value, e.field),
+            );
+        }
         if let Some(t) = &self.server.trace_url_template {
             let names_run = t.contains("{trace_id}") || t.contains("{run_id}");
             if !(t.starts_with("http://") || t.starts_with("https://")) || !names_run {

@@ -18,6 +18,10 @@ use serde_json::Value;
 use super::LlmError;
 use super::outage::{Admission, Backoff, CallWait, OutageObserver, ProbeGuard, ProviderGate};
 
+/// Longest backoff between two probes of an unavailable provider: one request per 10 s is no
+/// load, and a provider that is back is found within 10 s.
+const OUTAGE_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
 /// How often a call whose provider's probe is in flight looks at the circuit again, at most
 /// (the probe's answer wakes it sooner).
 const PROBE_POLL: Duration = Duration::from_secs(1);
@@ -269,7 +273,8 @@ impl HttpTransport {
         F: std::future::Future<Output = Attempt<T>>,
     {
         let (provider, gate) = ProviderGate::of(url);
-        let backoff = Backoff { base: self.policy.backoff_base, max: self.policy.max_backoff };
+        let max = self.policy.max_backoff.min(OUTAGE_MAX_BACKOFF);
+        let backoff = Backoff { base: self.policy.backoff_base, max };
         let mut wait = OutageWait::new(provider, self.policy.outage_max_wait);
         loop {
             let probe = loop {

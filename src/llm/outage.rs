@@ -96,10 +96,14 @@ impl Circuit {
         }
     }
 
-    /// The provider answered (a success, or an error that is not about its availability): the
-    /// circuit closes.
-    pub fn answered(&mut self) {
-        self.open = None;
+    /// The provider answered (a success, or an error that is not about its availability) a
+    /// request sent with `probe`. The probe's answer closes the circuit. Any other request was
+    /// sent before the circuit opened: its late answer says nothing about now (a request
+    /// admitted before a 429 storm still succeeds), so an open circuit stays open.
+    pub fn answered(&mut self, probe: bool) {
+        if probe {
+            self.open = None;
+        }
     }
 
     /// The provider was unavailable for a request sent with `probe`. Opens the circuit (or keeps
@@ -232,15 +236,10 @@ impl ProviderGate {
         self.circuit().last_error().map(str::to_owned)
     }
 
-    /// Records an answer; a probe's answer wakes the waiters.
+    /// Records an answer; a probe's answer closes the circuit and wakes the waiters.
     pub fn answered(&self, probe: bool) {
-        let was_open = {
-            let mut c = self.circuit();
-            let open = c.is_open();
-            c.answered();
-            open
-        };
-        if probe || was_open {
+        self.circuit().answered(probe);
+        if probe {
             self.changed.notify_waiters();
         }
     }
@@ -368,8 +367,21 @@ mod tests {
             now += want;
         }
         assert_eq!(c.admit(now), Admission::Send { probe: true });
-        c.answered();
+        c.answered(true);
         assert_eq!(c.admit(now), Admission::Send { probe: false });
+    }
+
+    #[test]
+    fn a_late_answer_to_a_request_sent_before_it_opened_keeps_it_open() {
+        let t0 = Instant::now();
+        let mut c = Circuit::default();
+        c.unavailable(t0, false, Some(secs(5)), "429".into(), &B, 1.0);
+        c.answered(false);
+        assert_eq!(c.admit(t0 + secs(1)), Admission::Wait { until: Some(t0 + secs(5)) });
+        // A closed circuit stays closed whatever answers.
+        let mut closed = Circuit::default();
+        closed.answered(false);
+        assert_eq!(closed.admit(t0), Admission::Send { probe: false });
     }
 
     #[test]
