@@ -753,6 +753,8 @@ mod tests {
             ("runtime.data_dir", Box::new(|c| c.runtime.data_dir = PathBuf::new())),
             ("tools.run_command.allow", Box::new(|c| c.tools.run_command.allow = vec!["/bin/sh".into()])),
             ("tools.http_get.timeout_secs", Box::new(|c| c.tools.http_get.timeout_secs = 0)),
+            ("server.limits.max_retries", Box::new(|c| c.policy.max_retries = 11)),
+            ("server.limits.step_timeout_ms", Box::new(|c| c.server.limits.step_timeout_ms = 1000)),
         ];
         for (key, mutate) in cases {
             let mut config = Config::default();

@@ -108,9 +108,14 @@ impl Serve {
     /// Starts `serve` in `dir` against the model server at `model_url`, calls waiting at most
     /// `max_wait_secs` for it.
     fn start(dir: &Path, model_url: &str, max_wait_secs: u64) -> Self {
+        Self::start_with(dir, model_url, max_wait_secs, "")
+    }
+
+    /// [`Serve::start`] with `extra` appended to its config file.
+    fn start_with(dir: &Path, model_url: &str, max_wait_secs: u64, extra: &str) -> Self {
         let config = format!(
             "[llm]\nprovider = \"openai\"\nmodel = \"fake\"\nbase_url = \"{model_url}/v1\"\n\
-             request_timeout_secs = 10\noutage_max_wait_secs = {max_wait_secs}\n"
+             request_timeout_secs = 10\noutage_max_wait_secs = {max_wait_secs}\n{extra}"
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_stepwise"))
@@ -380,4 +385,44 @@ async fn kill_9_of_serve_while_runs_wait_on_the_provider_then_restart_resumes_wa
     let events = events(&client, &serve.url, &ids[0]).await;
     assert_eq!(of_type(&events, "ProviderWaiting").len(), 2, "one wait per process: {events:?}");
     assert_eq!(of_type(&events, "ProviderResumed").len(), 1, "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_asking_for_more_than_the_server_allows_gets_422_naming_the_field_and_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let serve =
+        Serve::start_with(tmp.path(), "http://127.0.0.1:9", 600, "[server.limits]\nmax_replans = 3\n");
+    let client = reqwest::Client::new();
+    let cases = [
+        (
+            json!({"policy": {"max_retries": 4_000_000_000u64}}),
+            "policy.max_retries: 4000000000",
+            "(10, set by server.limits.max_retries)",
+        ),
+        (
+            json!({"policy": {"max_replans": 4}}),
+            "policy.max_replans: 4",
+            "(3, set by server.limits.max_replans)",
+        ),
+        (json!({"step_budget": {"max_iterations": 65}}), "step_budget.max_iterations: 65", "(64,"),
+        (json!({"step_budget": {"max_tool_calls": 100000}}), "step_budget.max_tool_calls: 100000", "(256,"),
+        (
+            json!({"step_budget": {"timeout_ms": 86_400_000u64}}),
+            "step_budget.timeout_ms: 86400000",
+            "(3600000,",
+        ),
+    ];
+    for (mut body, field, limit) in cases {
+        body["task"] = json!("too much");
+        let r = client.post(format!("{}/v1/runs", serve.url)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        let error: Value = r.json().await.unwrap();
+        let message = error.to_string();
+        assert!(message.contains(field) && message.contains(limit), "{body} -> {message}");
+    }
+    let runs = get(&client, &format!("{}/v1/runs", serve.url)).await;
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "nothing was accepted: {runs}");
+    let at_the_limit = json!({"task": "as much as allowed", "policy": {"max_retries": 10, "max_replans": 3}});
+    let r = client.post(format!("{}/v1/runs", serve.url)).json(&at_the_limit).send().await.unwrap();
+    assert_eq!(r.status(), 202);
 }

@@ -191,8 +191,9 @@ fn mcp_service(
         config = config.disable_allowed_hosts();
     }
     let runtime = state.runtime.clone();
+    let limits = state.limits.clone();
     rmcp::transport::StreamableHttpService::new(
-        move || Ok(crate::tools::mcp::expose::StepwiseMcp::new(runtime.clone())),
+        move || Ok(crate::tools::mcp::expose::StepwiseMcp::new(runtime.clone()).limits(limits.clone())),
         Default::default(),
         config,
     )
