@@ -25,6 +25,9 @@ use serde_json::{Value, json};
 const OUTAGE: Duration = Duration::from_secs(30);
 /// Latency of every fake answer: a 2 × 2 run with a replan after each step takes about 6 of them.
 const LATENCY_MS: u64 = 250;
+/// Latency in the outage test: a run takes 5 answers in a row (2.5 s), so 50 runs submitted 30 ms
+/// apart are all still going when the first one synthesises.
+const OUTAGE_LATENCY_MS: u64 = 500;
 
 /// The fake model server's process: does nothing unless started by [`FakeServer::start`].
 #[test]
@@ -60,10 +63,15 @@ struct FakeServer {
 impl FakeServer {
     /// Starts it on `bind` (`127.0.0.1:0` for a free port) and waits until it listens.
     fn start(bind: &str) -> Self {
+        Self::start_slow(bind, LATENCY_MS)
+    }
+
+    /// [`FakeServer::start`] with every answer taking `latency_ms`.
+    fn start_slow(bind: &str, latency_ms: u64) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["fake_server_process", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
             .env("FAKE_OPENAI_BIND", bind)
-            .env("FAKE_OPENAI_LATENCY_MS", LATENCY_MS.to_string())
+            .env("FAKE_OPENAI_LATENCY_MS", latency_ms.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -206,21 +214,35 @@ async fn fake_stats(client: &reqwest::Client, fake: &FakeServer) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_runs_at_every_phase_survive_a_30_s_outage_of_the_model_server() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut fake = FakeServer::start("127.0.0.1:0");
+    let mut fake = FakeServer::start_slow("127.0.0.1:0", OUTAGE_LATENCY_MS);
     let serve = Serve::start(tmp.path(), &fake.url(), 600);
     let client = reqwest::Client::new();
 
-    // Submissions spread over about one run's length, so that when the server stops some runs
-    // are planning, some running steps, some replanning and some synthesising.
+    // Submissions spread over most of one run's length, and the server stops once the first run
+    // synthesises: then the others are planning, running steps or replanning.
     let mut ids = Vec::new();
     for i in 0..50 {
         ids.push(submit(&client, &serve.url, two_by_two(i)).await);
-        tokio::time::sleep(Duration::from_millis(35)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let first = format!("{}/v1/runs/{}", serve.url, ids[0]);
+    loop {
+        let r = get(&client, &first).await;
+        assert!(r["finished_at"].is_null(), "the first run ended before the outage: {r}");
+        let steps = r["plan"]["steps"].as_array().unwrap();
+        if !steps.is_empty() && steps.iter().all(|s| s["status"] == "completed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     fake.kill();
     let stopped = Instant::now();
+    for id in &ids {
+        let r = get(&client, &format!("{}/v1/runs/{id}", serve.url)).await;
+        assert!(r["finished_at"].is_null(), "a run ended before the outage: {r}");
+    }
     tokio::time::sleep(OUTAGE).await;
-    let fake = FakeServer::start(&fake.addr);
+    let fake = FakeServer::start_slow(&fake.addr, OUTAGE_LATENCY_MS);
     let runs = wait_all_ended(&client, &serve.url, &ids, Duration::from_secs(60)).await;
     let recovered = stopped.elapsed();
     for r in &runs {
@@ -231,7 +253,9 @@ async fn fifty_runs_at_every_phase_survive_a_30_s_outage_of_the_model_server() {
     let mut waited = 0;
     for id in &ids {
         let events = events(&client, &serve.url, id).await;
-        for e in of_type(&events, "ProviderWaiting") {
+        let waits = of_type(&events, "ProviderWaiting");
+        assert!(!waits.is_empty(), "every run waited: {events:?}");
+        for e in waits {
             roles.insert(e["role"].as_str().unwrap().to_owned());
             waited += 1;
         }
@@ -246,8 +270,8 @@ async fn fifty_runs_at_every_phase_survive_a_30_s_outage_of_the_model_server() {
     }
     let stats = fake_stats(&client, &fake).await;
     eprintln!(
-        "outage of {OUTAGE:?}: 50 runs completed {:.1} s after the server stopped; {waited} waits; \
-         the restarted server saw {} requests",
+        "outage of {OUTAGE:?}: 50 runs completed {:.1} s after the server stopped; {waited} waits \
+         ({roles:?}); the restarted server saw {} requests",
         recovered.as_secs_f64(),
         stats["requests"]
     );
