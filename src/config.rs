@@ -153,6 +153,8 @@ pub struct ServerConfig {
     /// link when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_url_template: Option<String>,
+    /// The most a run submitted over the API may ask for (`[server.limits]`).
+    pub limits: crate::options::RunLimits,
 }
 
 impl Default for ServerConfig {
@@ -164,6 +166,7 @@ impl Default for ServerConfig {
             queue_limit: 1000,
             drain_secs: 30,
             trace_url_template: None,
+            limits: crate::options::RunLimits::default(),
         }
     }
 }
@@ -418,6 +421,14 @@ impl Config {
         }
         self.validate_executors()?;
         self.validate_cluster()?;
+        // The defaults every run starts from must be within what a run may ask for.
+        if let Err(e) = self.server.limits.check(&self.run_options()) {
+            let key = format!("server.limits.{}", e.limit_key);
+            return invalid(
+                &key,
+                format!("{} is below the configured default {} ({})", e.limit, e.value, e.field),
+            );
+        }
         if let Some(t) = &self.server.trace_url_template {
             let names_run = t.contains("{trace_id}") || t.contains("{run_id}");
             if !(t.starts_with("http://") || t.starts_with("https://")) || !names_run {
@@ -783,6 +794,8 @@ mod tests {
             ("runtime.data_dir", Box::new(|c| c.runtime.data_dir = PathBuf::new())),
             ("tools.run_command.allow", Box::new(|c| c.tools.run_command.allow = vec!["/bin/sh".into()])),
             ("tools.http_get.timeout_secs", Box::new(|c| c.tools.http_get.timeout_secs = 0)),
+            ("server.limits.max_retries", Box::new(|c| c.policy.max_retries = 11)),
+            ("server.limits.step_timeout_ms", Box::new(|c| c.server.limits.step_timeout_ms = 1000)),
         ];
         for (key, mutate) in cases {
             let mut config = Config::default();

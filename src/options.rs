@@ -125,3 +125,97 @@ pub struct RunOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp_servers: Option<Vec<String>>,
 }
+
+/// The most a run's options may ask for, per run (`[server.limits]`): a request asking for more
+/// is refused (HTTP 422) rather than trimmed, so that one client cannot make a run that retries
+/// or replans without end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunLimits {
+    /// Most `policy.max_retries`.
+    pub max_retries: u32,
+    /// Most `policy.max_replans`.
+    pub max_replans: u32,
+    /// Most `step_budget.max_iterations`.
+    pub max_iterations: u32,
+    /// Most `step_budget.max_tool_calls`.
+    pub max_tool_calls: u32,
+    /// Most `step_budget.timeout_ms`.
+    pub step_timeout_ms: u64,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        Self {
+            max_retries: 10,
+            max_replans: 10,
+            max_iterations: 64,
+            max_tool_calls: 256,
+            step_timeout_ms: 3_600_000,
+        }
+    }
+}
+
+/// A run's option asks for more than [`RunLimits`] allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {value} is more than this server allows ({limit}, set by server.limits.{limit_key})")]
+pub struct LimitExceeded {
+    /// The option, e.g. `policy.max_retries`.
+    pub field: &'static str,
+    /// What was asked for.
+    pub value: u64,
+    /// The most allowed.
+    pub limit: u64,
+    /// The `[server.limits]` key that sets it.
+    pub limit_key: &'static str,
+}
+
+impl RunLimits {
+    /// The first option of `options` beyond these limits, if any.
+    pub fn check(&self, options: &RunOptions) -> Result<(), LimitExceeded> {
+        let (p, b) = (&options.policy, &options.step_budget);
+        let checks: [(&'static str, u64, u64, &'static str); 5] = [
+            ("policy.max_retries", p.max_retries.into(), self.max_retries.into(), "max_retries"),
+            ("policy.max_replans", p.max_replans.into(), self.max_replans.into(), "max_replans"),
+            (
+                "step_budget.max_iterations",
+                b.max_iterations.into(),
+                self.max_iterations.into(),
+                "max_iterations",
+            ),
+            (
+                "step_budget.max_tool_calls",
+                b.max_tool_calls.into(),
+                self.max_tool_calls.into(),
+                "max_tool_calls",
+            ),
+            ("step_budget.timeout_ms", b.timeout_ms, self.step_timeout_ms, "step_timeout_ms"),
+        ];
+        match checks.into_iter().find(|(_, value, limit, _)| value > limit) {
+            Some((field, value, limit, limit_key)) => Err(LimitExceeded { field, value, limit, limit_key }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_within_the_limits_pass_and_the_first_beyond_them_is_named() {
+        let limits = RunLimits::default();
+        assert_eq!(limits.check(&RunOptions::default()), Ok(()));
+        let mut o = RunOptions::default();
+        o.policy.max_retries = 4_000_000_000;
+        o.step_budget.timeout_ms = u64::MAX;
+        let e = limits.check(&o).unwrap_err();
+        assert_eq!((e.field, e.value, e.limit), ("policy.max_retries", 4_000_000_000, 10));
+        assert_eq!(
+            e.to_string(),
+            "policy.max_retries: 4000000000 is more than this server allows (10, set by server.limits.max_retries)"
+        );
+        o.policy.max_retries = 10;
+        assert_eq!(limits.check(&o).unwrap_err().field, "step_budget.timeout_ms");
+    }
+}

@@ -603,3 +603,77 @@ async fn a_server_that_refuses_stream_options_answers_whole_instead() {
     assert_eq!(bodies[0]["stream"], json!(true));
     assert!(bodies[1].get("stream").is_none() && bodies[1].get("stream_options").is_none(), "{}", bodies[1]);
 }
+
+/// What an [`OutageObserver`](stepwise::llm::outage::OutageObserver) was told.
+#[derive(Default)]
+struct Told(std::sync::Mutex<Vec<String>>);
+
+impl stepwise::llm::outage::OutageObserver for Told {
+    fn waiting(&self, provider: &str, last_error: &str) {
+        self.0.lock().unwrap().push(format!("waiting {provider}: {last_error}"));
+    }
+    fn stopped_waiting(&self, _waited: Duration, answered: bool) {
+        self.0.lock().unwrap().push(format!("stopped answered={answered}"));
+    }
+}
+
+fn waiting_model(base: &str, max_wait: Duration) -> OpenAiModel {
+    let mut s = settings(base);
+    s.outage_max_wait = max_wait;
+    OpenAiModel::new(s).unwrap()
+}
+
+#[tokio::test]
+async fn with_an_outage_wait_503_408_and_429_are_waited_out_past_max_retries() {
+    let server = FakeServer::with_replies(vec![
+        Reply::status(503, error_body("deploying")),
+        Reply::status(408, error_body("request timeout")),
+        Reply::status(502, error_body("bad gateway")),
+        Reply::status(429, error_body("slow down")).header("retry-after", "1"),
+        Reply::ok(completion("back")),
+    ])
+    .await;
+    let told = std::sync::Arc::new(Told::default());
+    let model = waiting_model(&server.url, Duration::from_secs(30));
+    let call = model.chat(text_request("x"));
+    let r = stepwise::llm::outage::observed(told.clone(), call).await.unwrap();
+    assert_eq!(r.content, "back");
+    let got = server.received();
+    assert_eq!(got.len(), 5, "more than max_retries (2) retries");
+    assert!(got[4].at - got[3].at >= Duration::from_millis(950), "Retry-After honoured");
+    let told = told.0.lock().unwrap().clone();
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(told[0].starts_with("waiting http://127.0.0.1:") && told[0].contains("HTTP 503"), "{told:?}");
+    assert_eq!(told[1], "stopped answered=true");
+}
+
+#[tokio::test]
+async fn with_an_outage_wait_a_bad_request_is_still_an_error_at_once() {
+    let server =
+        FakeServer::with_replies(vec![Reply::status(400, error_body("bad")), Reply::ok(completion("no"))])
+            .await;
+    let told = std::sync::Arc::new(Told::default());
+    let model = waiting_model(&server.url, Duration::from_secs(30));
+    let call = model.chat(text_request("x"));
+    let err = stepwise::llm::outage::observed(told.clone(), call).await.unwrap_err();
+    assert_eq!(err, LlmError::Status { status: 400, message: "bad".into() });
+    assert_eq!(server.received().len(), 1);
+    assert!(told.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_provider_down_past_the_wait_limit_fails_saying_how_long_and_what_it_answered() {
+    let url = closed_port_url().await;
+    let started = Instant::now();
+    let err = waiting_model(&url, Duration::from_secs(1)).chat(text_request("x")).await.unwrap_err();
+    let took = started.elapsed();
+    let LlmError::Unavailable { provider, waited, limit, last_error } = &err else { panic!("{err}") };
+    assert!(url.starts_with(provider.as_str()), "{provider} {url}");
+    assert!(*waited >= Duration::from_secs(1) && *limit == Duration::from_secs(1), "{err}");
+    assert!(last_error.contains("could not reach the model provider"), "{err}");
+    assert!(took < Duration::from_millis(2500), "gave up {took:?} after starting");
+    assert!(
+        err.to_string().contains("was unavailable for 1s (the limit, [llm] outage_max_wait_secs, is 1s)"),
+        "{err}"
+    );
+}

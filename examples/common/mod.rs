@@ -61,6 +61,12 @@ pub fn print_event(event: &RunEvent) {
         EventKind::RunCompleted { .. } => "run completed".to_owned(),
         EventKind::RunFailed { error, .. } => format!("run FAILED: {error}"),
         EventKind::RunCancelled { reason } => format!("run cancelled: {reason}"),
+        EventKind::ProviderWaiting { role, provider, last_error, .. } => {
+            format!("… {role} waits for {provider}: {}", short(last_error, 90))
+        }
+        EventKind::ProviderResumed { role, waited_ms, .. } => {
+            format!("… {role} resumed after {waited_ms} ms")
+        }
     };
     println!("[{:>3}] {line}", event.seq);
 }

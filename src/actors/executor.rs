@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::messages::{ExecutorMsg, StepJob, StepReport};
+use super::outage::{BudgetElapsed, TrackerWatch, WaitClock, within_budget};
 use super::pool::PoolGauges;
 use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput};
 use crate::plan::strip_code_fence;
@@ -74,12 +75,17 @@ pub(crate) async fn run_step(shared: &Shared, job: StepJob) -> StepReport {
     let mut usage = LlmUsage::default();
     let budget_timeout = job.budget.timeout();
     let cancel = job.cancel.clone();
+    // Time spent waiting for an unavailable provider does not count against the budget.
+    let clock = Arc::new(WaitClock::default());
+    let watch =
+        |role| TrackerWatch::step(job.events.clone(), role, job.step.id.clone(), job.attempt, clock.clone());
+    let work = watch(AgentRole::Executor).watch(react_loop(shared, &job, &mut usage));
     let outcome = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(StepError::new(StepErrorKind::Cancelled, "the run was cancelled")),
-        r = tokio::time::timeout(budget_timeout, react_loop(shared, &job, &mut usage)) => match r {
+        r = within_budget(budget_timeout, &clock, work) => match r {
             Ok(r) => r,
-            Err(_) => Err(StepError::new(
+            Err(BudgetElapsed) => Err(StepError::new(
                 StepErrorKind::BudgetExhausted,
                 format!("timeout: the step ran longer than {budget_timeout:?}"),
             )),
@@ -89,7 +95,8 @@ pub(crate) async fn run_step(shared: &Shared, job: StepJob) -> StepReport {
     cancel.cancel();
     let outcome = match outcome {
         Ok(answer) if job.verify && !job.step.expected_outcome.trim().is_empty() => {
-            verify(shared, &job, &answer, &mut usage).await.map(|()| answer)
+            let verified = watch(AgentRole::Verifier).watch(verify(shared, &job, &answer, &mut usage));
+            verified.await.map(|()| answer)
         }
         other => other,
     };

@@ -50,7 +50,7 @@ pub struct StepJob {
     pub events: EventSink,
 }
 
-/// Where a running step's tool events go.
+/// Where a running step's events go: its tool calls, and its waits for an unavailable provider.
 #[derive(Debug, Clone, Default)]
 pub enum EventSink {
     /// Nowhere (tests, benches).
@@ -69,7 +69,7 @@ impl EventSink {
         match self {
             EventSink::None => {}
             EventSink::Tracker(t) => {
-                let _ = t.cast(TrackerMsg::Input(Input::Tool(kind)));
+                let _ = t.cast(TrackerMsg::Input(Input::from_step_event(kind)));
             }
             EventSink::Channel(tx) => {
                 let _ = tx.send(kind);

@@ -9,6 +9,7 @@
 
 pub mod executor;
 pub mod messages;
+pub(crate) mod outage;
 pub mod planner;
 pub mod pool;
 pub mod replanner;

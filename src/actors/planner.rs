@@ -38,7 +38,10 @@ impl Actor for Planner {
         let PlannerMsg::Plan(job, reply) = msg;
         let shared = self.shared.clone();
         // The `stepwise.plan` span is the tracker's; chat spans join it through the job's context.
-        spawn_service(&self.shared, async move { plan(&shared, job).await }, reply);
+        // A wait for an unavailable provider shows in the run's events.
+        let watch =
+            super::outage::TrackerWatch::service(&shared, &job.run_id, crate::llm::AgentRole::Planner);
+        spawn_service(&self.shared, watch.watch(async move { plan(&shared, job).await }), reply);
         Ok(())
     }
 }

@@ -36,7 +36,10 @@ impl Actor for Replanner {
         let ReplannerMsg::Replan(job, reply) = msg;
         let shared = self.shared.clone();
         // The replan span is the tracker's; chat spans are parented under it via the job's context.
-        spawn_service(&self.shared, async move { replan(&shared, job).await }, reply);
+        // A wait for an unavailable provider shows in the run's events.
+        let watch =
+            super::outage::TrackerWatch::service(&shared, &job.run_id, crate::llm::AgentRole::Replanner);
+        spawn_service(&self.shared, watch.watch(async move { replan(&shared, job).await }), reply);
         Ok(())
     }
 }

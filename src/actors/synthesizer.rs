@@ -30,7 +30,10 @@ impl Actor for Synthesizer {
     ) -> Result<(), ActorProcessingErr> {
         let SynthesizerMsg::Synthesize(job, reply) = msg;
         let shared = self.shared.clone();
-        spawn_service(&self.shared, async move { synthesize(&shared, job).await }, reply);
+        // A wait for an unavailable provider shows in the run's events.
+        let watch =
+            super::outage::TrackerWatch::service(&shared, &job.run_id, crate::llm::AgentRole::Synthesizer);
+        spawn_service(&self.shared, watch.watch(async move { synthesize(&shared, job).await }), reply);
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
     let runtime = durable_runtime(&cfg, args.model.record.as_deref()).await?;
     runtime.recover().await.context("resuming unfinished runs")?;
     let service = StepwiseMcp::new(runtime.clone())
+        .limits(cfg.server.limits.clone())
         .serve(rmcp::transport::stdio())
         .await
         .context("starting the MCP server on stdio")?;

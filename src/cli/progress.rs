@@ -174,6 +174,20 @@ impl Progress {
             EventKind::RunCancelled { reason } => {
                 self.header.finish_with_message(format!("cancelled: {reason}"))
             }
+            EventKind::ProviderWaiting { role, step, provider, last_error, .. } => {
+                let msg = format!("waiting for {provider} ({})", one_line(last_error, 60));
+                match step {
+                    Some(step) => self.step(step.as_str(), msg, false),
+                    None => self.line(format!("{role}: {msg}")),
+                }
+            }
+            EventKind::ProviderResumed { role, step, waited_ms, .. } => {
+                let msg = format!("provider back after {:.1} s", *waited_ms as f64 / 1000.0);
+                match step {
+                    Some(step) => self.step(step.as_str(), msg, false),
+                    None => self.line(format!("{role}: {msg}")),
+                }
+            }
         }
     }
 }

@@ -119,6 +119,18 @@ fn print_result(r: &RunResult) {
             println!("  {:<12} error: {}", "", one_line(e, 70));
         }
     }
+    for w in &r.waiting_on_provider {
+        let who = match &w.step {
+            Some(step) => format!("{} of step {step}", w.role),
+            None => w.role.to_string(),
+        };
+        println!(
+            "waiting on provider {} since {} ({who}): {}",
+            w.provider,
+            w.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            one_line(&w.last_error, 70)
+        );
+    }
     if let Some(out) = &r.final_output {
         println!("final output:\n{out}");
     }

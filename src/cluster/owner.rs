@@ -217,7 +217,7 @@ async fn deliver(inner: &Arc<Inner>) -> Result<(), StoreError> {
     for (run, message) in queue::take_inbox(&inner.pg_pool(), &inner.id, &held).await? {
         let Some(tracker) = shared.runs.get(&run).and_then(|c| c.tracker) else { continue };
         let input = match message {
-            InboxMessage::Tool(kind) => Input::Tool(kind),
+            InboxMessage::Tool(kind) => Input::from_step_event(kind),
             InboxMessage::Finished(report) => Input::StepFinished(report),
         };
         let _ = tracker.cast(TrackerMsg::Input(input));

@@ -32,7 +32,7 @@ pub(super) enum Outgoing {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum InboxMessage {
-    /// A tool event of the running attempt.
+    /// An event of the running attempt: a tool call, or a wait for its provider.
     Tool(EventKind),
     /// The attempt ended.
     Finished(StepReport),

@@ -46,6 +46,9 @@ pub struct AnthropicSettings {
     pub temperature: Option<f32>,
     /// First retry backoff (doubles per retry).
     pub backoff_base: Duration,
+    /// How long a call waits for the provider while it is unavailable (see
+    /// [`crate::llm::outage`]); zero (the default here, not in `[llm]`): fail after the retries.
+    pub outage_max_wait: Duration,
 }
 
 impl std::fmt::Debug for AnthropicSettings {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for AnthropicSettings {
             .field("max_tokens", &self.max_tokens)
             .field("temperature", &self.temperature)
             .field("backoff_base", &self.backoff_base)
+            .field("outage_max_wait", &self.outage_max_wait)
             .finish()
     }
 }
@@ -76,6 +80,7 @@ impl AnthropicSettings {
             max_tokens: DEFAULT_MAX_TOKENS,
             temperature: None,
             backoff_base: policy.backoff_base,
+            outage_max_wait: policy.outage_max_wait,
         }
     }
 
@@ -99,6 +104,7 @@ impl AnthropicSettings {
         s.base_url = base_url;
         s.timeout = Duration::from_secs(cfg.request_timeout_secs);
         s.max_retries = cfg.max_retries;
+        s.outage_max_wait = Duration::from_secs(cfg.outage_max_wait_secs);
         s.max_tokens = cfg.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         s.temperature = cfg.temperature;
         Ok(s)
@@ -127,6 +133,7 @@ impl AnthropicModel {
             timeout: settings.timeout,
             max_retries: settings.max_retries,
             backoff_base: settings.backoff_base,
+            outage_max_wait: settings.outage_max_wait,
             ..RetryPolicy::default()
         };
         let http = HttpTransport::new(policy, headers, Some(settings.api_key.clone()))?;

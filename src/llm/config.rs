@@ -38,6 +38,10 @@ pub enum StructuredMode {
     Prompt,
 }
 
+/// Default of `[llm] outage_max_wait_secs`: ten minutes, longer than most deploys and 503
+/// spells of a provider.
+pub const DEFAULT_OUTAGE_MAX_WAIT_SECS: u64 = 600;
+
 /// The `[llm]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,8 +59,12 @@ pub struct LlmConfig {
     pub script: Option<PathBuf>,
     /// Per-request timeout in seconds.
     pub request_timeout_secs: u64,
-    /// Retries on 429, 5xx and connection errors.
+    /// Retries on 408, 429, 5xx and connection errors when `outage_max_wait_secs` is 0.
     pub max_retries: u32,
+    /// How long a model call waits, in seconds, for a provider that is unavailable (unreachable,
+    /// timing out, 5xx, 408, 429) before its run or step fails; 0: no wait, fail after
+    /// `max_retries` retries.
+    pub outage_max_wait_secs: u64,
     /// How structured output is requested (OpenAI-compatible servers).
     pub structured_output: StructuredMode,
     /// Cap on output tokens per call.
@@ -77,6 +85,7 @@ impl Default for LlmConfig {
             script: None,
             request_timeout_secs: 120,
             max_retries: 3,
+            outage_max_wait_secs: DEFAULT_OUTAGE_MAX_WAIT_SECS,
             structured_output: StructuredMode::Auto,
             max_tokens: None,
             temperature: None,

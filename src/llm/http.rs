@@ -16,6 +16,75 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
 use super::LlmError;
+use super::outage::{Admission, Backoff, CallWait, OutageObserver, ProbeGuard, ProviderGate};
+
+/// Longest backoff between two probes of an unavailable provider: one request per 10 s is no
+/// load, and a provider that is back is found within 10 s.
+const OUTAGE_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How often a call whose provider's probe is in flight looks at the circuit again, at most
+/// (the probe's answer wakes it sooner).
+const PROBE_POLL: Duration = Duration::from_secs(1);
+
+/// One call's wait on an unavailable provider: when it started, and the observer told of it.
+/// Dropped while waiting (the call was cancelled), it tells the observer the wait ended.
+struct OutageWait {
+    provider: String,
+    limit: Duration,
+    call: Option<CallWait>,
+    observer: Option<std::sync::Arc<dyn OutageObserver>>,
+}
+
+impl OutageWait {
+    fn new(provider: String, limit: Duration) -> Self {
+        Self { provider, limit, call: None, observer: super::outage::current_observer() }
+    }
+
+    /// The call's wait, started at `now` if it had not started yet (the observer is told).
+    fn start(&mut self, now: tokio::time::Instant, last_error: &str) -> CallWait {
+        if let Some(call) = self.call {
+            return call;
+        }
+        let call = CallWait { since: now, limit: self.limit };
+        self.call = Some(call);
+        tracing::warn!(provider = %self.provider, error = %last_error, "model provider unavailable; the call waits");
+        if let Some(o) = &self.observer {
+            o.waiting(&self.provider, last_error);
+        }
+        call
+    }
+
+    /// Ends the wait (if any), `answered` or not: the observer is told how long it lasted.
+    fn end(&mut self, answered: bool) -> Duration {
+        let Some(call) = self.call.take() else { return Duration::ZERO };
+        let waited = call.since.elapsed();
+        if let Some(o) = &self.observer {
+            o.stopped_waiting(waited, answered);
+        }
+        waited
+    }
+
+    /// The failure of a call that waited as long as it may.
+    fn give_up(&mut self, last: Option<HttpFailure>, last_error: String) -> HttpFailure {
+        let waited = self.end(false);
+        tracing::warn!(provider = %self.provider, waited_ms = waited.as_millis() as u64, "model provider still unavailable; giving up");
+        HttpFailure {
+            error: LlmError::Unavailable {
+                provider: self.provider.clone(),
+                waited,
+                limit: self.limit,
+                last_error,
+            },
+            body: last.and_then(|f| f.body),
+        }
+    }
+}
+
+impl Drop for OutageWait {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}
 
 /// How a transport times out and retries. Providers build it from [`super::config::LlmConfig`].
 #[derive(Debug, Clone, PartialEq)]
@@ -28,8 +97,12 @@ pub struct RetryPolicy {
     pub backoff_base: Duration,
     /// Cap on one backoff delay.
     pub max_backoff: Duration,
-    /// Cap on a server-requested `Retry-After` wait.
+    /// Cap on a server-requested `Retry-After` wait (only without an outage wait).
     pub max_retry_after: Duration,
+    /// How long a call waits for an unavailable provider to come back ([`super::outage`]):
+    /// while it waits, `max_retries` and `max_retry_after` do not apply. Zero: no outage wait,
+    /// the call fails once `max_retries` retries have failed.
+    pub outage_max_wait: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -40,6 +113,7 @@ impl Default for RetryPolicy {
             backoff_base: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(60),
+            outage_max_wait: Duration::ZERO,
         }
     }
 }
@@ -178,8 +252,79 @@ impl HttpTransport {
         Ok(())
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the retries are used up.
+    /// Runs `attempt` until it succeeds or fails for good: with an outage wait, until the
+    /// provider has been unavailable for longer than it ([`Self::waiting_out`]); without, until
+    /// the retries are used up.
     async fn retrying<T, F>(&self, url: &str, attempt: impl Fn() -> F) -> Result<T, HttpFailure>
+    where
+        F: std::future::Future<Output = Attempt<T>>,
+    {
+        if self.policy.outage_max_wait.is_zero() {
+            self.retrying_counted(url, attempt).await
+        } else {
+            self.waiting_out(url, attempt).await
+        }
+    }
+
+    /// Runs `attempt` through the provider's shared circuit, waiting while the provider is
+    /// unavailable, up to `outage_max_wait` (see [`super::outage`]).
+    async fn waiting_out<T, F>(&self, url: &str, attempt: impl Fn() -> F) -> Result<T, HttpFailure>
+    where
+        F: std::future::Future<Output = Attempt<T>>,
+    {
+        let (provider, gate) = ProviderGate::of(url);
+        let max = self.policy.max_backoff.min(OUTAGE_MAX_BACKOFF);
+        let backoff = Backoff { base: self.policy.backoff_base, max };
+        let mut wait = OutageWait::new(provider, self.policy.outage_max_wait);
+        loop {
+            let probe = loop {
+                match gate.admit() {
+                    Admission::Send { probe } => break probe,
+                    Admission::Wait { until } => {
+                        let now = tokio::time::Instant::now();
+                        let last = gate.last_error().unwrap_or_else(|| "unavailable".into());
+                        let call = wait.start(now, &last);
+                        if call.expired(now) {
+                            return Err(wait.give_up(None, last));
+                        }
+                        gate.wait(call.sleep_until(now, until, PROBE_POLL)).await;
+                    }
+                }
+            };
+            let mut guard = ProbeGuard::new(&gate, probe);
+            let outcome = attempt().await;
+            guard.disarm();
+            let (failure, retry_after) = match outcome {
+                Attempt::Done(v) => {
+                    gate.answered(probe);
+                    wait.end(true);
+                    return Ok(v);
+                }
+                Attempt::Final(f) => {
+                    gate.answered(probe);
+                    wait.end(true);
+                    return Err(f);
+                }
+                Attempt::Retry { failure, retry_after } => (failure, retry_after),
+            };
+            let error = failure.error.to_string();
+            gate.unavailable(probe, retry_after, error.clone(), &backoff);
+            let now = tokio::time::Instant::now();
+            if wait.start(now, &error).expired(now) {
+                return Err(wait.give_up(Some(failure), error));
+            }
+            tracing::warn!(
+                url = %display_url(url),
+                error = %error,
+                probe,
+                retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
+                "model provider unavailable; waiting for it"
+            );
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retries are used up.
+    async fn retrying_counted<T, F>(&self, url: &str, attempt: impl Fn() -> F) -> Result<T, HttpFailure>
     where
         F: std::future::Future<Output = Attempt<T>>,
     {
@@ -249,7 +394,7 @@ impl HttpTransport {
             error: LlmError::Status { status: code, message: error_message(&text) },
             body: Some(text),
         };
-        let retryable = code == 429 || status.is_server_error();
+        let retryable = code == 408 || code == 429 || status.is_server_error();
         if retryable && !give_up(code, failure.body.as_deref().unwrap_or("")) {
             Attempt::Retry { failure, retry_after }
         } else {

@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod config;
 pub mod http;
 pub mod openai;
+pub mod outage;
 pub mod providers;
 pub mod record;
 pub mod scripted;
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::StepId;
 
 /// Who in the runtime is calling the model. Also selects per-role models and prompts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentRole {
     /// Writes the plan.
@@ -236,6 +237,22 @@ pub enum LlmError {
     /// Could not reach the provider.
     #[error("could not reach the model provider: {0}")]
     Transport(String),
+    /// The provider stayed unavailable (unreachable, timing out, 5xx, 408 or 429) for as long
+    /// as a call may wait for it (`[llm] outage_max_wait_secs`).
+    #[error(
+        "the model provider {provider} was unavailable for {}s (the limit, [llm] outage_max_wait_secs, is {}s); it last answered: {last_error}",
+        waited.as_secs(), limit.as_secs()
+    )]
+    Unavailable {
+        /// The provider (scheme, host, port).
+        provider: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+        /// How long it might wait.
+        limit: std::time::Duration,
+        /// What the provider last answered (or how it could not be reached).
+        last_error: String,
+    },
     /// The answer did not have the expected shape.
     #[error("invalid model response: {0}")]
     InvalidResponse(String),

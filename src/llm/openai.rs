@@ -55,6 +55,9 @@ pub struct OpenAiSettings {
     pub temperature: Option<f32>,
     /// First retry backoff (doubles per retry).
     pub backoff_base: Duration,
+    /// How long a call waits for the provider while it is unavailable (see
+    /// [`crate::llm::outage`]); zero (the default here, not in `[llm]`): fail after the retries.
+    pub outage_max_wait: Duration,
 }
 
 impl std::fmt::Debug for OpenAiSettings {
@@ -69,6 +72,7 @@ impl std::fmt::Debug for OpenAiSettings {
             .field("max_tokens", &self.max_tokens)
             .field("temperature", &self.temperature)
             .field("backoff_base", &self.backoff_base)
+            .field("outage_max_wait", &self.outage_max_wait)
             .finish()
     }
 }
@@ -87,6 +91,7 @@ impl OpenAiSettings {
             max_tokens: None,
             temperature: None,
             backoff_base: policy.backoff_base,
+            outage_max_wait: policy.outage_max_wait,
         }
     }
 
@@ -115,6 +120,7 @@ impl OpenAiSettings {
         s.api_key = api_key;
         s.timeout = Duration::from_secs(cfg.request_timeout_secs);
         s.max_retries = cfg.max_retries;
+        s.outage_max_wait = Duration::from_secs(cfg.outage_max_wait_secs);
         s.structured = cfg.structured_output;
         s.max_tokens = cfg.max_tokens;
         s.temperature = cfg.temperature;
@@ -184,6 +190,7 @@ impl OpenAiModel {
             timeout: settings.timeout,
             max_retries: settings.max_retries,
             backoff_base: settings.backoff_base,
+            outage_max_wait: settings.outage_max_wait,
             ..RetryPolicy::default()
         };
         let http = HttpTransport::new(policy, headers, settings.api_key.clone())?;

@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{LlmUsage, RunId, StepError};
+use crate::llm::AgentRole;
 use crate::options::RunOptions;
 use crate::plan::{PlanSpec, StepId, StepSpec};
 
@@ -186,6 +187,36 @@ pub enum EventKind {
         /// Who or what cancelled it.
         reason: String,
     },
+    /// A model call of the run started waiting for its provider, which is unavailable
+    /// (unreachable, timing out, 5xx, 408, 429). The wait does not count against the step's
+    /// wall-clock budget or its retries; `[llm] outage_max_wait_secs` bounds it.
+    ProviderWaiting {
+        /// The calling role.
+        role: AgentRole,
+        /// The step, for executor and verifier calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<StepId>,
+        /// The step's attempt, for executor and verifier calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        /// The provider (scheme, host, port).
+        provider: String,
+        /// What the provider last answered, or how it could not be reached.
+        last_error: String,
+    },
+    /// A model call that waited for its provider got an answer again.
+    ProviderResumed {
+        /// The calling role.
+        role: AgentRole,
+        /// The step, for executor and verifier calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<StepId>,
+        /// The step's attempt, for executor and verifier calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        /// How long it waited, in milliseconds.
+        waited_ms: u64,
+    },
 }
 
 impl EventKind {
@@ -207,6 +238,8 @@ impl EventKind {
             EventKind::RunCompleted { .. } => "RunCompleted",
             EventKind::RunFailed { .. } => "RunFailed",
             EventKind::RunCancelled { .. } => "RunCancelled",
+            EventKind::ProviderWaiting { .. } => "ProviderWaiting",
+            EventKind::ProviderResumed { .. } => "ProviderResumed",
         }
     }
 

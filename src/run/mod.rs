@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use event::{Decision, EventKind, ReplanDecision, RunEvent, StepVerdict};
 pub use policy::{FailureAction, on_step_failure, replan_after_success};
-pub use state::{PlanRevision, RunResult, RunState, RunStatus, StateError};
+pub use state::{PlanRevision, ProviderWait, RunResult, RunState, RunStatus, StateError};
 
 /// A run's id (a UUIDv7: unique and sortable by creation time).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]

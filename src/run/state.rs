@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{EventKind, RunEvent, RunId, StepError, Usage};
+use crate::llm::AgentRole;
 use crate::options::RunOptions;
 use crate::plan::{Plan, StepId, StepSpec, StepStatus};
 
@@ -69,6 +70,22 @@ pub struct PlanRevision {
     pub created_at: DateTime<Utc>,
 }
 
+/// A model call of a run that waits for its unavailable provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProviderWait {
+    /// The calling role.
+    pub role: AgentRole,
+    /// The step, for executor and verifier calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepId>,
+    /// The provider (scheme, host, port).
+    pub provider: String,
+    /// What the provider last answered, or how it could not be reached.
+    pub last_error: String,
+    /// When the call started waiting.
+    pub since: DateTime<Utc>,
+}
+
 /// The outcome of a run, as the library, `--json` and `GET /v1/runs/{id}` return it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunResult {
@@ -94,6 +111,9 @@ pub struct RunResult {
     pub created_at: DateTime<Utc>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The model calls of the run waiting for an unavailable provider (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_on_provider: Vec<ProviderWait>,
 }
 
 /// An event that does not fit the state it is applied to: a bug or a corrupted log.
@@ -142,6 +162,8 @@ pub struct RunState {
     /// Each step's latest failure, typed (the plan's `error` is its text), so that a driver
     /// resuming the run decides a failure exactly as it was.
     pub last_errors: BTreeMap<StepId, StepError>,
+    /// The model calls waiting for an unavailable provider, oldest first.
+    pub waiting_on_provider: Vec<ProviderWait>,
 }
 
 impl RunState {
@@ -162,6 +184,7 @@ impl RunState {
             last_seq: 0,
             approved_at: None,
             last_errors: BTreeMap::new(),
+            waiting_on_provider: Vec::new(),
         }
     }
 
@@ -218,6 +241,7 @@ impl RunState {
         if self.status.is_terminal() {
             return Err(bad(format!("the run already ended ({})", self.status.as_str())));
         }
+        self.clear_answered_waits(&e.kind);
         match &e.kind {
             EventKind::RunSubmitted { .. } => {
                 if e.seq != 1 {
@@ -349,9 +373,43 @@ impl RunState {
                 self.error = Some(reason.clone());
                 self.finish(RunStatus::Cancelled, e.at);
             }
+            EventKind::ProviderWaiting { role, step, provider, last_error, .. } => {
+                self.waiting_on_provider.retain(|w| !(w.role == *role && w.step == *step));
+                self.waiting_on_provider.push(ProviderWait {
+                    role: *role,
+                    step: step.clone(),
+                    provider: provider.clone(),
+                    last_error: last_error.clone(),
+                    since: e.at,
+                });
+            }
+            EventKind::ProviderResumed { role, step, .. } => {
+                self.waiting_on_provider.retain(|w| !(w.role == *role && w.step == *step));
+            }
         }
         self.last_seq = e.seq;
         Ok(())
+    }
+
+    /// Forgets the provider waits that `kind` shows are over: the call's answer arrived (a
+    /// plan, a replan, a step's end or a new attempt), or the run ended. A wait whose
+    /// `ProviderResumed` was never written (a crash) ends this way too.
+    fn clear_answered_waits(&mut self, kind: &EventKind) {
+        if self.waiting_on_provider.is_empty() {
+            return;
+        }
+        let over = |w: &ProviderWait| match kind {
+            EventKind::PlanProposed { .. } | EventKind::PlanStreamed { .. } => w.role == AgentRole::Planner,
+            EventKind::ReplanConsidered { .. } | EventKind::Replanned { .. } => {
+                w.role == AgentRole::Replanner
+            }
+            EventKind::StepStarted { step, .. }
+            | EventKind::StepCompleted { step, .. }
+            | EventKind::StepFailed { step, .. }
+            | EventKind::StepSkipped { step, .. } => w.step.as_ref() == Some(step),
+            k => k.is_terminal(),
+        };
+        self.waiting_on_provider.retain(|w| !over(w));
     }
 
     fn finish(&mut self, status: RunStatus, at: DateTime<Utc>) {
@@ -408,6 +466,7 @@ impl RunState {
             usage: self.usage,
             created_at: self.created_at,
             finished_at: self.finished_at,
+            waiting_on_provider: self.waiting_on_provider.clone(),
         }
     }
 

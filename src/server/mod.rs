@@ -65,6 +65,7 @@ pub struct ServerState {
     keep_alive: Duration,
     shutdown: CancellationToken,
     trace_url_template: Option<Arc<str>>,
+    limits: crate::options::RunLimits,
 }
 
 impl ServerState {
@@ -80,6 +81,7 @@ impl ServerState {
             keep_alive: Duration::from_secs(15),
             shutdown: CancellationToken::new(),
             trace_url_template: None,
+            limits: d.limits,
         }
     }
 
@@ -90,6 +92,13 @@ impl ServerState {
             .max_body_bytes(config.max_body_bytes)
             .queue_limit(config.queue_limit)
             .trace_url_template(config.trace_url_template.clone())
+            .limits(config.limits.clone())
+    }
+
+    /// The most a submitted run's options may ask for (more: 422).
+    pub fn limits(mut self, limits: crate::options::RunLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Bearer tokens accepted by the API; none turns auth off (loopback only, see [`check_bind`]).
@@ -182,8 +191,9 @@ fn mcp_service(
         config = config.disable_allowed_hosts();
     }
     let runtime = state.runtime.clone();
+    let limits = state.limits.clone();
     rmcp::transport::StreamableHttpService::new(
-        move || Ok(crate::tools::mcp::expose::StepwiseMcp::new(runtime.clone())),
+        move || Ok(crate::tools::mcp::expose::StepwiseMcp::new(runtime.clone()).limits(limits.clone())),
         Default::default(),
         config,
     )

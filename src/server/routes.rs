@@ -75,6 +75,7 @@ pub(crate) async fn submit(
         return Err(ServerError::Unprocessable("task: must not be empty".into()));
     }
     let options = merge_options(state.runtime.options(), &req)?;
+    state.limits.check(&options).map_err(|e| ServerError::Unprocessable(e.to_string()))?;
     let live = state.runtime.live_runs();
     if live >= state.queue_limit {
         return Err(ServerError::TooManyRuns { live, limit: state.queue_limit });

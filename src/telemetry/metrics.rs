@@ -13,6 +13,7 @@
 //! | `stepwise.executors.busy`   | `stepwise_executors_busy`       | (gauge)                    |
 //! | `stepwise.executors.idle`   | `stepwise_executors_idle`       | (gauge)                    |
 //! | `stepwise.executors.queued` | `stepwise_executors_queued`     | (gauge)                    |
+//! | `stepwise.provider.waiting` | `stepwise_provider_waiting`     | `role` (gauge)             |
 //!
 //! The instruments live in one process-wide [`Metrics`] ([`global`]): the tracker and the model
 //! wrapper record into it wherever they run, and the HTTP server reads it. The executor gauges
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, UpDownCounter};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
@@ -145,6 +146,7 @@ pub struct Metrics {
     llm_tokens: Counter<u64>,
     step_duration: Histogram<f64>,
     llm_duration: Histogram<f64>,
+    provider_waiting: UpDownCounter<i64>,
     executor_pools: ExecutorPools,
 }
 
@@ -213,6 +215,11 @@ impl Metrics {
                 .build(),
             step_duration: latency("stepwise.step.duration", "Wall time of step attempts"),
             llm_duration: latency("stepwise.llm.duration", "Wall time of model calls"),
+            provider_waiting: meter
+                .i64_up_down_counter("stepwise.provider.waiting")
+                .with_unit("{call}")
+                .with_description("Model calls of runs waiting for an unavailable provider, by role")
+                .build(),
             provider,
             reader,
         }
@@ -247,6 +254,11 @@ impl Metrics {
     /// The replanner decided `decision` (`continue`, `replan`, `finish`, `abort`).
     pub fn replanned(&self, decision: &str) {
         self.replans.add(1, &[KeyValue::new("decision", decision.to_owned())]);
+    }
+
+    /// A model call by `role` started (`1`) or stopped (`-1`) waiting for its provider.
+    pub fn provider_waiting(&self, role: &str, change: i64) {
+        self.provider_waiting.add(change, &[KeyValue::new("role", role.to_owned())]);
     }
 
     /// A model call by `role` to `model` ended (`ok` or not) after `elapsed`, using `usage`.

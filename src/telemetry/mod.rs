@@ -286,6 +286,7 @@ fn llm_error_type(e: &LlmError) -> &'static str {
         LlmError::Status { .. } => "http_status",
         LlmError::Timeout(_) => "timeout",
         LlmError::Transport(_) => "transport",
+        LlmError::Unavailable { .. } => "provider_unavailable",
         LlmError::InvalidResponse(_) => "invalid_response",
         LlmError::Structured { .. } => "invalid_structured_output",
         LlmError::Script(_) => "script",

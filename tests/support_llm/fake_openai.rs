@@ -8,8 +8,15 @@
 //! shape comes from the task: `depth=D width=W` gives the makespan bench's layered plan,
 //! `steps=K` the overhead bench's K independent steps, anything else the 3-step diamond of the
 //! concurrency benches. Every answer takes `latency`; a streamed answer spreads it over its chunks.
+//!
+//! Faults for the outage tests: `POST /fault {"status": 429, "retry_after_secs": 5, "for_ms":
+//! 10000}` makes every chat call answer that status (with that `Retry-After`) for a while, and
+//! `GET /stats` counts the chat calls seen and those answered with a fault. (A server that is
+//! down altogether is this process stopped: `tests/provider_outage.rs` kills and restarts it.)
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -24,12 +31,75 @@ use tokio::time::Instant;
 /// Characters of content per streamed chunk, about what a model emits in a few tokens.
 const CHUNK_CHARS: usize = 40;
 
-/// The server's routes: `POST /v1/chat/completions` and `GET /v1/models`.
+/// The server's routes: `POST /v1/chat/completions`, `GET /v1/models`, and the fault controls
+/// `POST /fault` and `GET /stats`.
 pub fn app(latency: Duration) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
-        .with_state(latency)
+        .route("/fault", post(set_fault))
+        .route("/stats", get(stats))
+        .with_state(Fake { latency, control: Arc::default() })
+}
+
+/// The server's state: the answers' latency and the fault controls.
+#[derive(Clone)]
+struct Fake {
+    latency: Duration,
+    control: Arc<Control>,
+}
+
+/// Chat calls counted, and the fault in force.
+#[derive(Default)]
+struct Control {
+    requests: AtomicU64,
+    faulted: AtomicU64,
+    fault: Mutex<Option<Fault>>,
+}
+
+/// A status every chat call gets until `until`.
+#[derive(Clone, Copy)]
+struct Fault {
+    status: u16,
+    retry_after_secs: Option<u64>,
+    until: Instant,
+}
+
+/// `POST /fault` body.
+#[derive(serde::Deserialize)]
+struct FaultRequest {
+    status: u16,
+    #[serde(default)]
+    retry_after_secs: Option<u64>,
+    for_ms: u64,
+}
+
+async fn set_fault(State(fake): State<Fake>, Json(req): Json<FaultRequest>) -> Json<Value> {
+    let until = Instant::now() + Duration::from_millis(req.for_ms);
+    let fault = Fault { status: req.status, retry_after_secs: req.retry_after_secs, until };
+    *fake.control.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+    stats(State(fake)).await
+}
+
+async fn stats(State(fake): State<Fake>) -> Json<Value> {
+    let c = &fake.control;
+    Json(json!({"requests": c.requests.load(Ordering::SeqCst), "faulted": c.faulted.load(Ordering::SeqCst)}))
+}
+
+/// The fault answer for a chat call now, if a fault is in force.
+fn fault_answer(control: &Control) -> Option<Response> {
+    let fault = (*control.fault.lock().unwrap_or_else(|p| p.into_inner()))?;
+    if Instant::now() >= fault.until {
+        return None;
+    }
+    control.faulted.fetch_add(1, Ordering::SeqCst);
+    let status = axum::http::StatusCode::from_u16(fault.status).ok()?;
+    let body = Json(json!({"error": {"message": format!("fake server: fault {}", fault.status)}}));
+    let mut response = (status, body).into_response();
+    if let Some(secs) = fault.retry_after_secs {
+        response.headers_mut().insert("retry-after", secs.into());
+    }
+    Some(response)
 }
 
 async fn models() -> Json<Value> {
@@ -44,7 +114,12 @@ enum Answer {
     ToolCall { name: String, arguments: String },
 }
 
-async fn chat(State(latency): State<Duration>, Json(req): Json<Value>) -> Response {
+async fn chat(State(fake): State<Fake>, Json(req): Json<Value>) -> Response {
+    fake.control.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(response) = fault_answer(&fake.control) {
+        return response;
+    }
+    let latency = fake.latency;
     let start = Instant::now();
     let answer = answer_for(&req);
     let model = req["model"].as_str().unwrap_or("fake").to_owned();

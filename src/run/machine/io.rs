@@ -142,6 +142,9 @@ pub enum Input {
     StepFinished(StepReport),
     /// A tool event from a running attempt (`ToolCalled` / `ToolReturned`).
     Tool(EventKind),
+    /// A model call of the run started or stopped waiting for its unavailable provider
+    /// (`ProviderWaiting` / `ProviderResumed`).
+    Provider(EventKind),
     /// A person approved the plan, possibly edited.
     Approve(Option<PlanSpec>),
     /// A person rejected the plan.
@@ -150,6 +153,17 @@ pub enum Input {
     Cancel(String),
     /// A timer the machine scheduled went off.
     Timeout(Timer),
+}
+
+impl Input {
+    /// An event of a running step attempt as the machine takes it: a provider wait, or a tool
+    /// event.
+    pub fn from_step_event(kind: EventKind) -> Self {
+        match kind {
+            EventKind::ProviderWaiting { .. } | EventKind::ProviderResumed { .. } => Input::Provider(kind),
+            kind => Input::Tool(kind),
+        }
+    }
 }
 
 /// One step attempt to start: everything an executor needs, apart from the driver's own

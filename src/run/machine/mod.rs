@@ -14,6 +14,7 @@
 //! and re-decides what was not decided yet, so the run carries on from where its log ends.
 
 mod io;
+mod outage;
 mod services;
 mod steps;
 #[cfg(test)]
@@ -112,6 +113,7 @@ impl RunMachine {
             Input::ServiceLost(service) => t.service_lost(service)?,
             Input::StepFinished(report) => t.step_finished(report)?,
             Input::Tool(kind) => t.tool_event(kind)?,
+            Input::Provider(kind) => t.provider_event(kind)?,
             Input::Approve(edited) => t.approve(edited)?,
             Input::Reject(reason) => t.reject(reason)?,
             Input::Cancel(reason) => t.cancel(reason)?,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::*;
+use crate::llm::AgentRole;
 use crate::options::{FailurePolicy, Policy, ReplanMode, RunOptions};
 use crate::plan::{PlanSpec, StepSpec, StepStatus};
 use crate::run::{Decision, ReplanDecision, RunId, StepErrorKind};
@@ -522,4 +523,83 @@ fn resume_mid_step_runs_the_interrupted_attempt_again_and_redecides_failures() {
     let t = go(&mut resumed, Input::Start);
     assert_eq!(started(&t), [("a".into(), 2), ("b".into(), 2)], "a was running; b's retry was due");
     assert!(t.commands.iter().all(|c| !matches!(c, Command::Ask(_))));
+}
+
+fn waiting(role: AgentRole, step: Option<(&str, u32)>) -> Input {
+    Input::Provider(EventKind::ProviderWaiting {
+        role,
+        step: step.map(|(s, _)| s.into()),
+        attempt: step.map(|(_, a)| a),
+        provider: "http://127.0.0.1:9".into(),
+        last_error: "connection refused".into(),
+    })
+}
+
+fn resumed(role: AgentRole, step: Option<(&str, u32)>) -> Input {
+    Input::Provider(EventKind::ProviderResumed {
+        role,
+        step: step.map(|(s, _)| s.into()),
+        attempt: step.map(|(_, a)| a),
+        waited_ms: 1500,
+    })
+}
+
+#[test]
+fn a_service_waiting_for_its_provider_is_recorded_and_cleared_by_its_answer() {
+    let (mut m, _) = machine(RunOptions::default());
+    go(&mut m, Input::Start);
+    // Only the service the run waits for: the synthesizer is not asked yet.
+    assert!(go(&mut m, waiting(AgentRole::Synthesizer, None)).events.is_empty());
+    let t = go(&mut m, waiting(AgentRole::Planner, None));
+    assert_eq!(names(&t), ["ProviderWaiting"]);
+    assert!(t.commands.is_empty(), "waiting changes nothing else");
+    let waits = &m.run().result().waiting_on_provider;
+    assert_eq!(
+        (waits.len(), waits[0].role, waits[0].last_error.as_str()),
+        (1, AgentRole::Planner, "connection refused")
+    );
+    assert_eq!(names(&go(&mut m, resumed(AgentRole::Planner, None))), ["ProviderResumed"]);
+    assert!(m.run().waiting_on_provider.is_empty());
+    assert!(go(&mut m, resumed(AgentRole::Planner, None)).events.is_empty(), "no wait to resume");
+    // A wait whose resume never came (a crash) ends with the plan.
+    go(&mut m, waiting(AgentRole::Planner, None));
+    go(&mut m, Input::PlanReady(Ok((plan(&[("a", &[])]), usage(1)))));
+    assert!(m.run().waiting_on_provider.is_empty());
+}
+
+#[test]
+fn a_step_waiting_for_its_provider_is_recorded_for_the_attempt_in_flight_only() {
+    let (mut m, _) = running(RunOptions::default(), plan(&[("a", &[]), ("b", &[])]));
+    assert!(go(&mut m, waiting(AgentRole::Executor, Some(("a", 2)))).events.is_empty(), "stale attempt");
+    assert!(go(&mut m, waiting(AgentRole::Executor, None)).events.is_empty(), "no step");
+    assert!(go(&mut m, waiting(AgentRole::Planner, None)).events.is_empty(), "the plan is in");
+    assert_eq!(names(&go(&mut m, waiting(AgentRole::Executor, Some(("a", 1))))), ["ProviderWaiting"]);
+    assert_eq!(names(&go(&mut m, waiting(AgentRole::Verifier, Some(("b", 1))))), ["ProviderWaiting"]);
+    assert_eq!(m.run().waiting_on_provider.len(), 2);
+    // A wait does not use up the step: its report decides, and clears the wait.
+    let t = go(&mut m, ok("a", 1));
+    assert_eq!(names(&t), ["StepCompleted"]);
+    assert_eq!(m.run().waiting_on_provider.len(), 1);
+    assert_eq!(m.run().plan.step(&"a".into()).unwrap().failures, 0);
+    // The run's end clears what is left, and a late event changes nothing.
+    go(&mut m, Input::Cancel("stop".into()));
+    assert!(m.run().waiting_on_provider.is_empty());
+    assert!(go(&mut m, resumed(AgentRole::Verifier, Some(("b", 1)))).events.is_empty());
+}
+
+#[test]
+fn provider_waits_survive_a_restart_until_the_call_answers() {
+    let (mut m, mut log) = machine(RunOptions::default());
+    log.extend(go(&mut m, Input::Start).events);
+    log.extend(go(&mut m, waiting(AgentRole::Planner, None)).events);
+    // A new driver folds the log: the run still shows the wait, and asks the planner again.
+    let run = RunState::from_events(&log).unwrap().unwrap();
+    assert_eq!(run.waiting_on_provider.len(), 1);
+    let mut m = RunMachine::new(run, Arc::from(vec!["fetch".to_owned()]));
+    let t = go(&mut m, Input::Start);
+    assert_eq!(t.commands, vec![Command::Ask(ServiceRequest::Plan { stream: false })]);
+    assert_eq!(names(&go(&mut m, waiting(AgentRole::Planner, None))), ["ProviderWaiting"]);
+    assert_eq!(m.run().waiting_on_provider.len(), 1, "the new wait replaces the old one");
+    go(&mut m, Input::PlanReady(Ok((plan(&[("a", &[])]), usage(1)))));
+    assert!(m.run().waiting_on_provider.is_empty());
 }

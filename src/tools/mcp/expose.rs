@@ -33,12 +33,19 @@ const DEFAULT_WAIT_SECS: u64 = 600;
 #[derive(Clone)]
 pub struct StepwiseMcp {
     runtime: Arc<Runtime>,
+    limits: crate::options::RunLimits,
 }
 
 impl StepwiseMcp {
-    /// A handler serving `runtime`.
+    /// A handler serving `runtime`, with the default [`crate::options::RunLimits`].
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+        Self { runtime, limits: Default::default() }
+    }
+
+    /// The most a started run's options may ask for (`[server.limits]`).
+    pub fn limits(mut self, limits: crate::options::RunLimits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -195,6 +202,7 @@ impl StepwiseMcp {
         if args.mcp_servers.is_some() {
             options.mcp_servers = args.mcp_servers.clone();
         }
+        self.limits.check(&options).map_err(|e| e.to_string())?;
         Ok(options)
     }
 
