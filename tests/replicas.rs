@@ -187,7 +187,8 @@ async fn cancel_and_approve_sent_to_a_replica_that_does_not_own_the_run_take_eff
     assert_eq!(results[0]["status"], "completed", "{:#}", results[0]);
     assert_eq!(results[1]["status"], "cancelled", "{:#}", results[1]);
 
-    let running = api.submit(owner, TASK, json!({})).await;
+    // A long chain (20 steps one after another), so that the cancel finds it running.
+    let running = api.submit(owner, "depth=20 width=1", json!({})).await;
     let (status, body) =
         api.post(other, &format!("/v1/runs/{running}/cancel"), json!({"reason": "stop"})).await;
     assert!(status < 300, "cancel via the non-owner: {status} {body}");

@@ -6,13 +6,16 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::queue::{INBOX_CHANNEL, notify};
+use super::queue::notify;
 use super::{Inner, decide};
 use crate::actors::Shared;
 use crate::actors::messages::{ControlError, Refusal};
 use crate::actors::replication::ControlRequest;
 use crate::run::RunId;
 use crate::store::{StoreError, backend};
+
+/// The channel a control request notifies; the payload is the run owner's replica id.
+pub(super) const CONTROL_CHANNEL: &str = "stepwise_control";
 
 /// How often the asker looks for the answer.
 const ANSWER_POLL: Duration = Duration::from_millis(50);
@@ -87,7 +90,7 @@ async fn post(inner: &Inner, run: &RunId, request: &ControlRequest) -> Result<i6
         Some(d) if d.is_foreign_key_violation() => StoreError::UnknownRun(run.clone()),
         _ => backend(e),
     })?;
-    notify(&mut tx, INBOX_CHANNEL, owner.as_deref().unwrap_or("")).await?;
+    notify(&mut tx, CONTROL_CHANNEL, owner.as_deref().unwrap_or("")).await?;
     tx.commit().await.map_err(backend)?;
     Ok(id)
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sqlx::postgres::PgListener;
 
+use super::control::CONTROL_CHANNEL;
 use super::queue::{INBOX_CHANNEL, STEPS_CHANNEL};
 use super::{Inner, decide};
 use crate::store::postgres::EVENTS_CHANNEL;
@@ -32,7 +33,7 @@ pub(super) fn spawn(inner: Arc<Inner>) {
 /// Listens until the replica stops (Ok) or the connection fails (Err).
 async fn listen(inner: &Inner) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(&inner.pg_pool()).await?;
-    listener.listen_all([STEPS_CHANNEL, INBOX_CHANNEL, EVENTS_CHANNEL]).await?;
+    listener.listen_all([STEPS_CHANNEL, INBOX_CHANNEL, CONTROL_CHANNEL, EVENTS_CHANNEL]).await?;
     // Anything may have happened while not listening.
     wake_all(inner);
     loop {
@@ -59,6 +60,7 @@ async fn listen(inner: &Inner) -> Result<(), sqlx::Error> {
 fn wake_all(inner: &Inner) {
     inner.steps_ready.notify_one();
     inner.inbox_ready.notify_one();
+    inner.control_ready.notify_one();
     let watchers = inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
     for tx in watchers.values() {
         let _ = tx.send(());

@@ -71,8 +71,10 @@ pub(crate) struct Inner {
     max_claims: OnceLock<usize>,
     /// Wakes the step claimer (a step was queued, or a worker freed up).
     steps_ready: Notify,
-    /// Wakes the inbox reader (an executor reported to this replica, or a control request came).
+    /// Wakes the inbox reader: an executor reported to a run of this replica.
     inbox_ready: Notify,
+    /// Wakes the control server: an approve, reject or cancel came for a run of this replica.
+    control_ready: Notify,
     /// Event streams waiting for a run's log to grow.
     watchers: Mutex<HashMap<RunId, watch::Sender<()>>>,
     /// Enqueue and withdraw, in the order the trackers asked.
@@ -118,6 +120,7 @@ impl Replica {
             max_claims: OnceLock::new(),
             steps_ready: Notify::new(),
             inbox_ready: Notify::new(),
+            control_ready: Notify::new(),
             watchers: Mutex::default(),
             outbox,
             outbox_rx: Mutex::new(Some(rx)),

@@ -189,11 +189,13 @@ async fn start_tracker(inner: &Arc<Inner>, run: &RunId) -> Result<(), String> {
         .map(|_| ())
 }
 
-/// Hands inbox messages and control requests to the runs' trackers, when woken and every poll.
+/// Hands inbox messages to the runs' trackers when an executor reports, control requests when
+/// one comes, and both every poll.
 async fn inbox(inner: Arc<Inner>) {
     let mut failures = 0;
+    let (mut messages, mut controls) = (true, true);
     loop {
-        match deliver(&inner).await {
+        match deliver(&inner, messages, controls).await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
@@ -203,26 +205,32 @@ async fn inbox(inner: Arc<Inner>) {
                 tokio::time::sleep(decide::backoff(failures)).await;
             }
         }
-        tokio::select! {
+        (messages, controls) = tokio::select! {
             _ = inner.stop.cancelled() => return,
-            _ = inner.inbox_ready.notified() => {}
-            _ = tokio::time::sleep(inner.poll) => {}
-        }
+            _ = inner.inbox_ready.notified() => (true, false),
+            _ = inner.control_ready.notified() => (false, true),
+            _ = tokio::time::sleep(inner.poll) => (true, true),
+        };
     }
 }
 
-async fn deliver(inner: &Arc<Inner>) -> Result<(), StoreError> {
+async fn deliver(inner: &Arc<Inner>, messages: bool, controls: bool) -> Result<(), StoreError> {
     let held: Vec<(String, i64)> = inner.held().iter().map(|(r, e)| (r.0.clone(), *e)).collect();
     let Some(shared) = inner.shared() else { return Ok(()) };
-    for (run, message) in queue::take_inbox(&inner.pg_pool(), &inner.id, &held).await? {
-        let Some(tracker) = shared.runs.get(&run).and_then(|c| c.tracker) else { continue };
-        let input = match message {
-            InboxMessage::Tool(kind) => Input::from_step_event(kind),
-            InboxMessage::Finished(report) => Input::StepFinished(report),
-        };
-        let _ = tracker.cast(TrackerMsg::Input(input));
+    if messages {
+        for (run, message) in queue::take_inbox(&inner.pg_pool(), &inner.id, &held).await? {
+            let Some(tracker) = shared.runs.get(&run).and_then(|c| c.tracker) else { continue };
+            let input = match message {
+                InboxMessage::Tool(kind) => Input::from_step_event(kind),
+                InboxMessage::Finished(report) => Input::StepFinished(report),
+            };
+            let _ = tracker.cast(TrackerMsg::Input(input));
+        }
     }
-    control::serve(inner, &shared, &held).await
+    if controls {
+        control::serve(inner, &shared, &held).await?;
+    }
+    Ok(())
 }
 
 /// Gives up every held lease (expiry now), so that other replicas take the runs at once.

@@ -74,12 +74,16 @@ pub(super) async fn run_outbox(inner: Arc<Inner>, mut rx: UnboundedReceiver<Outg
 }
 
 async fn write_outgoing(pool: &PgPool, batch: &[Outgoing]) -> Result<(), StoreError> {
+    if batch.iter().all(|o| matches!(o, Outgoing::Enqueue(_))) {
+        // The usual batch: one statement, no transaction to open and close.
+        return enqueue(pool, batch, true).await;
+    }
     let mut tx = pool.begin().await.map_err(backend)?;
     let mut queued = false;
     for group in batch.chunk_by(|a, b| matches!((a, b), (Outgoing::Enqueue(_), Outgoing::Enqueue(_)))) {
         match &group[0] {
             Outgoing::Enqueue(_) => {
-                enqueue(&mut tx, group).await?;
+                enqueue(&mut *tx, group, false).await?;
                 queued = true;
             }
             Outgoing::Withdraw(run, step) => {
@@ -100,8 +104,12 @@ async fn write_outgoing(pool: &PgPool, batch: &[Outgoing]) -> Result<(), StoreEr
     tx.commit().await.map_err(backend)
 }
 
-/// Queues the jobs of consecutive `Enqueue` requests with one statement, in order.
-async fn enqueue(conn: &mut sqlx::PgConnection, group: &[Outgoing]) -> Result<(), StoreError> {
+/// Queues the jobs of consecutive `Enqueue` requests with one statement, in order, notifying
+/// the claimers in the same statement when `wake`.
+async fn enqueue<'c, E>(conn: E, group: &[Outgoing], wake: bool) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
     let (mut runs, mut steps, mut attempts, mut bodies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for job in group.iter().filter_map(|o| match o {
         Outgoing::Enqueue(job) => Some(job),
@@ -113,15 +121,21 @@ async fn enqueue(conn: &mut sqlx::PgConnection, group: &[Outgoing]) -> Result<()
         attempts.push(i64::from(job.attempt));
     }
     sqlx::query(
-        "INSERT INTO step_queue (run_id, step_id, attempt, job) \
-         SELECT j.run_id, j.step_id, j.attempt, j.job::jsonb \
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY AS j(run_id, step_id, attempt, job, n) \
-         ORDER BY j.n",
+        "WITH queued AS ( \
+             INSERT INTO step_queue (run_id, step_id, attempt, job) \
+             SELECT j.run_id, j.step_id, j.attempt, j.job::jsonb \
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY \
+                 AS j(run_id, step_id, attempt, job, n) \
+             ORDER BY j.n RETURNING 1 \
+         ) \
+         SELECT pg_notify($6, '') FROM (SELECT 1 FROM queued LIMIT 1) AS some_queued WHERE $5",
     )
     .bind(runs)
     .bind(steps)
     .bind(attempts)
     .bind(bodies)
+    .bind(wake)
+    .bind(STEPS_CHANNEL)
     .execute(conn)
     .await
     .map_err(backend)?;

@@ -87,19 +87,40 @@ impl RunSummary {
             (Some(s), _) => s,
         };
         s.last_seq = event.seq;
-        match &event.kind {
-            EventKind::PlanProposed { .. } if s.require_approval => s.status = RunStatus::AwaitingApproval,
-            EventKind::PlanProposed { .. } => s.status = RunStatus::Running,
-            EventKind::PlanApproved { .. } => s.status = RunStatus::Running,
-            EventKind::RunCompleted { .. } => s.status = RunStatus::Completed,
-            EventKind::RunFailed { .. } => s.status = RunStatus::Failed,
-            EventKind::RunCancelled { .. } => s.status = RunStatus::Cancelled,
-            _ => {}
+        match StatusChange::of(&event.kind) {
+            Some(StatusChange::PlanProposed) if s.require_approval => s.status = RunStatus::AwaitingApproval,
+            Some(StatusChange::PlanProposed) => s.status = RunStatus::Running,
+            Some(StatusChange::To(status)) => s.status = status,
+            None => {}
         }
         if event.kind.is_terminal() {
             s.finished_at = Some(event.at);
         }
         Some(s)
+    }
+}
+
+/// How an event changes a run's listed status (the one rule [`RunSummary::fold`] and the SQL
+/// stores' one-statement appends share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusChange {
+    /// To this status.
+    To(RunStatus),
+    /// A plan was proposed: awaiting approval if the run requires it, else running.
+    PlanProposed,
+}
+
+impl StatusChange {
+    /// The change `kind` makes, if any.
+    pub(crate) fn of(kind: &EventKind) -> Option<Self> {
+        Some(match kind {
+            EventKind::PlanProposed { .. } => StatusChange::PlanProposed,
+            EventKind::PlanApproved { .. } => StatusChange::To(RunStatus::Running),
+            EventKind::RunCompleted { .. } => StatusChange::To(RunStatus::Completed),
+            EventKind::RunFailed { .. } => StatusChange::To(RunStatus::Failed),
+            EventKind::RunCancelled { .. } => StatusChange::To(RunStatus::Cancelled),
+            _ => return None,
+        })
     }
 }
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::{
-    ListQuery, RunStore, RunSummary, StoreError, backend, check_append, seq_to_sql, sql_events, sql_list,
-    sql_unfinished, summary_from_row, time_to_sql,
+    ListQuery, RunStore, RunSummary, StatusChange, StoreError, backend, check_append, seq_to_sql, sql_events,
+    sql_list, sql_unfinished, summary_from_row, time_to_sql,
 };
 use crate::run::{RunEvent, RunId};
 
@@ -108,6 +108,9 @@ impl PostgresStore {
     /// Runs `events` in one transaction, one run's consecutive events at a time; a primary-key
     /// collision becomes `Conflict`.
     async fn append_all(&self, events: &[RunEvent], fence: Option<Fence<'_>>) -> Result<(), StoreError> {
+        if let Some(appended) = self.append_in_one(events, fence).await? {
+            return Ok(appended);
+        }
         let mut tx = self.pool.begin().await.map_err(backend)?;
         for group in events.chunk_by(|a, b| a.run_id == b.run_id) {
             match append_group(&mut tx, group, fence).await {
@@ -120,6 +123,69 @@ impl PostgresStore {
             }
         }
         tx.commit().await.map_err(backend)
+    }
+}
+
+impl PostgresStore {
+    /// The common append, one run's next events, as one statement: the run's row is updated
+    /// only if its seq, and its lease when fenced, are what the events expect, and the events
+    /// are inserted only if it was. `None` when the statement did not apply (a new run, several
+    /// runs, or a check that failed): the checked path then appends, or says what is wrong.
+    async fn append_in_one(
+        &self,
+        events: &[RunEvent],
+        fence: Option<Fence<'_>>,
+    ) -> Result<Option<()>, StoreError> {
+        let Some(first) = events.first() else { return Ok(Some(())) };
+        let run = &first.run_id;
+        let consecutive = events.iter().zip(first.seq..).all(|(e, seq)| &e.run_id == run && e.seq == seq);
+        if first.seq <= 1 || !consecutive {
+            return Ok(None);
+        }
+        let change = events.iter().filter_map(|e| StatusChange::of(&e.kind)).last();
+        let finished = events.iter().rev().find(|e| e.kind.is_terminal()).map(|e| time_to_sql(&e.at));
+        let epoch = fence.map(|f| f.epochs.get(run).copied().unwrap_or(-1));
+        let mut rows = EventColumns::default();
+        for e in events {
+            rows.push(e)?;
+        }
+        let done: Option<i32> = sqlx::query_scalar(
+            "WITH updated AS ( \
+                 UPDATE runs SET \
+                     status = CASE WHEN $2::text IS NOT NULL THEN $2 \
+                         WHEN $3 THEN (CASE WHEN require_approval THEN 'awaiting_approval' ELSE 'running' END) \
+                         ELSE status END, \
+                     finished_at = coalesce($4, finished_at), last_seq = $5 \
+                 WHERE id = $1 AND last_seq = $6 AND ($7::text IS NULL OR (owner = $7 AND lease_epoch = $8)) \
+                 RETURNING id \
+             ), inserted AS ( \
+                 INSERT INTO events (run_id, seq, at, type, body) \
+                 SELECT $1, e.seq, e.at, e.type, e.body::jsonb \
+                 FROM unnest($9::bigint[], $10::text[], $11::text[], $12::text[]) AS e(seq, at, type, body) \
+                 WHERE EXISTS (SELECT 1 FROM updated) \
+             ) \
+             SELECT 1 FROM (SELECT pg_notify($13, $1) FROM updated) AS notified",
+        )
+        .bind(run.as_str())
+        .bind(match change {
+            Some(StatusChange::To(status)) => Some(status.as_str()),
+            _ => None,
+        })
+        .bind(change == Some(StatusChange::PlanProposed))
+        .bind(finished)
+        .bind(seq_to_sql(events[events.len() - 1].seq))
+        .bind(seq_to_sql(first.seq - 1))
+        .bind(fence.map(|f| f.owner))
+        .bind(epoch)
+        .bind(rows.seq)
+        .bind(rows.at)
+        .bind(rows.kind)
+        .bind(rows.body)
+        .bind(EVENTS_CHANNEL)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.map(|_| ()))
     }
 }
 
@@ -215,7 +281,7 @@ struct EventColumns {
 }
 
 impl EventColumns {
-    fn push(&mut self, e: &RunEvent) -> Result<(), Failure> {
+    fn push(&mut self, e: &RunEvent) -> Result<(), StoreError> {
         self.body.push(serde_json::to_string(e).map_err(backend)?);
         self.seq.push(seq_to_sql(e.seq));
         self.at.push(time_to_sql(&e.at));
