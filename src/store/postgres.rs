@@ -142,7 +142,7 @@ impl PostgresStore {
         if first.seq <= 1 || !consecutive {
             return Ok(None);
         }
-        let change = events.iter().filter_map(|e| StatusChange::of(&e.kind)).last();
+        let change = events.iter().rev().find_map(|e| StatusChange::of(&e.kind));
         let finished = events.iter().rev().find(|e| e.kind.is_terminal()).map(|e| time_to_sql(&e.at));
         let epoch = fence.map(|f| f.epochs.get(run).copied().unwrap_or(-1));
         let mut rows = EventColumns::default();
