@@ -46,11 +46,11 @@ async fn listen(inner: &Inner) -> Result<(), sqlx::Error> {
             wake_all(inner);
             continue;
         };
+        let mine = n.payload() == inner.id || n.payload().is_empty();
         match n.channel() {
             STEPS_CHANNEL => inner.steps_ready.notify_one(),
-            INBOX_CHANNEL if n.payload() == inner.id || n.payload().is_empty() => {
-                inner.inbox_ready.notify_one()
-            }
+            INBOX_CHANNEL if mine => inner.inbox_ready.notify_one(),
+            CONTROL_CHANNEL if mine => inner.control_ready.notify_one(),
             EVENTS_CHANNEL => inner.changed(n.payload()),
             _ => {}
         }

@@ -194,6 +194,9 @@ async fn start_tracker(inner: &Arc<Inner>, run: &RunId) -> Result<(), String> {
 async fn inbox(inner: Arc<Inner>) {
     let mut failures = 0;
     let (mut messages, mut controls) = (true, true);
+    // A ticker, not a sleep per wait: frequent reports must not keep postponing the poll.
+    let mut poll = tokio::time::interval(inner.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         match deliver(&inner, messages, controls).await {
             Ok(()) => failures = 0,
@@ -209,7 +212,7 @@ async fn inbox(inner: Arc<Inner>) {
             _ = inner.stop.cancelled() => return,
             _ = inner.inbox_ready.notified() => (true, false),
             _ = inner.control_ready.notified() => (false, true),
-            _ = tokio::time::sleep(inner.poll) => (true, true),
+            _ = poll.tick() => (true, true),
         };
     }
 }

@@ -139,8 +139,11 @@ impl PostgresStore {
         let Some(first) = events.first() else { return Ok(Some(())) };
         let run = &first.run_id;
         let consecutive = events.iter().zip(first.seq..).all(|(e, seq)| &e.run_id == run && e.seq == seq);
-        if first.seq <= 1 || !consecutive {
+        if !consecutive {
             return Ok(None);
+        }
+        if first.seq == 1 {
+            return self.create_in_one(events, fence).await;
         }
         let change = events.iter().rev().find_map(|e| StatusChange::of(&e.kind));
         let finished = events.iter().rev().find(|e| e.kind.is_terminal()).map(|e| time_to_sql(&e.at));
@@ -186,6 +189,64 @@ impl PostgresStore {
         .await
         .map_err(backend)?;
         Ok(done.map(|_| ()))
+    }
+}
+
+impl PostgresStore {
+    /// A new run's first events as one statement: its row, its events, the notification. A run
+    /// that exists already makes the insert collide: `Conflict`. `None` when the events do not
+    /// start a run: the checked path says what is wrong, against the run if it exists.
+    async fn create_in_one(
+        &self,
+        events: &[RunEvent],
+        fence: Option<Fence<'_>>,
+    ) -> Result<Option<()>, StoreError> {
+        let mut summary = None;
+        for e in events {
+            match check_append(summary, e) {
+                Ok(next) => summary = Some(next),
+                Err(_) => return Ok(None),
+            }
+        }
+        let Some(next) = summary else { return Ok(Some(())) };
+        let mut rows = EventColumns::default();
+        for e in events {
+            rows.push(e)?;
+        }
+        let created = sqlx::query(
+            "WITH created AS ( \
+                 INSERT INTO runs (id, task, status, created_at, finished_at, last_seq, require_approval, \
+                     owner, lease_epoch, lease_expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10)) RETURNING id \
+             ), inserted AS ( \
+                 INSERT INTO events (run_id, seq, at, type, body) \
+                 SELECT created.id, e.seq, e.at, e.type, e.body::jsonb FROM created, \
+                     unnest($11::bigint[], $12::text[], $13::text[], $14::text[]) AS e(seq, at, type, body) \
+             ) \
+             SELECT pg_notify($15, id) FROM created",
+        )
+        .bind(next.id.as_str())
+        .bind(&next.task)
+        .bind(next.status.as_str())
+        .bind(time_to_sql(&next.created_at))
+        .bind(next.finished_at.as_ref().map(time_to_sql))
+        .bind(seq_to_sql(next.last_seq))
+        .bind(next.require_approval)
+        .bind(fence.map(|f| f.owner))
+        .bind(if fence.is_some() { 1_i64 } else { 0 })
+        .bind(fence.map_or(0.0, |f| f.ttl.as_secs_f64()))
+        .bind(rows.seq)
+        .bind(rows.at)
+        .bind(rows.kind)
+        .bind(rows.body)
+        .bind(EVENTS_CHANNEL)
+        .execute(&self.pool)
+        .await;
+        match created.map_err(db_failure) {
+            Ok(_) => Ok(Some(())),
+            Err(Failure::Store(e)) => Err(e),
+            Err(Failure::Collision) => Err(self.lost_race(&events[0]).await),
+        }
     }
 }
 
