@@ -139,7 +139,7 @@ impl PostgresStore {
         let Some(first) = events.first() else { return Ok(Some(())) };
         let run = &first.run_id;
         let consecutive = events.iter().zip(first.seq..).all(|(e, seq)| &e.run_id == run && e.seq == seq);
-        if !consecutive {
+        if !consecutive || first.seq == 0 {
             return Ok(None);
         }
         if first.seq == 1 {
