@@ -387,6 +387,10 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         if self.handle.is_some() {
             self.supervisor.stop(None);
+            // Without `shutdown` the leases are not given back: they expire.
+            if let Some(replicas) = self.shared.replication() {
+                replicas.halt();
+            }
         }
     }
 }

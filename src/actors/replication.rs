@@ -32,6 +32,8 @@ pub(crate) trait Replication: Send + Sync + 'static {
     /// Stops taking work and gives up the leases of the runs still held, so that the other
     /// replicas take them over at once instead of after the lease expires.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+    /// Stops taking work at once, leaving the leases to expire (the runtime is dropped).
+    fn halt(&self);
 }
 
 /// Approve, reject or cancel, as data that can travel to another replica.

@@ -226,6 +226,10 @@ impl Replication for Replica {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(owner::release(&self.inner))
     }
+
+    fn halt(&self) {
+        self.inner.stop.cancel();
+    }
 }
 
 /// `<hostname>-<pid>`: unique among the replicas of one host, readable in logs.
