@@ -213,7 +213,7 @@ impl PostgresStore {
         for e in events {
             rows.push(e)?;
         }
-        let created = sqlx::query(
+        let statement = sqlx::query(
             "WITH created AS ( \
                  INSERT INTO runs (id, task, status, created_at, finished_at, last_seq, require_approval, \
                      owner, lease_epoch, lease_expires_at) \
@@ -224,24 +224,15 @@ impl PostgresStore {
                      unnest($11::bigint[], $12::text[], $13::text[], $14::text[]) AS e(seq, at, type, body) \
              ) \
              SELECT pg_notify($15, id) FROM created",
-        )
-        .bind(next.id.as_str())
-        .bind(&next.task)
-        .bind(next.status.as_str())
-        .bind(time_to_sql(&next.created_at))
-        .bind(next.finished_at.as_ref().map(time_to_sql))
-        .bind(seq_to_sql(next.last_seq))
-        .bind(next.require_approval)
-        .bind(fence.map(|f| f.owner))
-        .bind(if fence.is_some() { 1_i64 } else { 0 })
-        .bind(fence.map_or(0.0, |f| f.ttl.as_secs_f64()))
-        .bind(rows.seq)
-        .bind(rows.at)
-        .bind(rows.kind)
-        .bind(rows.body)
-        .bind(EVENTS_CHANNEL)
-        .execute(&self.pool)
-        .await;
+        );
+        let created = bind_run(statement, &next, fence)
+            .bind(rows.seq)
+            .bind(rows.at)
+            .bind(rows.kind)
+            .bind(rows.body)
+            .bind(EVENTS_CHANNEL)
+            .execute(&self.pool)
+            .await;
         match created.map_err(db_failure) {
             Ok(_) => Ok(Some(())),
             Err(Failure::Store(e)) => Err(e),
@@ -357,25 +348,32 @@ async fn insert_run(
     next: &RunSummary,
     fence: Option<Fence<'_>>,
 ) -> Result<(), Failure> {
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO runs (id, task, status, created_at, finished_at, last_seq, require_approval, \
          owner, lease_epoch, lease_expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))",
-    )
-    .bind(next.id.as_str())
-    .bind(&next.task)
-    .bind(next.status.as_str())
-    .bind(time_to_sql(&next.created_at))
-    .bind(next.finished_at.as_ref().map(time_to_sql))
-    .bind(seq_to_sql(next.last_seq))
-    .bind(next.require_approval)
-    .bind(fence.map(|f| f.owner))
-    .bind(if fence.is_some() { 1_i64 } else { 0 })
-    .bind(fence.map_or(0.0, |f| f.ttl.as_secs_f64()))
-    .execute(&mut *conn)
-    .await
-    .map_err(db_failure)?;
+    );
+    bind_run(insert, next, fence).execute(&mut *conn).await.map_err(db_failure)?;
     Ok(())
+}
+
+/// Binds a new run's `runs` columns as `$1`…`$10`: its summary, then its lease (`fence`'s
+/// owner at epoch 1, for the fence's TTL; no owner without a fence).
+fn bind_run<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    next: &'q RunSummary,
+    fence: Option<Fence<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(next.id.as_str())
+        .bind(&next.task)
+        .bind(next.status.as_str())
+        .bind(time_to_sql(&next.created_at))
+        .bind(next.finished_at.as_ref().map(time_to_sql))
+        .bind(seq_to_sql(next.last_seq))
+        .bind(next.require_approval)
+        .bind(fence.map(|f| f.owner))
+        .bind(if fence.is_some() { 1_i64 } else { 0 })
+        .bind(fence.map_or(0.0, |f| f.ttl.as_secs_f64()))
 }
 
 /// The run's lease must be `fence`'s: same owner, same epoch.
