@@ -78,7 +78,8 @@ fn cancel_lost_claims(inner: &Inner, renewed: &[(i64, i64)], kept: &[i64]) {
     }
 }
 
-/// Pushes the held leases on; returns the runs whose lease (owner and epoch) is still ours.
+/// Pushes the held leases on; returns the runs whose lease (owner and epoch) is still ours, and
+/// those whose row is not committed yet (being submitted here).
 async fn renew_runs(
     pool: &PgPool,
     replica: &str,
@@ -89,11 +90,16 @@ async fn renew_runs(
         return Ok(Vec::new());
     }
     let (ids, epochs): (Vec<String>, Vec<i64>) = held.iter().map(|(r, e)| (r.0.clone(), *e)).unzip();
+    // A run this replica is creating right now has no committed row yet: not lost.
     let rows: Vec<String> = sqlx::query_scalar(
-        "UPDATE runs r SET lease_expires_at = now() + make_interval(secs => $4) \
-         FROM unnest($1::text[], $2::bigint[]) AS h(id, epoch) \
-         WHERE r.id = h.id AND r.lease_epoch = h.epoch AND r.owner = $3 \
-         RETURNING r.id",
+        "WITH h AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS h(id, epoch)), \
+         renewed AS ( \
+             UPDATE runs r SET lease_expires_at = now() + make_interval(secs => $4) \
+             FROM h WHERE r.id = h.id AND r.lease_epoch = h.epoch AND r.owner = $3 \
+             RETURNING r.id \
+         ) \
+         SELECT h.id FROM h \
+         WHERE h.id IN (SELECT id FROM renewed) OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = h.id)",
     )
     .bind(ids)
     .bind(epochs)
