@@ -65,6 +65,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// A user-message template in `[prompts] dir` does not compile or render.
+    #[error(transparent)]
+    Template(#[from] crate::prompts::TemplateError),
     /// The values parse but make no sense together (a zero pool size, a zero timeout…).
     #[error("invalid config value `{key}`: {message}")]
     Invalid {
@@ -282,8 +285,9 @@ pub struct BudgetConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PromptsConfig {
-    /// Directory whose `planner.md`, `executor.md`, … replace the built-in system prompts
-    /// (files that are absent keep the built-in prompt).
+    /// Directory whose `planner.md`, `executor.md`, … replace the built-in system prompts, and
+    /// whose `planner.user.md`, `executor.user.md`, … replace the built-in user-message templates
+    /// (files that are absent keep the built-in text).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
 }

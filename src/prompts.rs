@@ -1,17 +1,22 @@
-//! The system prompts of the five roles, built in from `config/prompts/*.md`.
+//! The prompts of the five roles, built in from `config/prompts/*.md`: each role's system prompt
+//! (`<role>.md`) and the template of its user message (`<role>.user.md`, see [`user`]).
 //!
-//! These are only the SYSTEM prompts: the runtime puts the task, the step, the available tools and
-//! the results so far into user messages. A deployment can replace any of them by putting a file of
-//! the same name (`planner.md`, `executor.md`, `verifier.md`, `replanner.md`, `synthesizer.md`) in
-//! the directory named by `[prompts] dir`; files that are absent keep the built-in text.
+//! A deployment can replace any of them by putting a file of the same name (`planner.md`,
+//! `executor.md`, `verifier.md`, `replanner.md`, `synthesizer.md`, or their `.user.md`
+//! templates) in the directory named by `[prompts] dir`; files that are absent keep the built-in
+//! text.
 
 use std::path::Path;
 
 use crate::config::ConfigError;
 use crate::llm::AgentRole;
 
+pub mod user;
+
+pub use user::{TemplateError, UserPrompts};
+
 /// The system prompt of every role.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Prompts {
     /// Writes the plan as JSON (`plan` schema).
     pub planner: String,
@@ -23,6 +28,8 @@ pub struct Prompts {
     pub replanner: String,
     /// Writes the final answer from the step results.
     pub synthesizer: String,
+    /// The user-message templates of every role.
+    pub user: UserPrompts,
 }
 
 impl Default for Prompts {
@@ -33,6 +40,7 @@ impl Default for Prompts {
             verifier: include_str!("../config/prompts/verifier.md").to_owned(),
             replanner: include_str!("../config/prompts/replanner.md").to_owned(),
             synthesizer: include_str!("../config/prompts/synthesizer.md").to_owned(),
+            user: UserPrompts::default(),
         }
     }
 }
@@ -41,7 +49,7 @@ impl Prompts {
     /// The built-in prompts, with each `<role>.md` found in `dir` replacing its role's prompt.
     /// A file that exists but cannot be read (or is not UTF-8) is an error naming it.
     pub fn load(dir: Option<&Path>) -> Result<Prompts, ConfigError> {
-        let mut prompts = Prompts::default();
+        let mut prompts = Prompts { user: UserPrompts::load(dir)?, ..Prompts::default() };
         let Some(dir) = dir else { return Ok(prompts) };
         if !dir.is_dir() {
             return Err(ConfigError::Invalid {

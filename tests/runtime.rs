@@ -808,3 +808,41 @@ async fn tokens_of_a_failed_plan_and_a_failed_replan_count_in_the_runs_usage() {
     assert_eq!(r.usage.llm_calls, 1 + 2, "the plan and both replanner calls (the step's call failed)");
     assert!(r.usage.input_tokens >= 90, "{:?}", r.usage);
 }
+
+#[tokio::test]
+async fn user_message_templates_from_the_prompts_dir_change_what_each_role_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("executor.user.md"), "Only this: {{ description }} [{{ step_id }}]\n")
+        .unwrap();
+    std::fs::write(
+        dir.path().join("planner.user.md"),
+        "Plan for «{{ task }}» with {{ tools | length }} tools\n",
+    )
+    .unwrap();
+    let mut config = stepwise::config::Config::default();
+    config.prompts.dir = Some(dir.path().to_owned());
+    let script = json!({
+        "planner": [plan(json!([step("s1", &[])]))],
+        "steps": {"s1": ["one"]},
+        "synthesizer": ["final"]
+    });
+    let spy = Arc::new(Spy { inner: ScriptedModel::from_json(script).unwrap(), seen: Mutex::new(vec![]) });
+    let rt = Stepwise::builder().model(spy.clone()).prompts(config.prompts().unwrap()).build().await.unwrap();
+    let (r, _) = run_collecting(&rt, "templated").await;
+    assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
+    let seen = spy.seen.lock().unwrap();
+    let told =
+        |role: AgentRole| seen.iter().find(|r| r.context.role == role).unwrap().messages[1].content.clone();
+    assert_eq!(told(AgentRole::Executor), "Only this: do s1 [s1]");
+    assert!(
+        told(AgentRole::Planner).starts_with("Plan for «templated» with "),
+        "{}",
+        told(AgentRole::Planner)
+    );
+    // Roles without a file keep the built-in template.
+    assert!(
+        told(AgentRole::Synthesizer).starts_with("Task: templated\n"),
+        "{}",
+        told(AgentRole::Synthesizer)
+    );
+}

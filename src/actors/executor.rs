@@ -18,8 +18,9 @@ use super::Shared;
 use super::messages::{ExecutorMsg, StepJob, StepReport};
 use super::outage::{BudgetElapsed, TrackerWatch, WaitClock, within_budget};
 use super::pool::PoolGauges;
-use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput};
+use crate::llm::{AgentRole, CallContext, ChatRequest, Message};
 use crate::plan::strip_code_fence;
+use crate::prompts::user::{ExecutorInput, StepResultLine, VerifierInput};
 use crate::run::{EventKind, LlmUsage, StepError, StepErrorKind, StepVerdict};
 use crate::text::clip;
 use crate::tools::{ToolContext, ToolError};
@@ -103,28 +104,23 @@ pub(crate) async fn run_step(shared: &Shared, job: StepJob) -> StepReport {
     StepReport { step: job.step.id.clone(), attempt: job.attempt, outcome, usage }
 }
 
-fn step_prompt(job: &StepJob) -> String {
-    let mut p = format!("Task: {}\n", job.task);
-    if !job.goal.is_empty() {
-        p.push_str(&format!("Plan goal: {}\n", job.goal));
-    }
-    p.push_str(&format!("\nYour step ({}): {}\n", job.step.id, job.step.description));
-    if !job.step.expected_outcome.is_empty() {
-        p.push_str(&format!("Expected outcome: {}\n", job.step.expected_outcome));
-    }
-    if let Some(tool) = job.step.tool.as_deref().filter(|t| !t.is_empty()) {
-        p.push_str(&format!("Suggested tool: {tool}\n"));
-    }
-    if !job.inputs.is_empty() {
-        p.push_str("\nResults of the steps this one depends on:\n");
-        for input in &job.inputs {
-            match &input.output {
-                Some(out) => p.push_str(&format!("- {} ({}): {}\n", input.id, input.description, out)),
-                None => p.push_str(&format!("- {} ({}): skipped, no result\n", input.id, input.description)),
-            }
-        }
-    }
-    p
+/// The step's user message, from the executor's template.
+fn step_prompt(shared: &Shared, job: &StepJob) -> Result<String, StepError> {
+    let inputs = job
+        .inputs
+        .iter()
+        .map(|i| StepResultLine { id: &i.id.0, description: &i.description, output: i.output.as_deref() })
+        .collect();
+    let input = ExecutorInput {
+        task: &job.task,
+        goal: &job.goal,
+        step_id: &job.step.id.0,
+        description: &job.step.description,
+        expected_outcome: &job.step.expected_outcome,
+        tool: job.step.tool.as_deref().filter(|t| !t.is_empty()),
+        inputs,
+    };
+    shared.prompts.user.executor(&input).map_err(|e| StepError::new(StepErrorKind::LlmError, e.to_string()))
 }
 
 fn exhausted(what: String) -> StepError {
@@ -133,28 +129,18 @@ fn exhausted(what: String) -> StepError {
 
 async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Result<String, StepError> {
     let model = shared.models.get(AgentRole::Executor).clone();
-    let context = CallContext {
-        run_id: job.run_id.0.clone(),
-        role: AgentRole::Executor,
-        step: Some(job.step.id.clone()),
-        attempt: job.attempt,
-        trace: job.trace.clone(),
-    };
+    let context = CallContext::new(AgentRole::Executor, job.run_id.0.clone(), job.trace.clone())
+        .step(job.step.id.clone(), job.attempt);
     let mut messages =
-        vec![Message::system(shared.prompts.executor.clone()), Message::user(step_prompt(job))];
+        vec![Message::system(shared.prompts.executor.clone()), Message::user(step_prompt(shared, job)?)];
     // Which MCP servers the run may use, and their tools as listed now.
     let scope = shared.runs.mcp_servers(&job.run_id);
     let tools = &shared.step_tool_specs(&job.run_id);
     let budget = &job.budget;
     let mut tool_calls_made: u32 = 0;
     for _iteration in 0..budget.max_iterations {
-        let request = ChatRequest {
-            context: context.clone(),
-            messages: messages.clone(),
-            tools: tools.clone(),
-            structured: None,
-            max_tokens: None,
-        };
+        let request =
+            ChatRequest::builder(context.clone()).messages(messages.clone()).tools(tools.clone()).build();
         let response =
             model.chat(request).await.map_err(|e| StepError::new(StepErrorKind::LlmError, e.to_string()))?;
         usage.add_call(response.usage);
@@ -306,28 +292,23 @@ fn notify(job: &StepJob, kind: EventKind) {
 
 async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsage) -> Result<(), StepError> {
     let model = shared.models.get(AgentRole::Verifier).clone();
-    let request = ChatRequest {
-        context: CallContext {
-            run_id: job.run_id.0.clone(),
-            role: AgentRole::Verifier,
-            step: Some(job.step.id.clone()),
-            attempt: job.attempt,
-            trace: job.trace.clone(),
-        },
-        messages: vec![
-            Message::system(shared.prompts.verifier.clone()),
-            Message::user(format!(
-                "Step: {}\nExpected outcome: {}\n\nThe step's result:\n{}",
-                job.step.description, job.step.expected_outcome, answer
-            )),
-        ],
-        tools: vec![],
-        structured: Some(StructuredOutput {
-            name: "step_verdict".into(),
-            schema: super::schema::<StepVerdict>(),
-        }),
-        max_tokens: None,
+    let verdict_for = VerifierInput {
+        description: &job.step.description,
+        expected_outcome: &job.step.expected_outcome,
+        result: answer,
     };
+    let text = shared
+        .prompts
+        .user
+        .verifier(&verdict_for)
+        .map_err(|e| StepError::new(StepErrorKind::LlmError, e.to_string()))?;
+    let context = CallContext::new(AgentRole::Verifier, job.run_id.0.clone(), job.trace.clone())
+        .step(job.step.id.clone(), job.attempt);
+    let request = ChatRequest::builder(context)
+        .system(shared.prompts.verifier.clone())
+        .user(text)
+        .structured("step_verdict", super::schema::<StepVerdict>())
+        .build();
     let verdict = crate::llm::structured_call(model.as_ref(), request, |text| {
         serde_json::from_str::<StepVerdict>(strip_code_fence(text)).map_err(|e| e.to_string())
     })

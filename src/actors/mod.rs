@@ -259,6 +259,12 @@ pub(crate) fn service_failure(what: &str, f: crate::llm::StructuredFailure) -> S
     ServiceFailure { error: format!("{what}: {}", f.error), usage }
 }
 
+/// A user message whose template did not render: no call is made, and the service fails
+/// with the template's error (which names the file and line).
+pub(crate) fn template_failure(e: crate::prompts::TemplateError) -> ServiceFailure {
+    ServiceFailure { error: e.to_string(), usage: LlmUsage::default() }
+}
+
 /// Usage of a structured call.
 pub(crate) fn structured_usage<T>(s: &crate::llm::Structured<T>) -> LlmUsage {
     LlmUsage {

@@ -8,11 +8,10 @@
 use std::sync::Arc;
 
 use super::messages::{Input, PlanJob, PlannerMsg, ServiceResult, TrackerMsg};
-use super::{Shared, schema, service_failure, spawn_service, structured_usage};
-use crate::llm::{
-    AgentRole, CallContext, ChatRequest, Message, StructuredOutput, TextSink, structured_call_spent,
-};
+use super::{Shared, schema, service_failure, spawn_service, structured_usage, template_failure};
+use crate::llm::{AgentRole, CallContext, ChatRequest, TextSink, structured_call_spent};
 use crate::plan::{PlanSpec, StepStream};
+use crate::prompts::user::{PlannerInput, ToolLine};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 /// The planner actor.
@@ -48,28 +47,16 @@ impl Actor for Planner {
 
 async fn plan(shared: &Shared, job: PlanJob) -> ServiceResult<PlanSpec> {
     let model = shared.models.get(AgentRole::Planner).clone();
-    let tools: Vec<String> = shared
-        .step_tool_specs(&job.run_id)
-        .iter()
-        .map(|t| format!("- {}: {}", t.name, t.description))
-        .collect();
-    let tools_text = if tools.is_empty() { "(no tools)".to_owned() } else { tools.join("\n") };
-    let request = ChatRequest {
-        context: CallContext {
-            run_id: job.run_id.0.clone(),
-            role: AgentRole::Planner,
-            step: None,
-            attempt: 0,
-            trace: job.trace.clone(),
-        },
-        messages: vec![
-            Message::system(shared.prompts.planner.clone()),
-            Message::user(format!("Task: {}\n\nAvailable tools:\n{tools_text}", job.task)),
-        ],
-        tools: vec![],
-        structured: Some(StructuredOutput { name: "plan".into(), schema: schema::<PlanSpec>() }),
-        max_tokens: None,
-    };
+    let specs = shared.step_tool_specs(&job.run_id);
+    let tools = specs.iter().map(|t| ToolLine { name: &t.name, description: &t.description }).collect();
+    let text =
+        shared.prompts.user.planner(&PlannerInput { task: &job.task, tools }).map_err(template_failure)?;
+    let context = CallContext::new(AgentRole::Planner, job.run_id.0.clone(), job.trace.clone());
+    let request = ChatRequest::builder(context)
+        .system(shared.prompts.planner.clone())
+        .user(text)
+        .structured("plan", schema::<PlanSpec>())
+        .build();
     let names = shared.tool_name_refs();
     // The tracker decides which streamed steps may start; this only finds where each one ends.
     let steps = std::sync::Mutex::new(StepStream::new());

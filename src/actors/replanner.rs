@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use super::messages::{ReplanJob, ReplannerMsg, ServiceResult};
-use super::{Shared, schema, service_failure, spawn_service, structured_usage};
-use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput, structured_call_spent};
+use super::{Shared, schema, service_failure, spawn_service, structured_usage, template_failure};
+use crate::llm::{AgentRole, CallContext, ChatRequest, structured_call_spent};
 use crate::plan::{StepStatus, strip_code_fence, validate_steps};
+use crate::prompts::user::{FailureLine, PlanStepLine, ReplannerInput};
 use crate::run::{Decision, ReplanDecision};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -45,55 +46,35 @@ impl Actor for Replanner {
 }
 
 /// The plan as the replanner reads it: each step with its status and output.
-fn describe_plan(job: &ReplanJob) -> String {
-    let mut text = format!(
-        "Task: {}\nPlan goal: {}\n\nCurrent plan (revision {}):\n",
-        job.task, job.plan.goal, job.plan.revision
-    );
-    for s in &job.plan.steps {
-        let deps = s.depends_on.iter().map(|d| d.0.as_str()).collect::<Vec<_>>().join(", ");
-        text.push_str(&format!(
-            "- {} [{:?}] {} (depends on: {})\n",
-            s.id,
-            s.status,
-            s.description,
-            if deps.is_empty() { "-" } else { &deps }
-        ));
-        match s.status {
-            StepStatus::Completed => {
-                text.push_str(&format!("  output: {}\n", s.output.as_deref().unwrap_or("")))
-            }
-            StepStatus::Failed | StepStatus::Skipped => {
-                text.push_str(&format!("  error: {}\n", s.error.as_deref().unwrap_or("")))
-            }
-            _ => {}
-        }
-    }
-    match &job.failed {
-        Some((step, error)) => text.push_str(&format!("\nStep {step} failed: {error}\nDecide how to go on.")),
-        None => text.push_str("\nA step just completed. Decide whether the remaining plan still fits."),
-    }
-    text
+fn replanner_input(job: &ReplanJob) -> ReplannerInput<'_> {
+    let steps = job
+        .plan
+        .steps
+        .iter()
+        .map(|s| PlanStepLine {
+            id: &s.id.0,
+            status: format!("{:?}", s.status),
+            description: &s.description,
+            depends_on: s.depends_on.iter().map(|d| d.0.as_str()).collect(),
+            output: (s.status == StepStatus::Completed).then(|| s.output.as_deref().unwrap_or("")),
+            error: matches!(s.status, StepStatus::Failed | StepStatus::Skipped)
+                .then(|| s.error.as_deref().unwrap_or("")),
+        })
+        .collect();
+    let failed =
+        job.failed.as_ref().map(|(step, error)| FailureLine { step: &step.0, error: error.to_string() });
+    ReplannerInput { task: &job.task, goal: &job.plan.goal, revision: job.plan.revision, steps, failed }
 }
 
 async fn replan(shared: &Shared, job: ReplanJob) -> ServiceResult<ReplanDecision> {
     let model = shared.models.get(AgentRole::Replanner).clone();
-    let request = ChatRequest {
-        context: CallContext {
-            run_id: job.run_id.0.clone(),
-            role: AgentRole::Replanner,
-            step: None,
-            attempt: 0,
-            trace: job.trace.clone(),
-        },
-        messages: vec![Message::system(shared.prompts.replanner.clone()), Message::user(describe_plan(&job))],
-        tools: vec![],
-        structured: Some(StructuredOutput {
-            name: "replan_decision".into(),
-            schema: schema::<ReplanDecision>(),
-        }),
-        max_tokens: None,
-    };
+    let text = shared.prompts.user.replanner(&replanner_input(&job)).map_err(template_failure)?;
+    let context = CallContext::new(AgentRole::Replanner, job.run_id.0.clone(), job.trace.clone());
+    let request = ChatRequest::builder(context)
+        .system(shared.prompts.replanner.clone())
+        .user(text)
+        .structured("replan_decision", schema::<ReplanDecision>())
+        .build();
     let completed = job.plan.completed_ids();
     let names = shared.tool_name_refs();
     let parsed = structured_call_spent(model.as_ref(), request, None, |text| {

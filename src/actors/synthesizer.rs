@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use super::messages::{ServiceFailure, ServiceResult, SynthesisJob, SynthesizerMsg};
-use super::{Shared, spawn_service};
-use crate::llm::{AgentRole, CallContext, ChatRequest, Message};
+use super::{Shared, spawn_service, template_failure};
+use crate::llm::{AgentRole, CallContext, ChatRequest};
+use crate::prompts::user::{StepResultLine, SynthesizerInput};
 use crate::run::LlmUsage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -40,26 +41,15 @@ impl Actor for Synthesizer {
 
 async fn synthesize(shared: &Shared, job: SynthesisJob) -> ServiceResult<String> {
     let model = shared.models.get(AgentRole::Synthesizer).clone();
-    let mut text = format!("Task: {}\nPlan goal: {}\n\nStep results:\n", job.task, job.goal);
-    for r in &job.results {
-        match &r.output {
-            Some(out) => text.push_str(&format!("## {} — {}\n{}\n\n", r.id, r.description, out)),
-            None => text.push_str(&format!("## {} — {}\n(skipped)\n\n", r.id, r.description)),
-        }
-    }
-    let request = ChatRequest {
-        context: CallContext {
-            run_id: job.run_id.0.clone(),
-            role: AgentRole::Synthesizer,
-            step: None,
-            attempt: 0,
-            trace: job.trace.clone(),
-        },
-        messages: vec![Message::system(shared.prompts.synthesizer.clone()), Message::user(text)],
-        tools: vec![],
-        structured: None,
-        max_tokens: None,
-    };
+    let results = job
+        .results
+        .iter()
+        .map(|r| StepResultLine { id: &r.id.0, description: &r.description, output: r.output.as_deref() })
+        .collect();
+    let input = SynthesizerInput { task: &job.task, goal: &job.goal, results };
+    let text = shared.prompts.user.synthesizer(&input).map_err(template_failure)?;
+    let context = CallContext::new(AgentRole::Synthesizer, job.run_id.0.clone(), job.trace.clone());
+    let request = ChatRequest::builder(context).system(shared.prompts.synthesizer.clone()).user(text).build();
     let response = model.chat(request).await.map_err(|e| ServiceFailure {
         error: format!("synthesis failed: {e}"),
         usage: LlmUsage::default(),

@@ -12,8 +12,11 @@ pub mod openai;
 pub mod outage;
 pub mod providers;
 pub mod record;
+mod request;
 pub mod scripted;
 mod stream;
+
+pub use request::ChatRequestBuilder;
 
 use std::fmt;
 use std::sync::Arc;
