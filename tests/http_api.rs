@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use stepwise::llm::scripted::ScriptedModel;
 use stepwise::options::RunOptions;
 use stepwise::run::{RunEvent, RunId};
-use stepwise::server::{ServerState, check_bind, load_probe, serve};
+use stepwise::server::{ServerState, check_bind, serve};
 use stepwise::store::{ListQuery, RunStore, RunSummary, StoreError};
 use stepwise::{Runtime, Stepwise};
 
@@ -766,18 +766,4 @@ async fn binding_beyond_loopback_needs_tokens() {
     );
     assert!(check_bind("0.0.0.0:8080".parse().unwrap(), &["t".into()]).is_ok());
     assert!(check_bind("127.0.0.1:8080".parse().unwrap(), &[]).is_ok());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_load_probe_makes_progress() {
-    let rt = runtime(script(0), RunOptions::default(), None).await;
-    let s = Server::start(ServerState::new(rt).tokens(vec![TOKEN.into()])).await;
-    let report = load_probe(&s.base, Some(TOKEN), Duration::from_secs(1)).await.unwrap();
-    assert!(report.submitted > 0 && report.gets > 0, "{report:?}");
-    assert_eq!(report.errors, 0, "{report:?}");
-    assert!(report.get_p99_ms >= report.get_p50_ms && report.get_max_ms >= report.get_p99_ms, "{report:?}");
-    // A wrong token is counted as errors, not as progress.
-    let report = load_probe(&s.base, Some("wrong"), Duration::from_millis(200)).await.unwrap();
-    assert_eq!((report.submitted, report.gets), (0, 0));
-    assert!(report.errors > 0);
 }

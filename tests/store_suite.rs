@@ -7,12 +7,13 @@
 //! The `measure_append` check prints append throughput: run with `--nocapture` to see it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use stepwise::options::RunOptions;
 use stepwise::plan::{PlanSpec, StepSpec};
 use stepwise::run::{EventKind, LlmUsage, RunEvent, RunId, RunStatus, StepError, StepErrorKind};
-use stepwise::store::{ListQuery, MemoryStore, RunStore, RunSummary, StoreError, measure_append};
+use stepwise::store::{ListQuery, MemoryStore, RunStore, RunSummary, StoreError};
 
 // ---------------------------------------------------------------- backends
 
@@ -651,7 +652,7 @@ async fn measure_append_figure(b: Box<dyn Backend>) -> Box<dyn Backend> {
     let per_run = n as u64 / 100;
     let fig = measure_append(&*store, n).await.unwrap();
     println!("append figure ({}): {fig}", b.name());
-    let batched = stepwise::store::measure_append_batched(&*store, n, 10).await.unwrap();
+    let batched = measure_append_batched(&*store, n, 10).await.unwrap();
     println!("append figure ({}): {batched}", b.name());
     // What was measured is really there: 200 runs of `per_run` gapless events.
     assert_eq!((fig.appends, fig.runs, batched.runs), (n, 100, 100));
@@ -676,4 +677,139 @@ async fn sqlite_full_durability_figure() {
     let runs = store.list(&ListQuery { limit: 1000, ..Default::default() }).await.unwrap();
     assert_eq!(runs.len(), 100);
     assert!(runs.iter().all(|r| r.last_seq == 20));
+}
+
+// ---- a throughput figure ----
+
+/// What [`measure_append`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct AppendFigure {
+    /// Events appended.
+    pub appends: usize,
+    /// Runs they were spread over.
+    pub runs: usize,
+    /// Events per `append_batch` call (1: plain `append`).
+    pub batch: usize,
+    /// Wall-clock time of all the appends.
+    pub elapsed: Duration,
+}
+
+impl AppendFigure {
+    /// Appends per second.
+    pub fn per_second(&self) -> f64 {
+        self.appends as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Microseconds per append.
+    pub fn micros_per_append(&self) -> f64 {
+        self.elapsed.as_secs_f64() * 1e6 / self.appends.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for AppendFigure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} appends over {} runs (batch {}) in {:.3} s: {:.0} appends/s, {:.1} µs/append",
+            self.appends,
+            self.runs,
+            self.batch,
+            self.elapsed.as_secs_f64(),
+            self.per_second(),
+            self.micros_per_append()
+        )
+    }
+}
+
+/// Appends `n` events to fresh runs as trackers would, one awaited append at a time (100 runs,
+/// round robin, each `RunSubmitted` then step and tool events of realistic size), and times it.
+///
+async fn measure_append(store: &dyn RunStore, n: usize) -> Result<AppendFigure, StoreError> {
+    measure_append_batched(store, n, 1).await
+}
+
+/// Like [`measure_append`], but each run appends `batch` events per [`RunStore::append_batch`]
+/// call (what a tracker that buffers a step's tool events would do).
+async fn measure_append_batched(
+    store: &dyn RunStore,
+    n: usize,
+    batch: usize,
+) -> Result<AppendFigure, StoreError> {
+    let runs = n.clamp(1, 100);
+    let batch = batch.max(1);
+    let ids: Vec<RunId> = (0..runs).map(|_| RunId::new()).collect();
+    let per_run: Vec<usize> = (0..runs).map(|r| n / runs + usize::from(r < n % runs)).collect();
+    let mut next = vec![1u64; runs];
+    let mut done = 0;
+    let start = Instant::now();
+    while done < n {
+        for r in 0..runs {
+            let left = per_run[r] - (next[r] - 1) as usize;
+            let take = left.min(batch);
+            if take == 0 {
+                continue;
+            }
+            let events: Vec<RunEvent> =
+                (0..take as u64).map(|i| sample_event(&ids[r], next[r] + i)).collect();
+            if take == 1 {
+                store.append(&events[0]).await?;
+            } else {
+                store.append_batch(&events).await?;
+            }
+            next[r] += take as u64;
+            done += take;
+        }
+    }
+    Ok(AppendFigure { appends: n, runs, batch, elapsed: start.elapsed() })
+}
+
+/// Event `seq` of a synthetic run: `RunSubmitted`, `PlanProposed`, then step started / tool
+/// called / tool returned / step completed, over and over (the run stays `running`).
+fn sample_event(run: &RunId, seq: u64) -> RunEvent {
+    use stepwise::plan::StepId;
+    let step = StepId::from(format!("s{}", (seq + 1) / 4).as_str());
+    let kind = match seq {
+        1 => EventKind::RunSubmitted {
+            task: "Summarise the release notes and open an issue per regression".into(),
+            options: Default::default(),
+        },
+        2 => EventKind::PlanProposed {
+            revision: 1,
+            plan: PlanSpec {
+                goal: "release notes summarised".into(),
+                steps: vec![StepSpec {
+                    id: "s1".into(),
+                    description: "grep the TODOs".into(),
+                    expected_outcome: "a list".into(),
+                    tool: Some("run_command".into()),
+                    depends_on: vec![],
+                }],
+            },
+            usage: Default::default(),
+        },
+        _ => match (seq - 3) % 4 {
+            0 => EventKind::StepStarted { step, attempt: 1 },
+            1 => EventKind::ToolCalled {
+                step,
+                attempt: 1,
+                call_id: format!("call_{seq}"),
+                tool: "run_command".into(),
+                arguments: serde_json::json!({"command": "grep", "args": ["-rn", "TODO", "src/"]}),
+            },
+            2 => EventKind::ToolReturned {
+                step,
+                attempt: 1,
+                call_id: format!("call_{}", seq - 1),
+                ok: true,
+                output: "src/lib.rs:12: TODO handle the empty plan\n".repeat(6),
+            },
+            _ => EventKind::StepCompleted {
+                step,
+                attempt: 1,
+                output: "Found 6 TODOs; none block the release.".into(),
+                usage: LlmUsage { llm_calls: 2, input_tokens: 900, output_tokens: 120 },
+            },
+        },
+    };
+    RunEvent { run_id: run.clone(), seq, at: Utc::now(), kind }
 }

@@ -26,7 +26,6 @@
 mod auth;
 mod body;
 mod error;
-pub mod load;
 mod openapi;
 mod routes;
 pub mod ui;
@@ -45,7 +44,6 @@ use crate::Runtime;
 use crate::config::ServerConfig;
 
 pub use error::ServerError;
-pub use load::{LoadReport, load_probe};
 pub use openapi::openapi_json;
 
 /// Renders the Prometheus text exposition served at `/metrics`.

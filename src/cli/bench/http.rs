@@ -67,7 +67,7 @@ pub(super) async fn run(setup: &Setup, runs: usize, load: Duration) -> anyhow::R
     let completed = statuses.iter().filter(|s| *s == "completed").count();
 
     // 2. A timed load: clients submitting runs and reading them back.
-    let probe = server::load::load_probe(&base, None, load).await?;
+    let probe = super::load::load_probe(&base, None, load).await?;
     settle(&runtime).await;
 
     // 3. Memory of a run at rest: runs whose plans wait for approval hold a tracker each.

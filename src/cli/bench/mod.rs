@@ -23,6 +23,7 @@
 mod child;
 mod concurrency;
 mod http;
+mod load;
 mod makespan;
 mod overhead;
 mod replicas;

@@ -1,5 +1,5 @@
-//! A quick load probe of a running API, for `stepwise bench` and manual checks: concurrent
-//! clients submit runs and read each one back, for a fixed time.
+//! A quick load probe of a running API, for `stepwise bench http`: concurrent clients submit
+//! runs and read each one back, for a fixed time.
 
 use std::time::{Duration, Instant};
 
@@ -153,5 +153,40 @@ mod tests {
         assert_eq!(super::percentile(&v, 0.50), 50.0);
         assert_eq!(super::percentile(&[], 0.99), 0.0);
         assert_eq!(super::percentile(&[3.0], 0.99), 3.0);
+    }
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use stepwise::Stepwise;
+    use stepwise::llm::scripted::ScriptedModel;
+    use stepwise::server::{ServerState, serve};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_load_probe_makes_progress_and_counts_refusals_as_errors() {
+        let plan = json!({"goal": "g", "steps": [{"id": "s1", "description": "d", "expected_outcome": "e",
+                                                   "tool": null, "depends_on": []}]});
+        let script = json!({"planner": [{"json": plan}], "steps": {"s1": ["out"]}, "synthesizer": ["done"]});
+        let model = ScriptedModel::from_json(script).unwrap();
+        let workspace = tempfile::tempdir().unwrap();
+        let builder = Stepwise::builder().model(Arc::new(model)).workspace_root(workspace.path().to_owned());
+        let runtime = Arc::new(builder.build().await.unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = ServerState::new(runtime).tokens(vec!["secret".into()]);
+        let server = tokio::spawn(serve(listener, state, std::future::pending::<()>()));
+
+        let report = load_probe(&base, Some("secret"), Duration::from_secs(1)).await.unwrap();
+        assert!(report.submitted > 0 && report.gets > 0, "{report:?}");
+        assert_eq!(report.errors, 0, "{report:?}");
+        assert!(
+            report.get_p99_ms >= report.get_p50_ms && report.get_max_ms >= report.get_p99_ms,
+            "{report:?}"
+        );
+        let report = load_probe(&base, Some("wrong"), Duration::from_millis(200)).await.unwrap();
+        assert_eq!((report.submitted, report.gets), (0, 0));
+        assert!(report.errors > 0);
+        server.abort();
     }
 }
