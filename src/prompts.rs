@@ -7,33 +7,27 @@
 
 use std::path::Path;
 
-use crate::config::ConfigError;
-use crate::llm::AgentRole;
+use crate::config::{Config, ConfigError};
+use crate::llm::{AgentRole, PerRole};
 
 /// The system prompt of every role.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prompts {
-    /// Writes the plan as JSON (`plan` schema).
-    pub planner: String,
-    /// Works one step with tools and ends with a text answer.
-    pub executor: String,
-    /// Judges a step's output against its expected outcome (`step_verdict` schema).
-    pub verifier: String,
-    /// Decides how the run goes on (`replan_decision` schema).
-    pub replanner: String,
-    /// Writes the final answer from the step results.
-    pub synthesizer: String,
-}
+pub struct Prompts(PerRole<String>);
 
 impl Default for Prompts {
     fn default() -> Self {
-        Self {
-            planner: include_str!("../config/prompts/planner.md").to_owned(),
-            executor: include_str!("../config/prompts/executor.md").to_owned(),
-            verifier: include_str!("../config/prompts/verifier.md").to_owned(),
-            replanner: include_str!("../config/prompts/replanner.md").to_owned(),
-            synthesizer: include_str!("../config/prompts/synthesizer.md").to_owned(),
-        }
+        Self(PerRole::from_fn(|role| built_in(role).to_owned()))
+    }
+}
+
+/// The prompt `config/prompts/<role>.md` built into the binary.
+fn built_in(role: AgentRole) -> &'static str {
+    match role {
+        AgentRole::Planner => include_str!("../config/prompts/planner.md"),
+        AgentRole::Executor => include_str!("../config/prompts/executor.md"),
+        AgentRole::Verifier => include_str!("../config/prompts/verifier.md"),
+        AgentRole::Replanner => include_str!("../config/prompts/replanner.md"),
+        AgentRole::Synthesizer => include_str!("../config/prompts/synthesizer.md"),
     }
 }
 
@@ -50,9 +44,9 @@ impl Prompts {
             });
         }
         for role in AgentRole::ALL {
-            let path = dir.join(format!("{}.md", role.as_str()));
+            let path = dir.join(format!("{role}.md"));
             match std::fs::read_to_string(&path) {
-                Ok(text) => *prompts.get_mut(role) = text,
+                Ok(text) => *prompts.0.get_mut(role) = text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(ConfigError::Read { path, source }),
             }
@@ -62,23 +56,16 @@ impl Prompts {
 
     /// The system prompt for `role`.
     pub fn get(&self, role: AgentRole) -> &str {
-        match role {
-            AgentRole::Planner => &self.planner,
-            AgentRole::Executor => &self.executor,
-            AgentRole::Verifier => &self.verifier,
-            AgentRole::Replanner => &self.replanner,
-            AgentRole::Synthesizer => &self.synthesizer,
-        }
+        self.0.get(role)
     }
+}
 
-    fn get_mut(&mut self, role: AgentRole) -> &mut String {
-        match role {
-            AgentRole::Planner => &mut self.planner,
-            AgentRole::Executor => &mut self.executor,
-            AgentRole::Verifier => &mut self.verifier,
-            AgentRole::Replanner => &mut self.replanner,
-            AgentRole::Synthesizer => &mut self.synthesizer,
-        }
+// Here rather than in `config` so that the config module need not know about prompts (it would
+// depend on this module, which depends on it for its errors).
+impl Config {
+    /// The system prompts: the built-in ones, with files from `prompts.dir` taking precedence.
+    pub fn prompts(&self) -> Result<Prompts, ConfigError> {
+        Prompts::load(self.prompts.dir.as_deref())
     }
 }
 
@@ -101,15 +88,15 @@ mod tests {
             "\"tool\"",
             "\"depends_on\"",
         ] {
-            assert!(p.planner.contains(key), "planner prompt lacks {key}");
+            assert!(p.get(AgentRole::Planner).contains(key), "planner prompt lacks {key}");
         }
         for key in ["\"passed\"", "\"reason\""] {
-            assert!(p.verifier.contains(key), "verifier prompt lacks {key}");
+            assert!(p.get(AgentRole::Verifier).contains(key), "verifier prompt lacks {key}");
         }
         for key in
             ["\"decision\"", "\"continue\"", "\"replan\"", "\"finish\"", "\"abort\"", "\"final_answer\""]
         {
-            assert!(p.replanner.contains(key), "replanner prompt lacks {key}");
+            assert!(p.get(AgentRole::Replanner).contains(key), "replanner prompt lacks {key}");
         }
     }
 
@@ -121,9 +108,12 @@ mod tests {
         std::fs::write(dir.path().join("unrelated.md"), "ignored").unwrap();
         let p = Prompts::load(Some(dir.path())).unwrap();
         let d = Prompts::default();
-        assert_eq!(p.planner, "custom planner");
-        assert_eq!(p.synthesizer, "custom synthesizer");
-        assert_eq!((&p.executor, &p.verifier, &p.replanner), (&d.executor, &d.verifier, &d.replanner));
+        assert_eq!(p.get(AgentRole::Planner), "custom planner");
+        assert_eq!(p.get(AgentRole::Synthesizer), "custom synthesizer");
+        assert_eq!(
+            (p.get(AgentRole::Executor), p.get(AgentRole::Verifier), p.get(AgentRole::Replanner)),
+            (d.get(AgentRole::Executor), d.get(AgentRole::Verifier), d.get(AgentRole::Replanner))
+        );
         assert_eq!(Prompts::load(None).unwrap(), d);
     }
 

@@ -141,7 +141,7 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Res
         trace: job.trace.clone(),
     };
     let mut messages =
-        vec![Message::system(shared.prompts.executor.clone()), Message::user(step_prompt(job))];
+        vec![Message::system(shared.prompts.get(AgentRole::Executor)), Message::user(step_prompt(job))];
     // Which MCP servers the run may use, and their tools as listed now.
     let scope = shared.runs.mcp_servers(&job.run_id);
     let tools = &shared.step_tool_specs(&job.run_id);
@@ -315,7 +315,7 @@ async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsa
             trace: job.trace.clone(),
         },
         messages: vec![
-            Message::system(shared.prompts.verifier.clone()),
+            Message::system(shared.prompts.get(AgentRole::Verifier)),
             Message::user(format!(
                 "Step: {}\nExpected outcome: {}\n\nThe step's result:\n{}",
                 job.step.description, job.step.expected_outcome, answer

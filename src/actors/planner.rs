@@ -63,7 +63,7 @@ async fn plan(shared: &Shared, job: PlanJob) -> ServiceResult<PlanSpec> {
             trace: job.trace.clone(),
         },
         messages: vec![
-            Message::system(shared.prompts.planner.clone()),
+            Message::system(shared.prompts.get(AgentRole::Planner)),
             Message::user(format!("Task: {}\n\nAvailable tools:\n{tools_text}", job.task)),
         ],
         tools: vec![],

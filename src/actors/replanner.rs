@@ -86,7 +86,10 @@ async fn replan(shared: &Shared, job: ReplanJob) -> ServiceResult<ReplanDecision
             attempt: 0,
             trace: job.trace.clone(),
         },
-        messages: vec![Message::system(shared.prompts.replanner.clone()), Message::user(describe_plan(&job))],
+        messages: vec![
+            Message::system(shared.prompts.get(AgentRole::Replanner)),
+            Message::user(describe_plan(&job)),
+        ],
         tools: vec![],
         structured: Some(StructuredOutput {
             name: "replan_decision".into(),

@@ -55,7 +55,7 @@ async fn synthesize(shared: &Shared, job: SynthesisJob) -> ServiceResult<String>
             attempt: 0,
             trace: job.trace.clone(),
         },
-        messages: vec![Message::system(shared.prompts.synthesizer.clone()), Message::user(text)],
+        messages: vec![Message::system(shared.prompts.get(AgentRole::Synthesizer)), Message::user(text)],
         tools: vec![],
         structured: None,
         max_tokens: None,

@@ -11,14 +11,19 @@
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::config::{LlmConfig, ProviderKind, RoleModelConfig};
-use super::http::{HttpTransport, RetryPolicy, secret_header};
-use super::openai::normalize_base_url;
-use super::providers::inherited;
-use super::stream::{AnthropicEvents, post_streamed};
-use super::{ChatModel, ChatRequest, ChatResponse, LlmError, Role, TextSink, TokenUsage, ToolCall};
+use super::endpoint::{inherited, normalize_base_url};
+use super::http::{HttpTransport, RetryPolicy, json_bytes, secret_header};
+use super::stream::post_streamed;
+use super::{ChatModel, ChatRequest, ChatResponse, LlmError, TextSink};
+use response::MessageResponse;
+use stream::AnthropicEvents;
+
+mod request;
+mod response;
+mod stream;
 
 /// The public Anthropic endpoint (without `/v1`).
 pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
@@ -148,116 +153,29 @@ impl AnthropicModel {
 
     /// The exact JSON body sent for `request`. Public for docs and debugging.
     pub fn request_body(&self, request: &ChatRequest) -> Value {
-        let system: Vec<&str> = request
-            .messages
-            .iter()
-            .filter(|m| m.role == Role::System && !m.content.is_empty())
-            .map(|m| m.content.as_str())
-            .collect();
-        let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
-        for m in &request.messages {
-            let (role, blocks) = match m.role {
-                Role::System => continue,
-                Role::User => ("user", text_block(&m.content).into_iter().collect()),
-                Role::Tool => (
-                    "user",
-                    vec![json!({"type": "tool_result",
-                                "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
-                                "content": m.content})],
-                ),
-                Role::Assistant => {
-                    let mut blocks: Vec<Value> = text_block(&m.content).into_iter().collect();
-                    blocks.extend(m.tool_calls.iter().map(|c| {
-                        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(&c.arguments)})
-                    }));
-                    ("assistant", blocks)
-                }
-            };
-            if blocks.is_empty() {
-                continue; // the API rejects empty turns
-            }
-            match turns.last_mut() {
-                Some((last, existing)) if *last == role => existing.extend(blocks),
-                _ => turns.push((role, blocks)),
-            }
-        }
-        let messages: Vec<Value> =
-            turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect();
-
-        let mut body = Map::new();
-        body.insert("model".into(), json!(self.settings.model));
-        body.insert("max_tokens".into(), json!(request.max_tokens.unwrap_or(self.settings.max_tokens)));
-        if !system.is_empty() {
-            body.insert("system".into(), json!(system.join("\n\n")));
-        }
-        body.insert("messages".into(), Value::Array(messages));
-        if let Some(t) = self.settings.temperature {
-            let t: f64 = t.to_string().parse().unwrap_or(f64::from(t));
-            body.insert("temperature".into(), json!(t));
-        }
-        if let Some(s) = &request.structured {
-            body.insert(
-                "tools".into(),
-                json!([{"name": s.name,
-                        "description": format!("Return the `{}` object as this tool's input.", s.name),
-                        "input_schema": s.schema}]),
-            );
-            body.insert("tool_choice".into(), json!({"type": "tool", "name": s.name}));
-        } else if !request.tools.is_empty() {
-            let tools: Vec<Value> = request
-                .tools
-                .iter()
-                .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
-        }
-        Value::Object(body)
+        serde_json::to_value(self.wire_body(request)).unwrap_or_default()
     }
 
-    fn parse_response(&self, v: Value, structured: Option<&str>) -> Result<ChatResponse, LlmError> {
-        let blocks = v
-            .get("content")
-            .and_then(Value::as_array)
-            .ok_or_else(|| LlmError::InvalidResponse("no `content` array in the response".into()))?;
-        let mut content = String::new();
-        let mut tool_calls = Vec::new();
-        for (i, block) in blocks.iter().enumerate() {
-            match block.get("type").and_then(Value::as_str) {
-                Some("text") => {
-                    content.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default())
-                }
-                Some("tool_use") => {
-                    let name = block.get("name").and_then(Value::as_str).unwrap_or_default();
-                    if name.is_empty() {
-                        return Err(LlmError::InvalidResponse(format!("tool_use block {i} has no name")));
-                    }
-                    let id = block
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .filter(|s| !s.is_empty())
-                        .map_or_else(|| format!("toolu_{i}"), str::to_owned);
-                    let arguments = block.get("input").cloned().unwrap_or_else(|| json!({}));
-                    tool_calls.push(ToolCall { id, name: name.to_owned(), arguments });
-                }
-                _ => {} // thinking and other blocks carry nothing the runtime uses
-            }
+    /// The body of `request`, borrowing from it.
+    fn wire_body<'a>(&'a self, request: &'a ChatRequest) -> request::Body<'a> {
+        let max_tokens = request.max_tokens.unwrap_or(self.settings.max_tokens);
+        let mut body = request::Body::new(&self.settings.model, max_tokens, request);
+        // Through the decimal text, so 0.2f32 is sent as 0.2 rather than 0.20000000298….
+        body.temperature = self.settings.temperature.map(|t| t.to_string().parse().unwrap_or(f64::from(t)));
+        body
+    }
+
+    /// The answer to a call: the message converted, the model named when the answer did not,
+    /// and for a structured call the forced tool's input as the text.
+    fn parse_response(&self, m: MessageResponse, structured: Option<&str>) -> Result<ChatResponse, LlmError> {
+        let mut r = ChatResponse::try_from(m)?;
+        if r.model.is_empty() {
+            r.model.clone_from(&self.settings.model);
         }
-        if let Some(name) = structured {
-            if let Some(pos) = tool_calls.iter().position(|c| c.name == name) {
-                content = tool_calls.remove(pos).arguments.to_string();
-            }
+        if let Some(pos) = structured.and_then(|name| r.tool_calls.iter().position(|c| c.name == name)) {
+            r.content = r.tool_calls.remove(pos).arguments.to_string();
         }
-        let usage = v.get("usage").map_or_else(TokenUsage::default, |u| {
-            let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-            TokenUsage {
-                input_tokens: n("input_tokens")
-                    + n("cache_creation_input_tokens")
-                    + n("cache_read_input_tokens"),
-                output_tokens: n("output_tokens"),
-            }
-        });
-        let model = v.get("model").and_then(Value::as_str).unwrap_or(&self.settings.model).to_owned();
-        Ok(ChatResponse { content, tool_calls, usage, model })
+        Ok(r)
     }
 }
 
@@ -291,41 +209,25 @@ impl AnthropicModel {
         request: ChatRequest,
         sink: Option<&TextSink<'_>>,
     ) -> Result<ChatResponse, LlmError> {
-        let mut body = self.request_body(&request);
+        let mut body = self.wire_body(&request);
         let tool = request.structured.as_ref().map(|s| s.name.as_str());
-        let v = match sink {
-            None => self.http.post_json(&self.url, &body).await?,
+        let never = |_: u16, _: &str| false;
+        let m = match sink {
+            None => self.http.post_bytes_with(&self.url, json_bytes(&body)?, &never).await?,
             Some(sink) => {
-                body["stream"] = json!(true);
-                let never = |_: u16, _: &str| false;
-                let bytes = super::http::json_bytes(&body)?;
+                body.stream = true;
+                let bytes = json_bytes(&body)?;
                 post_streamed(&self.http, &self.url, bytes, &never, AnthropicEvents::new(tool), sink).await?
             }
         };
-        self.parse_response(v, tool)
-    }
-}
-
-fn text_block(text: &str) -> Option<Value> {
-    (!text.is_empty()).then(|| json!({"type": "text", "text": text}))
-}
-
-/// A `tool_use` input must be an object: a raw (unparsable) argument string is parsed if it can
-/// be, else wrapped as `{"raw": …}`.
-fn tool_input(arguments: &Value) -> Value {
-    match arguments {
-        Value::Object(_) => arguments.clone(),
-        Value::String(raw) => match serde_json::from_str::<Value>(raw) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => json!({"raw": raw}),
-        },
-        Value::Null => json!({}),
-        other => json!({"raw": other}),
+        self.parse_response(m, tool)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::llm::{AgentRole, CallContext, Message};
 
@@ -373,12 +275,5 @@ mod tests {
         .unwrap();
         assert_eq!((s.base_url.as_str(), s.max_tokens), (DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_MAX_TOKENS));
         assert!(!format!("{s:?}").contains("sk-a"));
-    }
-
-    #[test]
-    fn tool_inputs_are_objects() {
-        assert_eq!(tool_input(&json!({"a": 1})), json!({"a": 1}));
-        assert_eq!(tool_input(&json!("{\"a\":1}")), json!({"a": 1}));
-        assert_eq!(tool_input(&json!("{oops")), json!({"raw": "{oops"}));
     }
 }

@@ -1,4 +1,4 @@
-//! The Chat Completions request body, serialized straight from a [`ChatRequest`].
+//! The Chat Completions request body as serde types, serialized straight from a [`ChatRequest`].
 //!
 //! Every call sends the conversation and the tool and output schemas again (a few KiB). Building
 //! a `serde_json::Value` of it first deep-copied all of that, and freeing the copy afterwards cost
@@ -79,14 +79,6 @@ impl<'a> Body<'a> {
         self.stream = stream;
         self.stream_options = stream.then_some(StreamOptions { include_usage: true });
     }
-
-    /// The JSON bytes sent.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        // A plan or executor request is a few KiB: start there rather than grow from 128 bytes.
-        let mut out = Vec::with_capacity(4096);
-        serde_json::to_writer(&mut out, self)?;
-        Ok(out)
-    }
 }
 
 /// `stream_options`: the usage comes in a last chunk of its own.
@@ -142,13 +134,7 @@ impl Serialize for Wire<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let m = self.0;
         let mut map = serializer.serialize_map(None)?;
-        let role = match m.role {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-            Role::Tool => "tool",
-        };
-        map.serialize_entry("role", role)?;
+        map.serialize_entry("role", &m.role)?;
         if m.role == Role::Tool {
             map.serialize_entry("tool_call_id", m.tool_call_id.as_deref().unwrap_or_default())?;
         }
@@ -339,10 +325,10 @@ mod tests {
         let r = request(vec![Message::user("task")]);
         let mut body = Body::new("m", &r, StructuredMode::JsonSchema);
         body.streamed(true);
-        let v: Value = serde_json::from_slice(&body.to_bytes().unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&crate::llm::http::json_bytes(&body).unwrap()).unwrap();
         assert_eq!((&v["stream"], &v["stream_options"]), (&json!(true), &json!({"include_usage": true})));
         body.streamed(false);
-        let v: Value = serde_json::from_slice(&body.to_bytes().unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&crate::llm::http::json_bytes(&body).unwrap()).unwrap();
         assert!(v.get("stream").is_none() && v.get("stream_options").is_none(), "{v}");
     }
 }
