@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn in_tool_mode_the_forced_calls_arguments_are_the_text() {
         let (r, pieces) = fold(include_str!("testdata/stream_tool_calls.sse"), Some("read_file"));
-        assert_eq!(pieces, ["{\"path\"", ": \"a\"}"]);
+        assert_eq!(pieces, ["", "{\"path\"", ": \"a\"}"]);
         assert_eq!(r.unwrap().tool_calls.len(), 2);
     }
 
