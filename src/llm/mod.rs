@@ -261,6 +261,42 @@ pub trait ChatModel: Send + Sync + 'static {
     fn run_finished(&self, _run_id: &str) {}
 }
 
+/// A [`ChatModel`] written as one method that takes an optional sink. The network providers'
+/// `chat` and `chat_streaming` differ only in that, so they get them from this blanket impl.
+#[async_trait::async_trait]
+pub trait SinkModel: Send + Sync + 'static {
+    /// What [`ChatModel::model_name`] answers.
+    fn model_id(&self) -> &str;
+    /// What [`ChatModel::provider`] answers.
+    fn provider_id(&self) -> &str;
+    /// One call, streamed into `sink` when there is one.
+    async fn call(&self, request: ChatRequest, sink: Option<&TextSink<'_>>)
+    -> Result<ChatResponse, LlmError>;
+}
+
+#[async_trait::async_trait]
+impl<M: SinkModel> ChatModel for M {
+    fn model_name(&self) -> &str {
+        self.model_id()
+    }
+
+    fn provider(&self) -> &str {
+        self.provider_id()
+    }
+
+    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.call(request, None).await
+    }
+
+    async fn chat_streaming(
+        &self,
+        request: ChatRequest,
+        sink: &TextSink<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        self.call(request, Some(sink)).await
+    }
+}
+
 /// [`ChatModel::chat_streaming`] when there is a sink, else [`ChatModel::chat`]: the one place a
 /// caller (or a wrapping model) that may or may not stream picks the method.
 pub async fn chat_maybe_streaming(

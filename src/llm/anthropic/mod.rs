@@ -17,7 +17,7 @@ use super::config::{LlmConfig, ProviderKind, RoleModelConfig};
 use super::endpoint::{inherited, normalize_base_url};
 use super::http::{HttpTransport, RetryPolicy, json_bytes, secret_header};
 use super::stream::post_streamed;
-use super::{ChatModel, ChatRequest, ChatResponse, LlmError, TextSink};
+use super::{ChatRequest, ChatResponse, LlmError, SinkModel, TextSink};
 use response::MessageResponse;
 use stream::AnthropicEvents;
 
@@ -180,31 +180,17 @@ impl AnthropicModel {
 }
 
 #[async_trait::async_trait]
-impl ChatModel for AnthropicModel {
-    fn model_name(&self) -> &str {
+impl SinkModel for AnthropicModel {
+    fn model_id(&self) -> &str {
         &self.settings.model
     }
 
-    fn provider(&self) -> &str {
+    fn provider_id(&self) -> &str {
         "anthropic"
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.complete(request, None).await
-    }
-
-    async fn chat_streaming(
-        &self,
-        request: ChatRequest,
-        sink: &TextSink<'_>,
-    ) -> Result<ChatResponse, LlmError> {
-        self.complete(request, Some(sink)).await
-    }
-}
-
-impl AnthropicModel {
     /// One call; with a sink, streamed (`"stream": true`) and handed to it as it arrives.
-    async fn complete(
+    async fn call(
         &self,
         request: ChatRequest,
         sink: Option<&TextSink<'_>>,

@@ -25,7 +25,7 @@ use super::config::{LlmConfig, ProviderKind, RoleModelConfig, StructuredMode};
 use super::endpoint::{inherited, normalize_base_url};
 use super::http::{HttpFailure, HttpTransport, RetryPolicy, json_bytes, secret_header};
 use super::stream::post_streamed;
-use super::{ChatModel, ChatRequest, ChatResponse, LlmError, StructuredOutput, TextSink};
+use super::{ChatRequest, ChatResponse, LlmError, SinkModel, StructuredOutput, TextSink};
 use response::{Choice, Completion};
 use stream::OpenAiChunks;
 
@@ -283,32 +283,18 @@ fn next_fallback(mode: StructuredMode) -> Option<StructuredMode> {
 }
 
 #[async_trait::async_trait]
-impl ChatModel for OpenAiModel {
-    fn model_name(&self) -> &str {
+impl SinkModel for OpenAiModel {
+    fn model_id(&self) -> &str {
         &self.settings.model
     }
 
-    fn provider(&self) -> &str {
+    fn provider_id(&self) -> &str {
         "openai"
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.complete(request, None).await
-    }
-
-    async fn chat_streaming(
-        &self,
-        request: ChatRequest,
-        sink: &TextSink<'_>,
-    ) -> Result<ChatResponse, LlmError> {
-        self.complete(request, Some(sink)).await
-    }
-}
-
-impl OpenAiModel {
     /// One call, in the configured structured-output mode (falling back under `auto`), streamed
     /// into `sink` when there is one.
-    async fn complete(
+    async fn call(
         &self,
         request: ChatRequest,
         sink: Option<&TextSink<'_>>,
