@@ -269,6 +269,8 @@ pub trait SinkModel: Send + Sync + 'static {
     fn model_id(&self) -> &str;
     /// What [`ChatModel::provider`] answers.
     fn provider_id(&self) -> &str;
+    /// What [`ChatModel::run_finished`] does.
+    fn on_run_finished(&self, _run_id: &str) {}
     /// One call, streamed into `sink` when there is one.
     async fn call(&self, request: ChatRequest, sink: Option<&TextSink<'_>>)
     -> Result<ChatResponse, LlmError>;
@@ -282,6 +284,10 @@ impl<M: SinkModel> ChatModel for M {
 
     fn provider(&self) -> &str {
         self.provider_id()
+    }
+
+    fn run_finished(&self, run_id: &str) {
+        self.on_run_finished(run_id)
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
@@ -338,6 +344,11 @@ impl Models {
     /// The model for `role`.
     pub fn get(&self, role: AgentRole) -> &SharedModel {
         self.by_role.get(role)
+    }
+
+    /// Each role's model replaced by `f(role, model)` (e.g. wrapped), roles in pipeline order.
+    pub fn map(&self, mut f: impl FnMut(AgentRole, &SharedModel) -> SharedModel) -> Self {
+        Self { by_role: self.by_role.map(&mut f) }
     }
 }
 

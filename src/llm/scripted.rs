@@ -372,29 +372,25 @@ fn message_chars(m: &Message) -> usize {
 }
 
 #[async_trait::async_trait]
-impl super::ChatModel for ScriptedModel {
-    fn model_name(&self) -> &str {
+impl super::SinkModel for ScriptedModel {
+    fn model_id(&self) -> &str {
         &self.model
     }
 
-    fn provider(&self) -> &str {
+    fn provider_id(&self) -> &str {
         "scripted"
     }
 
-    fn run_finished(&self, run_id: &str) {
+    fn on_run_finished(&self, run_id: &str) {
         self.forget_run(run_id);
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.answer(request, None).await
-    }
-
-    async fn chat_streaming(
+    async fn call(
         &self,
         request: ChatRequest,
-        sink: &TextSink<'_>,
+        sink: Option<&TextSink<'_>>,
     ) -> Result<ChatResponse, LlmError> {
-        self.answer(request, Some(sink)).await
+        self.answer(request, sink).await
     }
 }
 

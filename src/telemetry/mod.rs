@@ -50,7 +50,7 @@ pub use ids::{RunTraceIds, trace_id_of};
 pub use metrics::prometheus_text;
 
 use crate::config::TelemetryConfig;
-use crate::llm::{AgentRole, ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel, TextSink};
+use crate::llm::{ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel, TextSink};
 
 /// The OTel span context of `span` (invalid when tracing is off), e.g. to link to it later.
 pub fn span_context(span: &tracing::Span) -> SpanContext {
@@ -217,12 +217,7 @@ fn llm_error_type(e: &LlmError) -> &'static str {
 
 /// Wraps every role's model in [`Traced`].
 pub fn traced(models: &Models, content: ContentCapture) -> Models {
-    let wrap = |role| -> SharedModel { Arc::new(Traced::new(models.get(role).clone(), content)) };
-    let mut out = Models::uniform(wrap(AgentRole::Planner));
-    for role in AgentRole::ALL {
-        out = out.with(role, wrap(role));
-    }
-    out
+    models.map(|_, model| -> SharedModel { Arc::new(Traced::new(model.clone(), content)) })
 }
 
 #[cfg(test)]
