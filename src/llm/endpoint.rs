@@ -4,8 +4,75 @@
 //! Its own module (below both providers and the model builder) so that neither provider depends
 //! on the other or on [`super::providers`], which depends on both.
 
+use std::time::Duration;
+
 use super::LlmError;
 use super::config::{LlmConfig, ProviderKind, RoleModelConfig};
+use super::http::RetryPolicy;
+
+/// Where and as whom a network provider calls, resolved from `[llm]`, a role override and the
+/// environment.
+pub(crate) struct Endpoint {
+    /// The model name.
+    pub model: String,
+    /// The base URL, normalised.
+    pub base_url: String,
+    /// The variable the key was looked up in (for error messages).
+    pub key_var: String,
+    /// The key, if set and not blank.
+    pub api_key: Option<String>,
+}
+
+/// A provider, and the environment variables and public endpoint it falls back on.
+pub(crate) struct Defaults {
+    /// The provider.
+    pub kind: ProviderKind,
+    /// The variable naming the base URL (`OPENAI_BASE_URL`).
+    pub base_url_var: &'static str,
+    /// The public endpoint.
+    pub base_url: &'static str,
+    /// The variable holding the key unless `api_key_env` names another.
+    pub api_key_var: &'static str,
+}
+
+/// The [`Endpoint`] of a provider for a role: see [`inherited`] and [`Inherited::base_url`].
+pub(crate) fn endpoint(
+    cfg: &LlmConfig,
+    role: Option<&RoleModelConfig>,
+    defaults: &Defaults,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Endpoint, LlmError> {
+    let inh = inherited(cfg, role, defaults.kind)?;
+    let base_url = inh.base_url(env, defaults.base_url_var, defaults.base_url)?;
+    let (key_var, api_key) = inh.api_key(env, defaults.api_key_var);
+    Ok(Endpoint { model: inh.model, base_url, key_var, api_key })
+}
+
+/// The transport policy `[llm]` sets (timeout, retries, outage wait; the backoff is built in).
+pub(crate) fn configured_policy(cfg: &LlmConfig) -> RetryPolicy {
+    RetryPolicy {
+        timeout: Duration::from_secs(cfg.request_timeout_secs),
+        max_retries: cfg.max_retries,
+        outage_max_wait: Duration::from_secs(cfg.outage_max_wait_secs),
+        ..RetryPolicy::default()
+    }
+}
+
+/// The transport policy of a provider's settings (the rest of the policy built in).
+pub(crate) fn transport_policy(
+    timeout: Duration,
+    max_retries: u32,
+    backoff_base: Duration,
+    outage_max_wait: Duration,
+) -> RetryPolicy {
+    RetryPolicy { timeout, max_retries, backoff_base, outage_max_wait, ..RetryPolicy::default() }
+}
+
+/// A temperature as sent: through its decimal text, so 0.2f32 goes as 0.2 rather than
+/// 0.20000000298….
+pub(crate) fn wire_temperature(t: f32) -> f64 {
+    t.to_string().parse().unwrap_or(f64::from(t))
+}
 
 /// What a network provider takes from `[llm]` and the role override.
 pub(crate) struct Inherited {

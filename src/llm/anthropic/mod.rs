@@ -14,7 +14,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::config::{LlmConfig, ProviderKind, RoleModelConfig};
-use super::endpoint::{inherited, normalize_base_url};
+use super::endpoint::{
+    Defaults, Endpoint, configured_policy, endpoint, normalize_base_url, transport_policy, wire_temperature,
+};
 use super::http::{HttpTransport, RetryPolicy, json_bytes, secret_header};
 use super::stream::post_streamed;
 use super::{ChatRequest, ChatResponse, LlmError, SinkModel, TextSink};
@@ -31,6 +33,14 @@ pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// `max_tokens` when neither the request nor the config sets one (the API requires it).
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// Where the anthropic provider calls when the config does not say.
+const ENDPOINT: Defaults = Defaults {
+    kind: ProviderKind::Anthropic,
+    base_url_var: "ANTHROPIC_BASE_URL",
+    base_url: DEFAULT_ANTHROPIC_BASE_URL,
+    api_key_var: "ANTHROPIC_API_KEY",
+};
 
 /// Everything an [`AnthropicModel`] needs; built by hand or with [`AnthropicSettings::from_config`].
 #[derive(Clone, PartialEq)]
@@ -97,19 +107,17 @@ impl AnthropicSettings {
         role: Option<&RoleModelConfig>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, LlmError> {
-        let inh = inherited(cfg, role, ProviderKind::Anthropic)?;
-        let base_url = inh.base_url(env, "ANTHROPIC_BASE_URL", DEFAULT_ANTHROPIC_BASE_URL)?;
-        let (key_var, api_key) = inh.api_key(env, "ANTHROPIC_API_KEY");
+        let Endpoint { model, base_url, key_var, api_key } = endpoint(cfg, role, &ENDPOINT, env)?;
         let api_key = api_key.ok_or_else(|| {
             LlmError::Config(format!(
                 "the anthropic provider needs an API key: set the {key_var} environment variable"
             ))
         })?;
-        let mut s = Self::new(inh.model, api_key);
+        let mut s = Self::new(model, api_key);
+        let policy = configured_policy(cfg);
+        (s.timeout, s.max_retries, s.outage_max_wait) =
+            (policy.timeout, policy.max_retries, policy.outage_max_wait);
         s.base_url = base_url;
-        s.timeout = Duration::from_secs(cfg.request_timeout_secs);
-        s.max_retries = cfg.max_retries;
-        s.outage_max_wait = Duration::from_secs(cfg.outage_max_wait_secs);
         s.max_tokens = cfg.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         s.temperature = cfg.temperature;
         Ok(s)
@@ -134,13 +142,12 @@ impl AnthropicModel {
             HeaderName::from_static("anthropic-version"),
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
-        let policy = RetryPolicy {
-            timeout: settings.timeout,
-            max_retries: settings.max_retries,
-            backoff_base: settings.backoff_base,
-            outage_max_wait: settings.outage_max_wait,
-            ..RetryPolicy::default()
-        };
+        let policy = transport_policy(
+            settings.timeout,
+            settings.max_retries,
+            settings.backoff_base,
+            settings.outage_max_wait,
+        );
         let http = HttpTransport::new(policy, headers, Some(settings.api_key.clone()))?;
         let url = format!("{base_url}/v1/messages");
         Ok(Self { settings: AnthropicSettings { base_url, ..settings }, http, url })
@@ -160,8 +167,7 @@ impl AnthropicModel {
     fn wire_body<'a>(&'a self, request: &'a ChatRequest) -> request::Body<'a> {
         let max_tokens = request.max_tokens.unwrap_or(self.settings.max_tokens);
         let mut body = request::Body::new(&self.settings.model, max_tokens, request);
-        // Through the decimal text, so 0.2f32 is sent as 0.2 rather than 0.20000000298….
-        body.temperature = self.settings.temperature.map(|t| t.to_string().parse().unwrap_or(f64::from(t)));
+        body.temperature = self.settings.temperature.map(wire_temperature);
         body
     }
 

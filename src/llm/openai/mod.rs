@@ -22,7 +22,9 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde_json::Value;
 
 use super::config::{LlmConfig, ProviderKind, RoleModelConfig, StructuredMode};
-use super::endpoint::{inherited, normalize_base_url};
+use super::endpoint::{
+    Defaults, Endpoint, configured_policy, endpoint, normalize_base_url, transport_policy, wire_temperature,
+};
 use super::http::{HttpFailure, HttpTransport, RetryPolicy, json_bytes, secret_header};
 use super::stream::post_streamed;
 use super::{ChatRequest, ChatResponse, LlmError, SinkModel, StructuredOutput, TextSink};
@@ -35,6 +37,14 @@ mod stream;
 
 /// The public OpenAI endpoint, used when neither config nor `OPENAI_BASE_URL` names another.
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Where the openai provider calls when the config does not say.
+const ENDPOINT: Defaults = Defaults {
+    kind: ProviderKind::Openai,
+    base_url_var: "OPENAI_BASE_URL",
+    base_url: DEFAULT_OPENAI_BASE_URL,
+    api_key_var: "OPENAI_API_KEY",
+};
 
 /// Everything an [`OpenAiModel`] needs; built by hand or with [`OpenAiSettings::from_config`].
 #[derive(Clone, PartialEq)]
@@ -108,21 +118,19 @@ impl OpenAiSettings {
         role: Option<&RoleModelConfig>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, LlmError> {
-        let inh = inherited(cfg, role, ProviderKind::Openai)?;
-        let base_url = inh.base_url(env, "OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL)?;
-        let (key_var, api_key) = inh.api_key(env, "OPENAI_API_KEY");
+        let Endpoint { model, base_url, key_var, api_key } = endpoint(cfg, role, &ENDPOINT, env)?;
         if api_key.is_none() && is_public_openai(&base_url) {
             return Err(LlmError::Config(format!(
                 "the openai provider needs an API key for {base_url}: set the {key_var} environment variable \
                  (or point OPENAI_BASE_URL / base_url at a local server)"
             )));
         }
-        let mut s = Self::new(inh.model);
+        let mut s = Self::new(model);
+        let policy = configured_policy(cfg);
+        (s.timeout, s.max_retries, s.outage_max_wait) =
+            (policy.timeout, policy.max_retries, policy.outage_max_wait);
         s.base_url = base_url;
         s.api_key = api_key;
-        s.timeout = Duration::from_secs(cfg.request_timeout_secs);
-        s.max_retries = cfg.max_retries;
-        s.outage_max_wait = Duration::from_secs(cfg.outage_max_wait_secs);
         s.structured = cfg.structured_output;
         s.max_tokens = cfg.max_tokens;
         s.temperature = cfg.temperature;
@@ -166,13 +174,12 @@ impl OpenAiModel {
         if let Some(key) = &settings.api_key {
             headers.insert(AUTHORIZATION, secret_header(&format!("Bearer {key}"))?);
         }
-        let policy = RetryPolicy {
-            timeout: settings.timeout,
-            max_retries: settings.max_retries,
-            backoff_base: settings.backoff_base,
-            outage_max_wait: settings.outage_max_wait,
-            ..RetryPolicy::default()
-        };
+        let policy = transport_policy(
+            settings.timeout,
+            settings.max_retries,
+            settings.backoff_base,
+            settings.outage_max_wait,
+        );
         let http = HttpTransport::new(policy, headers, settings.api_key.clone())?;
         let public = is_public_openai(&base_url);
         let url = format!("{base_url}/chat/completions");
@@ -197,8 +204,7 @@ impl OpenAiModel {
         if let Some(n) = request.max_tokens.or(self.settings.max_tokens) {
             if self.public { body.max_completion_tokens = Some(n) } else { body.max_tokens = Some(n) }
         }
-        // Through the decimal text, so 0.2f32 is sent as 0.2 rather than 0.20000000298….
-        body.temperature = self.settings.temperature.map(|t| t.to_string().parse().unwrap_or(f64::from(t)));
+        body.temperature = self.settings.temperature.map(wire_temperature);
         body
     }
 
