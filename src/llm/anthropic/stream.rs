@@ -47,10 +47,12 @@ pub(crate) enum Event {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum Delta {
-    /// More text of a text block.
-    TextDelta { text: String },
-    /// More of a `tool_use` block's input JSON.
-    InputJsonDelta { partial_json: String },
+    /// More text of a text block (`text_delta`).
+    #[serde(rename = "text_delta")]
+    Text { text: String },
+    /// More of a `tool_use` block's input JSON (`input_json_delta`).
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: String },
     /// Thinking, signatures and later kinds.
     #[serde(other)]
     Other,
@@ -106,13 +108,13 @@ impl<'a> AnthropicEvents<'a> {
         let tool = self.tool;
         let Some((block, input)) = part(&mut self.blocks, index) else { return too_many_parts(index) };
         match (delta, block) {
-            (Delta::TextDelta { text }, Some(Block::Text { text: so_far })) => {
+            (Delta::Text { text }, Some(Block::Text { text: so_far })) => {
                 if tool.is_none() {
                     sink(&text);
                 }
                 so_far.push_str(&text);
             }
-            (Delta::InputJsonDelta { partial_json }, Some(Block::ToolUse { name, .. })) => {
+            (Delta::InputJson { partial_json }, Some(Block::ToolUse { name, .. })) => {
                 if tool.is_some() && name.as_deref() == tool {
                     sink(&partial_json);
                 }
