@@ -19,26 +19,21 @@ use super::{AgentRole, LlmError, Models, PerRole, SharedModel};
 /// `OPENAI_BASE_URL`, `ANTHROPIC_BASE_URL`); pass [`process_env`] outside tests.
 pub fn build_models(cfg: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Models, LlmError> {
     let mut built: Vec<(Resolved, SharedModel)> = Vec::new();
-    let mut per_role = PerRole::from_fn(|_| None);
-    for role in AgentRole::ALL {
+    let per_role = PerRole::try_from_fn(|role| -> Result<SharedModel, LlmError> {
         let role_cfg = role_override(cfg, role);
         let in_role = |e: LlmError| match (e, role_cfg) {
             (LlmError::Config(m), Some(_)) => LlmError::Config(format!("[llm.roles.{role}]: {m}")),
             (e, _) => e,
         };
         let resolved = resolve(cfg, role_cfg, env).map_err(in_role)?;
-        let model = match built.iter().find(|(r, _)| *r == resolved) {
-            Some((_, m)) => m.clone(),
-            None => {
-                let m = instantiate(&resolved).map_err(in_role)?;
-                built.push((resolved, m.clone()));
-                m
-            }
-        };
-        *per_role.get_mut(role) = Some(model);
-    }
-    let first = || built[0].1.clone();
-    Ok(Models::per_role(per_role.map(|_, m| m.clone().unwrap_or_else(first))))
+        if let Some((_, m)) = built.iter().find(|(r, _)| *r == resolved) {
+            return Ok(m.clone());
+        }
+        let m = instantiate(&resolved).map_err(in_role)?;
+        built.push((resolved, m.clone()));
+        Ok(m)
+    })?;
+    Ok(Models::per_role(per_role))
 }
 
 /// The real process environment, for [`build_models`].

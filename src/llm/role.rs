@@ -78,6 +78,14 @@ impl<T> PerRole<T> {
         Self(AgentRole::ALL.map(&mut f))
     }
 
+    /// The value of each role, from `f(role)`, in [`AgentRole::ALL`] order; the first error
+    /// stops it.
+    pub fn try_from_fn<E>(f: impl FnMut(AgentRole) -> Result<T, E>) -> Result<Self, E> {
+        let values: Vec<T> = AgentRole::ALL.into_iter().map(f).collect::<Result<_, E>>()?;
+        let values: [T; 5] = values.try_into().unwrap_or_else(|_: Vec<T>| unreachable!("one value per role"));
+        Ok(Self(values))
+    }
+
     /// The value for `role`.
     pub fn get(&self, role: AgentRole) -> &T {
         &self.0[role as usize]
@@ -200,6 +208,18 @@ mod tests {
         assert!(err.contains("unknown field `plannr`") && err.contains("`synthesizer`"), "{err}");
         let err = serde_json::from_str::<PerRole<u8>>(r#"{"verifier": 1, "verifier": 2}"#).unwrap_err();
         assert!(err.to_string().contains("duplicate field `verifier`"), "{err}");
+    }
+
+    #[test]
+    fn try_from_fn_stops_at_the_first_error() {
+        let mut asked = Vec::new();
+        let err = PerRole::try_from_fn(|r| {
+            asked.push(r);
+            if r == AgentRole::Verifier { Err(r) } else { Ok(()) }
+        });
+        assert_eq!((err, asked.len()), (Err(AgentRole::Verifier), 3));
+        let ok: Result<_, ()> = PerRole::try_from_fn(Ok);
+        assert_eq!(ok.unwrap().get(AgentRole::Replanner), &AgentRole::Replanner);
     }
 
     #[test]
