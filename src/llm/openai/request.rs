@@ -156,17 +156,9 @@ impl Serialize for Calls<'_> {
                 Value::String(raw) => Cow::Borrowed(raw.as_str()),
                 other => Cow::Owned(other.to_string()),
             };
-            CallWire { id: &c.id, kind: "function", function: CallFunction { name: &c.name, arguments } }
+            Function::new(Some(&c.id), CallFunction { name: &c.name, arguments })
         }))
     }
-}
-
-#[derive(Serialize)]
-struct CallWire<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    function: CallFunction<'a>,
 }
 
 #[derive(Serialize)]
@@ -184,35 +176,36 @@ pub(super) enum Tools<'a> {
 impl Serialize for Tools<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            Tools::Specs(specs) => serializer.collect_seq(specs.iter().map(|t| Function {
-                kind: "function",
-                function: FunctionSpec {
-                    name: &t.name,
-                    description: Cow::Borrowed(&t.description),
-                    parameters: &t.parameters,
-                },
+            Tools::Specs(specs) => serializer.collect_seq(specs.iter().map(|t| {
+                let description = Cow::Borrowed(t.description.as_str());
+                Function::new(None, FunctionSpec { name: &t.name, description, parameters: &t.parameters })
             })),
             Tools::Forced(s) => {
-                let description = format!("Return the `{}` object as this function's arguments.", s.name);
-                let forced = Function {
-                    kind: "function",
-                    function: FunctionSpec {
-                        name: &s.name,
-                        description: description.into(),
-                        parameters: &s.schema,
-                    },
-                };
+                let description =
+                    format!("Return the `{}` object as this function's arguments.", s.name).into();
+                let forced =
+                    Function::new(None, FunctionSpec { name: &s.name, description, parameters: &s.schema });
                 serializer.collect_seq(std::iter::once(forced))
             }
         }
     }
 }
 
+/// `{"id"?, "type": "function", "function": …}`: a tool call of an assistant turn (with its id),
+/// or a tool the model may call.
 #[derive(Serialize)]
-struct Function<'a> {
+struct Function<'a, F> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
     #[serde(rename = "type")]
     kind: &'static str,
-    function: FunctionSpec<'a>,
+    function: F,
+}
+
+impl<'a, F> Function<'a, F> {
+    fn new(id: Option<&'a str>, function: F) -> Self {
+        Self { id, kind: "function", function }
+    }
 }
 
 #[derive(Serialize)]
