@@ -378,7 +378,7 @@ impl super::SinkModel for ScriptedModel {
     }
 
     fn provider_id(&self) -> &str {
-        "scripted"
+        super::config::ProviderKind::Scripted.name()
     }
 
     fn on_run_finished(&self, run_id: &str) {

@@ -192,7 +192,7 @@ impl SinkModel for AnthropicModel {
     }
 
     fn provider_id(&self) -> &str {
-        "anthropic"
+        ProviderKind::Anthropic.name()
     }
 
     /// One call; with a sink, streamed (`"stream": true`) and handed to it as it arrives.

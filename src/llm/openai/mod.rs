@@ -295,7 +295,7 @@ impl SinkModel for OpenAiModel {
     }
 
     fn provider_id(&self) -> &str {
-        "openai"
+        ProviderKind::Openai.name()
     }
 
     /// One call, in the configured structured-output mode (falling back under `auto`), streamed
