@@ -21,7 +21,6 @@ use crate::actors::pool::{
 };
 use crate::llm::config::LlmConfig;
 use crate::options::{Policy, RunBudget, RunOptions, StepBudget};
-use crate::prompts::Prompts;
 use crate::tools::config::ToolsConfig;
 
 /// The file [`Config::load`] reads when no path is given, relative to the working directory.
@@ -65,9 +64,6 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
-    /// A user-message template in `[prompts] dir` does not compile or render.
-    #[error(transparent)]
-    Template(#[from] crate::prompts::TemplateError),
     /// The values parse but make no sense together (a zero pool size, a zero timeout…).
     #[error("invalid config value `{key}`: {message}")]
     Invalid {
@@ -523,11 +519,6 @@ impl Config {
     pub fn workspace_root(&self) -> PathBuf {
         self.runtime.workspace_root.clone().unwrap_or_else(|| self.runtime.data_dir.join("workspaces"))
     }
-
-    /// The system prompts: the built-in ones, with files from `prompts.dir` taking precedence.
-    pub fn prompts(&self) -> Result<Prompts, ConfigError> {
-        Prompts::load(self.prompts.dir.as_deref())
-    }
 }
 
 /// What replaced `key` (dotted), if it is a removed key.
@@ -588,6 +579,7 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::AgentRole;
     use crate::llm::config::{ProviderKind, RoleModelConfig};
     use crate::options::FailurePolicy;
 
@@ -634,7 +626,7 @@ mod tests {
             .collect();
         assert!(!block.is_empty(), "example block not found");
         let config = Config::from_toml_str(&block, "example").unwrap();
-        let planner = config.llm.roles.planner.expect("planner override");
+        let planner = config.llm.roles.get(AgentRole::Planner).clone().expect("planner override");
         assert!(planner.model.is_some(), "{planner:?}");
     }
 
@@ -651,7 +643,7 @@ mod tests {
         assert_eq!(config.policy.on_step_failure, FailurePolicy::Skip);
         assert_eq!(config.llm.provider, ProviderKind::Openai);
         assert_eq!(
-            config.llm.roles.planner,
+            config.llm.roles.get(AgentRole::Planner).clone(),
             Some(RoleModelConfig { model: Some("o3".into()), ..Default::default() })
         );
         assert_eq!(
@@ -702,7 +694,7 @@ mod tests {
         assert_eq!(config.llm.model, "gpt-4o-mini");
         // The prefix is case-sensitive (conventional upper case); this lower-case one is ignored.
         assert_eq!(config.llm.provider, ProviderKind::Scripted);
-        assert_eq!(config.llm.roles.planner.as_ref().unwrap().model.as_deref(), Some("o3"));
+        assert_eq!(config.llm.roles.get(AgentRole::Planner).as_ref().unwrap().model.as_deref(), Some("o3"));
         assert_eq!(config.budget.step.timeout_ms, 1000);
         assert_eq!(config.workspace_root(), PathBuf::from("/var/lib/stepwise/workspaces"));
     }

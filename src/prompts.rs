@@ -1,4 +1,4 @@
-//! The prompts of the five roles, built in from `config/prompts/*.md`: each role's system prompt
+//! The prompts of the five roles, built in from `config/prompts/`: each role's system prompt
 //! (`<role>.md`) and the template of its user message (`<role>.user.md`, see [`user`]).
 //!
 //! A deployment can replace any of them by putting a file of the same name (`planner.md`,
@@ -6,87 +6,118 @@
 //! templates) in the directory named by `[prompts] dir`; files that are absent keep the built-in
 //! text.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::config::ConfigError;
-use crate::llm::AgentRole;
+use crate::config::Config;
+use crate::llm::{AgentRole, PerRole};
 
 pub mod user;
 
 pub use user::{TemplateError, UserPrompts};
 
-/// The system prompt of every role.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prompts {
-    /// Writes the plan as JSON (`plan` schema).
-    pub planner: String,
-    /// Works one step with tools and ends with a text answer.
-    pub executor: String,
-    /// Judges a step's output against its expected outcome (`step_verdict` schema).
-    pub verifier: String,
-    /// Decides how the run goes on (`replan_decision` schema).
-    pub replanner: String,
-    /// Writes the final answer from the step results.
-    pub synthesizer: String,
-    /// The user-message templates of every role.
-    pub user: UserPrompts,
+/// A prompt directory that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptsError {
+    /// `[prompts] dir` names something that is not a directory.
+    #[error("invalid config value `prompts.dir`: {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// A prompt file exists but cannot be read (or is not UTF-8).
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A user-message template does not compile, or uses a variable its role does not have.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
-impl Default for Prompts {
+/// The prompts of every role: system prompts and user-message templates.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Prompts {
+    system: SystemPrompts,
+    user: UserPrompts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SystemPrompts(PerRole<String>);
+
+impl Default for SystemPrompts {
     fn default() -> Self {
-        Self {
-            planner: include_str!("../config/prompts/planner.md").to_owned(),
-            executor: include_str!("../config/prompts/executor.md").to_owned(),
-            verifier: include_str!("../config/prompts/verifier.md").to_owned(),
-            replanner: include_str!("../config/prompts/replanner.md").to_owned(),
-            synthesizer: include_str!("../config/prompts/synthesizer.md").to_owned(),
-            user: UserPrompts::default(),
-        }
+        Self(PerRole::from_fn(|role| built_in(role).system.to_owned()))
+    }
+}
+
+/// The files `config/prompts/<role>.md` and `<role>.user.md`, built into the binary.
+struct BuiltIn {
+    system: &'static str,
+    user: &'static str,
+}
+
+fn built_in(role: AgentRole) -> BuiltIn {
+    macro_rules! files {
+        ($name:literal) => {
+            BuiltIn {
+                system: include_str!(concat!("../config/prompts/", $name, ".md")),
+                user: include_str!(concat!("../config/prompts/", $name, ".user.md")),
+            }
+        };
+    }
+    match role {
+        AgentRole::Planner => files!("planner"),
+        AgentRole::Executor => files!("executor"),
+        AgentRole::Verifier => files!("verifier"),
+        AgentRole::Replanner => files!("replanner"),
+        AgentRole::Synthesizer => files!("synthesizer"),
     }
 }
 
 impl Prompts {
-    /// The built-in prompts, with each `<role>.md` found in `dir` replacing its role's prompt.
-    /// A file that exists but cannot be read (or is not UTF-8) is an error naming it.
-    pub fn load(dir: Option<&Path>) -> Result<Prompts, ConfigError> {
-        let mut prompts = Prompts { user: UserPrompts::load(dir)?, ..Prompts::default() };
+    /// The built-in prompts, with each `<role>.md` and `<role>.user.md` found in `dir` replacing
+    /// its role's. A file that exists but cannot be read (or is not UTF-8), or a template that
+    /// does not compile, is an error naming it.
+    pub fn load(dir: Option<&Path>) -> Result<Prompts, PromptsError> {
+        let mut prompts = Prompts::default();
         let Some(dir) = dir else { return Ok(prompts) };
         if !dir.is_dir() {
-            return Err(ConfigError::Invalid {
-                key: "prompts.dir".into(),
-                message: format!("{} is not a directory", dir.display()),
-            });
+            return Err(PromptsError::NotADirectory(dir.to_owned()));
         }
         for role in AgentRole::ALL {
-            let path = dir.join(format!("{}.md", role.as_str()));
-            match std::fs::read_to_string(&path) {
-                Ok(text) => *prompts.get_mut(role) = text,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(ConfigError::Read { path, source }),
+            if let Some(text) = read_if_present(&dir.join(format!("{role}.md")))? {
+                *prompts.system.0.get_mut(role) = text;
             }
         }
+        prompts.user = UserPrompts::load(dir)?;
         Ok(prompts)
     }
 
     /// The system prompt for `role`.
     pub fn get(&self, role: AgentRole) -> &str {
-        match role {
-            AgentRole::Planner => &self.planner,
-            AgentRole::Executor => &self.executor,
-            AgentRole::Verifier => &self.verifier,
-            AgentRole::Replanner => &self.replanner,
-            AgentRole::Synthesizer => &self.synthesizer,
-        }
+        self.system.0.get(role)
     }
 
-    fn get_mut(&mut self, role: AgentRole) -> &mut String {
-        match role {
-            AgentRole::Planner => &mut self.planner,
-            AgentRole::Executor => &mut self.executor,
-            AgentRole::Verifier => &mut self.verifier,
-            AgentRole::Replanner => &mut self.replanner,
-            AgentRole::Synthesizer => &mut self.synthesizer,
-        }
+    /// The user-message templates.
+    pub fn user(&self) -> &UserPrompts {
+        &self.user
+    }
+}
+
+/// The file's text, or `None` when there is no such file.
+fn read_if_present(path: &Path) -> Result<Option<String>, PromptsError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PromptsError::Read { path: path.to_owned(), source }),
+    }
+}
+
+// Here rather than in `config` so that the config module need not know about prompts.
+impl Config {
+    /// The prompts: the built-in ones, with files from `prompts.dir` taking precedence.
+    pub fn prompts(&self) -> Result<Prompts, PromptsError> {
+        Prompts::load(self.prompts.dir.as_deref())
     }
 }
 
@@ -109,15 +140,15 @@ mod tests {
             "\"tool\"",
             "\"depends_on\"",
         ] {
-            assert!(p.planner.contains(key), "planner prompt lacks {key}");
+            assert!(p.get(AgentRole::Planner).contains(key), "planner prompt lacks {key}");
         }
         for key in ["\"passed\"", "\"reason\""] {
-            assert!(p.verifier.contains(key), "verifier prompt lacks {key}");
+            assert!(p.get(AgentRole::Verifier).contains(key), "verifier prompt lacks {key}");
         }
         for key in
             ["\"decision\"", "\"continue\"", "\"replan\"", "\"finish\"", "\"abort\"", "\"final_answer\""]
         {
-            assert!(p.replanner.contains(key), "replanner prompt lacks {key}");
+            assert!(p.get(AgentRole::Replanner).contains(key), "replanner prompt lacks {key}");
         }
     }
 
@@ -129,9 +160,12 @@ mod tests {
         std::fs::write(dir.path().join("unrelated.md"), "ignored").unwrap();
         let p = Prompts::load(Some(dir.path())).unwrap();
         let d = Prompts::default();
-        assert_eq!(p.planner, "custom planner");
-        assert_eq!(p.synthesizer, "custom synthesizer");
-        assert_eq!((&p.executor, &p.verifier, &p.replanner), (&d.executor, &d.verifier, &d.replanner));
+        assert_eq!(p.get(AgentRole::Planner), "custom planner");
+        assert_eq!(p.get(AgentRole::Synthesizer), "custom synthesizer");
+        assert_eq!(
+            (p.get(AgentRole::Executor), p.get(AgentRole::Verifier), p.get(AgentRole::Replanner)),
+            (d.get(AgentRole::Executor), d.get(AgentRole::Verifier), d.get(AgentRole::Replanner))
+        );
         assert_eq!(Prompts::load(None).unwrap(), d);
     }
 
@@ -139,10 +173,13 @@ mod tests {
     fn load_reports_bad_dir_and_unreadable_file() {
         let dir = tempfile::tempdir().unwrap();
         let err = Prompts::load(Some(&dir.path().join("nope"))).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "prompts.dir"), "{err}");
+        assert!(
+            matches!(err, PromptsError::NotADirectory(_)) && err.to_string().contains("prompts.dir"),
+            "{err}"
+        );
 
         std::fs::write(dir.path().join("executor.md"), [0xff, 0xfe, 0x00]).unwrap();
         let err = Prompts::load(Some(dir.path())).unwrap_err();
-        assert!(matches!(err, ConfigError::Read { .. }) && err.to_string().contains("executor.md"), "{err}");
+        assert!(matches!(err, PromptsError::Read { .. }) && err.to_string().contains("executor.md"), "{err}");
     }
 }

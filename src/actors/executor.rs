@@ -120,7 +120,7 @@ fn step_prompt(shared: &Shared, job: &StepJob) -> Result<String, StepError> {
         tool: job.step.tool.as_deref().filter(|t| !t.is_empty()),
         inputs,
     };
-    shared.prompts.user.executor(&input).map_err(|e| StepError::new(StepErrorKind::LlmError, e.to_string()))
+    shared.prompts.user().executor(&input).map_err(|e| StepError::new(StepErrorKind::LlmError, e.to_string()))
 }
 
 fn exhausted(what: String) -> StepError {
@@ -131,8 +131,10 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Res
     let model = shared.models.get(AgentRole::Executor).clone();
     let context = CallContext::new(AgentRole::Executor, job.run_id.0.clone(), job.trace.clone())
         .step(job.step.id.clone(), job.attempt);
-    let mut messages =
-        vec![Message::system(shared.prompts.executor.clone()), Message::user(step_prompt(shared, job)?)];
+    let mut messages = vec![
+        Message::system(shared.prompts.get(AgentRole::Executor)),
+        Message::user(step_prompt(shared, job)?),
+    ];
     // Which MCP servers the run may use, and their tools as listed now.
     let scope = shared.runs.mcp_servers(&job.run_id);
     let tools = &shared.step_tool_specs(&job.run_id);
@@ -299,13 +301,13 @@ async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsa
     };
     let text = shared
         .prompts
-        .user
+        .user()
         .verifier(&verdict_for)
         .map_err(|e| StepError::new(StepErrorKind::LlmError, e.to_string()))?;
     let context = CallContext::new(AgentRole::Verifier, job.run_id.0.clone(), job.trace.clone())
         .step(job.step.id.clone(), job.attempt);
     let request = ChatRequest::builder(context)
-        .system(shared.prompts.verifier.clone())
+        .system(shared.prompts.get(AgentRole::Verifier))
         .user(text)
         .structured("step_verdict", super::schema::<StepVerdict>())
         .build();

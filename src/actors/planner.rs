@@ -50,10 +50,10 @@ async fn plan(shared: &Shared, job: PlanJob) -> ServiceResult<PlanSpec> {
     let specs = shared.step_tool_specs(&job.run_id);
     let tools = specs.iter().map(|t| ToolLine { name: &t.name, description: &t.description }).collect();
     let text =
-        shared.prompts.user.planner(&PlannerInput { task: &job.task, tools }).map_err(template_failure)?;
+        shared.prompts.user().planner(&PlannerInput { task: &job.task, tools }).map_err(template_failure)?;
     let context = CallContext::new(AgentRole::Planner, job.run_id.0.clone(), job.trace.clone());
     let request = ChatRequest::builder(context)
-        .system(shared.prompts.planner.clone())
+        .system(shared.prompts.get(AgentRole::Planner))
         .user(text)
         .structured("plan", schema::<PlanSpec>())
         .build();

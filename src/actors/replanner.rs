@@ -68,10 +68,10 @@ fn replanner_input(job: &ReplanJob) -> ReplannerInput<'_> {
 
 async fn replan(shared: &Shared, job: ReplanJob) -> ServiceResult<ReplanDecision> {
     let model = shared.models.get(AgentRole::Replanner).clone();
-    let text = shared.prompts.user.replanner(&replanner_input(&job)).map_err(template_failure)?;
+    let text = shared.prompts.user().replanner(&replanner_input(&job)).map_err(template_failure)?;
     let context = CallContext::new(AgentRole::Replanner, job.run_id.0.clone(), job.trace.clone());
     let request = ChatRequest::builder(context)
-        .system(shared.prompts.replanner.clone())
+        .system(shared.prompts.get(AgentRole::Replanner))
         .user(text)
         .structured("replan_decision", schema::<ReplanDecision>())
         .build();

@@ -47,9 +47,10 @@ async fn synthesize(shared: &Shared, job: SynthesisJob) -> ServiceResult<String>
         .map(|r| StepResultLine { id: &r.id.0, description: &r.description, output: r.output.as_deref() })
         .collect();
     let input = SynthesizerInput { task: &job.task, goal: &job.goal, results };
-    let text = shared.prompts.user.synthesizer(&input).map_err(template_failure)?;
+    let text = shared.prompts.user().synthesizer(&input).map_err(template_failure)?;
     let context = CallContext::new(AgentRole::Synthesizer, job.run_id.0.clone(), job.trace.clone());
-    let request = ChatRequest::builder(context).system(shared.prompts.synthesizer.clone()).user(text).build();
+    let request =
+        ChatRequest::builder(context).system(shared.prompts.get(AgentRole::Synthesizer)).user(text).build();
     let response = model.chat(request).await.map_err(|e| ServiceFailure {
         error: format!("synthesis failed: {e}"),
         usage: LlmUsage::default(),

@@ -8,9 +8,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::PerRole;
+
 /// Which provider speaks to the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ProviderKind {
     /// Chat Completions (OpenAI, vLLM, llama.cpp, Ollama /v1, LM Studio, OpenRouter …).
     Openai,
@@ -22,8 +25,9 @@ pub enum ProviderKind {
 }
 
 /// How structured output (plans, decisions, verdicts) is requested from an OpenAI-compatible server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum StructuredMode {
     /// `json_schema`, falling back by itself when the server rejects it.
     #[default]
@@ -36,6 +40,20 @@ pub enum StructuredMode {
     Tool,
     /// The schema in the prompt, the answer validated afterwards.
     Prompt,
+}
+
+impl ProviderKind {
+    /// The config spelling (its serde name), as in `provider = "openai"`.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl StructuredMode {
+    /// The config spelling (its serde name), as in `structured_output = "json_object"`.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// Default of `[llm] outage_max_wait_secs`: ten minutes, longer than most deploys and 503
@@ -94,21 +112,8 @@ impl Default for LlmConfig {
     }
 }
 
-/// Optional model settings per role.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoleOverrides {
-    /// Planner.
-    pub planner: Option<RoleModelConfig>,
-    /// Executor (the ReAct loop).
-    pub executor: Option<RoleModelConfig>,
-    /// Outcome verifier.
-    pub verifier: Option<RoleModelConfig>,
-    /// Replanner.
-    pub replanner: Option<RoleModelConfig>,
-    /// Synthesizer.
-    pub synthesizer: Option<RoleModelConfig>,
-}
+/// Optional model settings per role: `[llm.roles.<role>]`.
+pub type RoleOverrides = PerRole<Option<RoleModelConfig>>;
 
 /// What a role overrides; unset fields come from `[llm]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -122,4 +127,42 @@ pub struct RoleModelConfig {
     pub base_url: Option<String>,
     /// Environment variable holding the key.
     pub api_key_env: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn names_are_the_serde_names() {
+        for kind in [ProviderKind::Openai, ProviderKind::Anthropic, ProviderKind::Scripted] {
+            assert_eq!(json!(kind), json!(kind.name()));
+        }
+        let modes = [
+            StructuredMode::Auto,
+            StructuredMode::JsonSchema,
+            StructuredMode::JsonObject,
+            StructuredMode::Tool,
+            StructuredMode::Prompt,
+        ];
+        for mode in modes {
+            assert_eq!(json!(mode), json!(mode.name()));
+        }
+        assert_eq!(StructuredMode::JsonObject.name(), "json_object");
+    }
+
+    #[test]
+    fn role_overrides_read_the_role_tables() {
+        let cfg: LlmConfig =
+            toml::from_str("provider = \"openai\"\n[roles.verifier]\nmodel = \"small\"\n").unwrap();
+        let verifier = cfg.roles.get(crate::llm::AgentRole::Verifier).as_ref().unwrap();
+        assert_eq!(verifier.model.as_deref(), Some("small"));
+        assert_eq!(cfg.roles.iter().filter(|(_, r)| r.is_some()).count(), 1);
+        let back: LlmConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        let err = toml::from_str::<LlmConfig>("[roles.boss]\nmodel = \"m\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `boss`"), "{err}");
+    }
 }

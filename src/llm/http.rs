@@ -13,6 +13,8 @@ use crate::text::clip;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::LlmError;
@@ -176,30 +178,16 @@ impl HttpTransport {
         &self.policy
     }
 
-    /// POSTs `body` as JSON and returns the JSON answer, retrying per the policy.
-    pub async fn post_json(&self, url: &str, body: &Value) -> Result<Value, HttpFailure> {
-        self.post_json_with(url, body, &|_, _| false).await
-    }
-
-    /// Like [`Self::post_json`], but `give_up(status, body)` can declare an otherwise retryable
-    /// error status final (e.g. a 500 that says the request itself is unsupported).
-    pub async fn post_json_with(
-        &self,
-        url: &str,
-        body: &Value,
-        give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
-    ) -> Result<Value, HttpFailure> {
-        self.post_bytes_with(url, json_bytes(body)?, give_up).await
-    }
-
-    /// Like [`Self::post_json_with`] with a body already encoded as JSON, so a provider can write
-    /// it straight from its request without building a `Value` first.
-    pub async fn post_bytes_with(
+    /// POSTs `body` (JSON bytes, written straight from a provider's typed request) and reads the
+    /// answer as `T` (the provider's typed response), retrying per the policy; `give_up(status,
+    /// body)` can declare an otherwise retryable error status final (e.g. a 500 that says the
+    /// request itself is unsupported).
+    pub async fn post_bytes_with<T: DeserializeOwned>(
         &self,
         url: &str,
         body: Vec<u8>,
         give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync),
-    ) -> Result<Value, HttpFailure> {
+    ) -> Result<T, HttpFailure> {
         self.retrying(url, || async {
             match self.open(url, &body, give_up).await {
                 Attempt::Done(response) => self.read_json(response, url).await,
@@ -213,7 +201,7 @@ impl HttpTransport {
     /// POSTs `body` (JSON bytes) and reads a server-sent-events answer, handing each event's
     /// `data` to `on_data` as it arrives; `on_data` returns `false` to stop reading (e.g. at
     /// `[DONE]`). Connecting and error statuses are retried per the policy, as for
-    /// [`Self::post_json_with`]; once events flow, a broken stream is final (what was handed on
+    /// [`Self::post_bytes_with`]; once events flow, a broken stream is final (what was handed on
     /// cannot be taken back).
     pub async fn post_sse(
         &self,
@@ -402,9 +390,9 @@ impl HttpTransport {
         }
     }
 
-    /// Reads a successful answer as JSON (bytes parsed as they are: JSON is UTF-8, so no text
-    /// decoding pass first).
-    async fn read_json(&self, response: reqwest::Response, url: &str) -> Attempt<Value> {
+    /// Reads a successful answer as JSON of type `T` (bytes parsed as they are: JSON is UTF-8,
+    /// so no text decoding pass first).
+    async fn read_json<T: DeserializeOwned>(&self, response: reqwest::Response, url: &str) -> Attempt<T> {
         let bytes = match response.bytes().await {
             Ok(b) => b,
             Err(e) => return self.send_error(url, e),
@@ -416,9 +404,10 @@ impl HttpTransport {
             Err(e) => {
                 let text = String::from_utf8_lossy(&bytes);
                 let shown = display_url(url);
+                let what = if e.is_data() { "not an answer of the expected shape" } else { "not JSON" };
                 Attempt::Final(HttpFailure {
                     error: LlmError::InvalidResponse(
-                        self.redact(format!("response from {shown} is not JSON ({e}): {}", clip(&text, 300))),
+                        self.redact(format!("response from {shown} is {what} ({e}): {}", clip(&text, 300))),
                     ),
                     body: Some(self.redact(text.into_owned())),
                 })
@@ -468,9 +457,11 @@ impl HttpTransport {
 /// scrubbing them would mangle every message containing those characters.
 const MIN_SECRET_LEN: usize = 8;
 
-/// `value` as the JSON bytes of a request body.
-pub fn json_bytes(value: &Value) -> Result<Vec<u8>, HttpFailure> {
-    serde_json::to_vec(value).map_err(|e| HttpFailure {
+/// `body` as the JSON bytes sent. A plan or executor request is a few KiB: the buffer starts
+/// there rather than grow from 128 bytes.
+pub fn json_bytes<T: Serialize>(body: &T) -> Result<Vec<u8>, HttpFailure> {
+    let mut out = Vec::with_capacity(4096);
+    serde_json::to_writer(&mut out, body).map(|()| out).map_err(|e| HttpFailure {
         error: LlmError::InvalidResponse(format!("cannot encode the request as JSON: {e}")),
         body: None,
     })
@@ -511,14 +502,25 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// The provider's error message from an error body: `error.message` (OpenAI, Anthropic, most
 /// compatible servers), `error` as a string, `message` or `detail`; else the body itself, cut short.
 pub fn error_message(body: &str) -> String {
-    if let Ok(v) = serde_json::from_str::<Value>(body) {
-        let candidates = [&v["error"]["message"], &v["error"], &v["message"], &v["detail"]];
-        if let Some(s) = candidates.iter().find_map(|c| c.as_str().filter(|s| !s.trim().is_empty())) {
-            return clip(s, 1000);
-        }
+    if let Some(message) = serde_json::from_str::<Value>(body).ok().as_ref().and_then(message_of) {
+        return message;
     }
     let body = body.trim();
     if body.is_empty() { "(empty body)".into() } else { clip(body, 500) }
+}
+
+/// The message of an `error` object a provider put in an answer or a stream event (a string, or
+/// an object with `message`); else the object itself, cut short.
+pub fn error_detail(error: &Value) -> String {
+    let candidates = [&error["message"], error];
+    let message = candidates.iter().find_map(|c| c.as_str().filter(|s| !s.trim().is_empty()));
+    message.map_or_else(|| clip(&error.to_string(), 500), |s| clip(s, 1000))
+}
+
+/// `error.message`, `error` as a string, `message` or `detail` of an error body.
+fn message_of(v: &Value) -> Option<String> {
+    let candidates = [&v["error"]["message"], &v["error"], &v["message"], &v["detail"]];
+    candidates.iter().find_map(|c| c.as_str().filter(|s| !s.trim().is_empty())).map(|s| clip(s, 1000))
 }
 
 /// Cap on one server-sent event (a whole plan is a few KiB): a server that never ends an event

@@ -7,12 +7,14 @@
 
 pub mod anthropic;
 pub mod config;
+mod endpoint;
 pub mod http;
 pub mod openai;
 pub mod outage;
 pub mod providers;
 pub mod record;
 mod request;
+mod role;
 pub mod scripted;
 mod stream;
 
@@ -24,50 +26,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::StepId;
+use crate::telemetry::context::TraceContext;
 
-/// Who in the runtime is calling the model. Also selects per-role models and prompts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentRole {
-    /// Writes the plan.
-    Planner,
-    /// Runs one step's ReAct loop.
-    Executor,
-    /// Judges whether a step met its expected outcome.
-    Verifier,
-    /// Revises the remaining plan.
-    Replanner,
-    /// Merges step results into the final answer.
-    Synthesizer,
-}
-
-impl AgentRole {
-    /// Every role, in pipeline order.
-    pub const ALL: [AgentRole; 5] = [
-        AgentRole::Planner,
-        AgentRole::Executor,
-        AgentRole::Verifier,
-        AgentRole::Replanner,
-        AgentRole::Synthesizer,
-    ];
-
-    /// The lower-case name used in config, scripts and spans.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentRole::Planner => "planner",
-            AgentRole::Executor => "executor",
-            AgentRole::Verifier => "verifier",
-            AgentRole::Replanner => "replanner",
-            AgentRole::Synthesizer => "synthesizer",
-        }
-    }
-}
-
-impl fmt::Display for AgentRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use role::{AgentRole, PerRole};
 
 /// Where a call comes from: routing for the scripted provider, attributes for telemetry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +43,8 @@ pub struct CallContext {
     pub attempt: u32,
     /// The calling span's trace context: model-call spans hang under it, and a provider may
     /// forward it (`traceparent`) to a server that traces too.
-    #[serde(default, skip_serializing_if = "crate::telemetry::TraceContext::is_empty")]
-    pub trace: crate::telemetry::TraceContext,
+    #[serde(default, skip_serializing_if = "TraceContext::is_empty")]
+    pub trace: TraceContext,
 }
 
 /// A conversation turn's author.
@@ -303,6 +264,48 @@ pub trait ChatModel: Send + Sync + 'static {
     fn run_finished(&self, _run_id: &str) {}
 }
 
+/// A [`ChatModel`] written as one method that takes an optional sink. The network providers'
+/// `chat` and `chat_streaming` differ only in that, so they get them from this blanket impl.
+#[async_trait::async_trait]
+pub trait SinkModel: Send + Sync + 'static {
+    /// What [`ChatModel::model_name`] answers.
+    fn model_id(&self) -> &str;
+    /// What [`ChatModel::provider`] answers.
+    fn provider_id(&self) -> &str;
+    /// What [`ChatModel::run_finished`] does.
+    fn on_run_finished(&self, _run_id: &str) {}
+    /// One call, streamed into `sink` when there is one.
+    async fn call(&self, request: ChatRequest, sink: Option<&TextSink<'_>>)
+    -> Result<ChatResponse, LlmError>;
+}
+
+#[async_trait::async_trait]
+impl<M: SinkModel> ChatModel for M {
+    fn model_name(&self) -> &str {
+        self.model_id()
+    }
+
+    fn provider(&self) -> &str {
+        self.provider_id()
+    }
+
+    fn run_finished(&self, run_id: &str) {
+        self.on_run_finished(run_id)
+    }
+
+    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.call(request, None).await
+    }
+
+    async fn chat_streaming(
+        &self,
+        request: ChatRequest,
+        sink: &TextSink<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        self.call(request, Some(sink)).await
+    }
+}
+
 /// [`ChatModel::chat_streaming`] when there is a sink, else [`ChatModel::chat`]: the one place a
 /// caller (or a wrapping model) that may or may not stream picks the method.
 pub async fn chat_maybe_streaming(
@@ -322,32 +325,40 @@ pub type SharedModel = Arc<dyn ChatModel>;
 /// One model per role (planner, executor, …), so a strong planner can sit beside a cheap executor.
 #[derive(Clone)]
 pub struct Models {
-    by_role: [SharedModel; 5],
+    by_role: PerRole<SharedModel>,
 }
 
 impl Models {
     /// The same model for every role.
     pub fn uniform(model: SharedModel) -> Self {
-        Self { by_role: std::array::from_fn(|_| model.clone()) }
+        Self { by_role: PerRole::from_fn(|_| model.clone()) }
+    }
+
+    /// One model per role.
+    pub fn per_role(by_role: PerRole<SharedModel>) -> Self {
+        Self { by_role }
     }
 
     /// Replaces the model for one role.
-    pub fn with(mut self, role: AgentRole, model: SharedModel) -> Self {
-        self.by_role[role as usize] = model;
-        self
+    pub fn with(self, role: AgentRole, model: SharedModel) -> Self {
+        Self { by_role: self.by_role.with(role, model) }
     }
 
     /// The model for `role`.
     pub fn get(&self, role: AgentRole) -> &SharedModel {
-        &self.by_role[role as usize]
+        self.by_role.get(role)
+    }
+
+    /// Each role's model replaced by `f(role, model)` (e.g. wrapped), roles in pipeline order.
+    pub fn map(&self, mut f: impl FnMut(AgentRole, &SharedModel) -> SharedModel) -> Self {
+        Self { by_role: self.by_role.map(&mut f) }
     }
 }
 
 impl fmt::Debug for Models {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut m = f.debug_map();
-        for role in AgentRole::ALL {
-            let model = self.get(role);
+        for (role, model) in self.by_role.iter() {
             m.entry(&role.as_str(), &format!("{}/{}", model.provider(), model.model_name()));
         }
         m.finish()

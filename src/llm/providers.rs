@@ -13,35 +13,27 @@ use super::anthropic::{AnthropicModel, AnthropicSettings};
 use super::config::{LlmConfig, ProviderKind, RoleModelConfig};
 use super::openai::{OpenAiModel, OpenAiSettings};
 use super::scripted::ScriptedModel;
-use super::{AgentRole, LlmError, Models, SharedModel};
+use super::{AgentRole, LlmError, Models, PerRole, SharedModel};
 
 /// Builds one model per role from `cfg`. `env` looks up environment variables (API keys,
 /// `OPENAI_BASE_URL`, `ANTHROPIC_BASE_URL`); pass [`process_env`] outside tests.
 pub fn build_models(cfg: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Models, LlmError> {
     let mut built: Vec<(Resolved, SharedModel)> = Vec::new();
-    let mut per_role: Vec<SharedModel> = Vec::with_capacity(AgentRole::ALL.len());
-    for role in AgentRole::ALL {
+    let per_role = PerRole::try_from_fn(|role| -> Result<SharedModel, LlmError> {
         let role_cfg = role_override(cfg, role);
         let in_role = |e: LlmError| match (e, role_cfg) {
             (LlmError::Config(m), Some(_)) => LlmError::Config(format!("[llm.roles.{role}]: {m}")),
             (e, _) => e,
         };
         let resolved = resolve(cfg, role_cfg, env).map_err(in_role)?;
-        let model = match built.iter().find(|(r, _)| *r == resolved) {
-            Some((_, m)) => m.clone(),
-            None => {
-                let m = instantiate(&resolved).map_err(in_role)?;
-                built.push((resolved, m.clone()));
-                m
-            }
-        };
-        per_role.push(model);
-    }
-    let mut models = Models::uniform(per_role[0].clone());
-    for (role, model) in AgentRole::ALL.into_iter().zip(per_role).skip(1) {
-        models = models.with(role, model);
-    }
-    Ok(models)
+        if let Some((_, m)) = built.iter().find(|(r, _)| *r == resolved) {
+            return Ok(m.clone());
+        }
+        let m = instantiate(&resolved).map_err(in_role)?;
+        built.push((resolved, m.clone()));
+        Ok(m)
+    })?;
+    Ok(Models::per_role(per_role))
 }
 
 /// The real process environment, for [`build_models`].
@@ -51,14 +43,7 @@ pub fn process_env(name: &str) -> Option<String> {
 
 /// The override section for `role`, if any.
 pub fn role_override(cfg: &LlmConfig, role: AgentRole) -> Option<&RoleModelConfig> {
-    let r = &cfg.roles;
-    match role {
-        AgentRole::Planner => r.planner.as_ref(),
-        AgentRole::Executor => r.executor.as_ref(),
-        AgentRole::Verifier => r.verifier.as_ref(),
-        AgentRole::Replanner => r.replanner.as_ref(),
-        AgentRole::Synthesizer => r.synthesizer.as_ref(),
-    }
+    cfg.roles.get(role).as_ref()
 }
 
 /// A role's fully resolved model settings; equal values share one model.
@@ -91,74 +76,6 @@ fn instantiate(resolved: &Resolved) -> Result<SharedModel, LlmError> {
         Resolved::OpenAi(s) => Arc::new(OpenAiModel::new(s.clone())?),
         Resolved::Anthropic(s) => Arc::new(AnthropicModel::new(s.clone())?),
         Resolved::Scripted(path) => Arc::new(ScriptedModel::from_file(path)?),
-    })
-}
-
-/// What a network provider takes from `[llm]` and the role override.
-pub(crate) struct Inherited {
-    pub model: String,
-    pub base_url: Option<String>,
-    pub api_key_env: Option<String>,
-}
-
-impl Inherited {
-    /// The base URL: the inherited one, else the environment variable `var`, else `default`;
-    /// normalised (no trailing slash, no credentials).
-    pub fn base_url(
-        &self,
-        env: &dyn Fn(&str) -> Option<String>,
-        var: &str,
-        default: &str,
-    ) -> Result<String, LlmError> {
-        let url = self
-            .base_url
-            .clone()
-            .or_else(|| env(var).filter(|s| !s.trim().is_empty()))
-            .unwrap_or_else(|| default.to_owned());
-        super::openai::normalize_base_url(&url)
-    }
-
-    /// The name of the variable holding the key (`default_var` unless configured) and the key
-    /// it holds, if set and not blank.
-    pub fn api_key(
-        &self,
-        env: &dyn Fn(&str) -> Option<String>,
-        default_var: &str,
-    ) -> (String, Option<String>) {
-        let var = self.api_key_env.clone().unwrap_or_else(|| default_var.to_owned());
-        let key = env(&var).map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
-        (var, key)
-    }
-}
-
-/// The model, base URL and key variable for `kind`: the role's own values, else `[llm]`'s when
-/// `[llm].provider` is `kind`. Errors when no model name results.
-pub(crate) fn inherited(
-    cfg: &LlmConfig,
-    role: Option<&RoleModelConfig>,
-    kind: ProviderKind,
-) -> Result<Inherited, LlmError> {
-    let top = (cfg.provider == kind).then_some(cfg);
-    let pick = |own: Option<&String>, top_value: Option<&String>| own.or(top_value).cloned();
-    let model = pick(role.and_then(|r| r.model.as_ref()), top.map(|c| &c.model))
-        .filter(|m| !m.trim().is_empty())
-        .ok_or_else(|| {
-            let name = match kind {
-                ProviderKind::Openai => "openai",
-                ProviderKind::Anthropic => "anthropic",
-                ProviderKind::Scripted => "scripted",
-            };
-            LlmError::Config(format!(
-                "the {name} provider needs a model name: set `model` in [llm] or pass --model M"
-            ))
-        })?;
-    Ok(Inherited {
-        model,
-        base_url: pick(role.and_then(|r| r.base_url.as_ref()), top.and_then(|c| c.base_url.as_ref())),
-        api_key_env: pick(
-            role.and_then(|r| r.api_key_env.as_ref()),
-            top.and_then(|c| c.api_key_env.as_ref()),
-        ),
     })
 }
 
@@ -201,15 +118,19 @@ mod tests {
         let cfg = LlmConfig {
             provider: ProviderKind::Openai,
             model: "small".into(),
-            roles: RoleOverrides {
-                planner: Some(RoleModelConfig {
-                    provider: Some(ProviderKind::Anthropic),
-                    model: Some("claude-big".into()),
-                    ..RoleModelConfig::default()
-                }),
-                verifier: Some(RoleModelConfig { model: Some("small".into()), ..RoleModelConfig::default() }),
-                ..RoleOverrides::default()
-            },
+            roles: RoleOverrides::default()
+                .with(
+                    AgentRole::Planner,
+                    Some(RoleModelConfig {
+                        provider: Some(ProviderKind::Anthropic),
+                        model: Some("claude-big".into()),
+                        ..RoleModelConfig::default()
+                    }),
+                )
+                .with(
+                    AgentRole::Verifier,
+                    Some(RoleModelConfig { model: Some("small".into()), ..RoleModelConfig::default() }),
+                ),
             ..LlmConfig::default()
         };
         let models = build_models(&cfg, &env).unwrap();
@@ -228,13 +149,13 @@ mod tests {
         let cfg = LlmConfig {
             provider: ProviderKind::Openai,
             model: "gpt".into(),
-            roles: RoleOverrides {
-                synthesizer: Some(RoleModelConfig {
+            roles: RoleOverrides::default().with(
+                AgentRole::Synthesizer,
+                Some(RoleModelConfig {
                     provider: Some(ProviderKind::Anthropic),
                     ..RoleModelConfig::default()
                 }),
-                ..RoleOverrides::default()
-            },
+            ),
             ..LlmConfig::default()
         };
         let err = build_models(&cfg, &env).unwrap_err();

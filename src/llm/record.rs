@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use super::{
-    AgentRole, CallContext, ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel, TextSink,
+    AgentRole, CallContext, ChatRequest, ChatResponse, LlmError, Models, SharedModel, SinkModel, TextSink,
 };
 
 /// A model that passes every call to `inner` and records the exchange (see the module docs).
@@ -86,11 +86,7 @@ impl RecordingModel {
             wrapped.push((inner.clone(), w.clone()));
             w
         };
-        let mut out = Models::uniform(wrap(models.get(AgentRole::Planner)));
-        for role in AgentRole::ALL.into_iter().skip(1) {
-            out = out.with(role, wrap(models.get(role)));
-        }
-        Ok(out)
+        Ok(models.map(|_, model| wrap(model)))
     }
 
     /// The recording file.
@@ -191,33 +187,19 @@ fn entry(result: &Result<ChatResponse, LlmError>) -> Value {
 }
 
 #[async_trait::async_trait]
-impl ChatModel for RecordingModel {
-    fn model_name(&self) -> &str {
+impl SinkModel for RecordingModel {
+    fn model_id(&self) -> &str {
         self.inner.model_name()
     }
 
-    fn provider(&self) -> &str {
+    fn provider_id(&self) -> &str {
         self.inner.provider()
     }
 
-    fn run_finished(&self, run_id: &str) {
+    fn on_run_finished(&self, run_id: &str) {
         self.inner.run_finished(run_id);
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.call(request, None).await
-    }
-
-    async fn chat_streaming(
-        &self,
-        request: ChatRequest,
-        sink: &TextSink<'_>,
-    ) -> Result<ChatResponse, LlmError> {
-        self.call(request, Some(sink)).await
-    }
-}
-
-impl RecordingModel {
     /// One call to the wrapped model (streamed when there is a sink), written to the recording.
     async fn call(
         &self,
@@ -236,7 +218,7 @@ impl RecordingModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{Message, TokenUsage, ToolCall};
+    use crate::llm::{ChatModel, Message, TokenUsage, ToolCall};
     use crate::plan::StepId;
 
     /// Answers with the last user message; fails when it is "fail".

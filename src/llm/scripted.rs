@@ -36,12 +36,14 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::{AgentRole, ChatRequest, ChatResponse, LlmError, Message, TextSink, TokenUsage, ToolCall};
+use super::role::PerRoleBuilder;
+use super::{
+    AgentRole, ChatRequest, ChatResponse, LlmError, Message, PerRole, TextSink, TokenUsage, ToolCall,
+};
 
 /// A whole script: per-role response lists plus global settings. Deserialised strictly: an
 /// unknown key is an error naming it, so a typo cannot silently change what a test replays.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Script {
     /// Fail (instead of repeating the last entry) when a list is exhausted; used for recordings.
     pub strict: bool,
@@ -50,16 +52,10 @@ pub struct Script {
     /// Model name reported by [`ChatModel::model_name`] (default `scripted`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// Answers to planner calls, in order.
-    pub planner: Vec<ScriptedResponse>,
-    /// Answers to replanner calls, in order.
-    pub replanner: Vec<ScriptedResponse>,
-    /// Answers to verifier calls, read per step from the beginning.
-    pub verifier: Vec<ScriptedResponse>,
-    /// Answers to synthesizer calls, in order.
-    pub synthesizer: Vec<ScriptedResponse>,
-    /// Answers to executor calls of steps without their own list in `steps`, read per step.
-    pub executor: Vec<ScriptedResponse>,
+    /// Answers per role, in order, under the role's name. The verifier's and executor's lists
+    /// are read per step from the beginning; the executor's serves steps without a list in `steps`.
+    #[serde(flatten)]
+    pub roles: PerRole<Vec<ScriptedResponse>>,
     /// Executor answers for specific steps, by step id; continues across a step's attempts.
     pub steps: BTreeMap<String, Vec<ScriptedResponse>>,
 }
@@ -67,15 +63,9 @@ pub struct Script {
 impl Script {
     /// Checks every entry for contradictions (`content` together with `json`), naming the entry.
     pub fn validate(&self) -> Result<(), String> {
-        let lists = [
-            ("planner".to_owned(), &self.planner),
-            ("replanner".to_owned(), &self.replanner),
-            ("verifier".to_owned(), &self.verifier),
-            ("synthesizer".to_owned(), &self.synthesizer),
-            ("executor".to_owned(), &self.executor),
-        ];
+        let lists = self.roles.iter().map(|(role, list)| (role.to_string(), list));
         let steps = self.steps.iter().map(|(id, list)| (format!("steps.{id}"), list));
-        for (name, list) in lists.into_iter().chain(steps) {
+        for (name, list) in lists.chain(steps) {
             for (i, entry) in list.iter().enumerate() {
                 if let ScriptedResponse::Reply(reply) = entry {
                     reply.check().map_err(|e| format!("{name}[{i}]: {e}"))?;
@@ -83,6 +73,53 @@ impl Script {
             }
         }
         Ok(())
+    }
+}
+
+// By hand: serde's `flatten` (the role lists) cannot go with `deny_unknown_fields`.
+impl<'de> Deserialize<'de> for Script {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Script;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a script object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                const SETTINGS: [&str; 4] = ["strict", "latency_ms", "model", "steps"];
+                let mut script = Script::default();
+                let mut seen = Vec::new();
+                let mut roles = PerRoleBuilder::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !SETTINGS.contains(&key.as_str()) {
+                        let role = roles.role(&key).map_err(|_: A::Error| {
+                            let roles = AgentRole::ALL.map(AgentRole::as_str);
+                            let expected: Vec<_> =
+                                SETTINGS.iter().chain(&roles).map(|k| format!("`{k}`")).collect();
+                            de::Error::custom(format_args!(
+                                "unknown field `{key}`, expected one of {}",
+                                expected.join(", ")
+                            ))
+                        })?;
+                        roles.set(role, map.next_value()?)?;
+                        continue;
+                    }
+                    if seen.contains(&key) {
+                        return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                    }
+                    match key.as_str() {
+                        "strict" => script.strict = map.next_value()?,
+                        "latency_ms" => script.latency_ms = map.next_value()?,
+                        "model" => script.model = map.next_value()?,
+                        _ => script.steps = map.next_value()?,
+                    }
+                    seen.push(key);
+                }
+                script.roles = roles.finish();
+                Ok(script)
+            }
+        }
+        deserializer.deserialize_map(V)
     }
 }
 
@@ -270,15 +307,13 @@ impl ScriptedModel {
     fn next_entry(&self, request: &ChatRequest) -> Result<(&ScriptedResponse, u64), LlmError> {
         let ctx = &request.context;
         let step = ctx.step.as_ref().map(|s| s.as_str().to_owned());
-        let (per_step, list) = match ctx.role {
-            AgentRole::Planner => (None, &self.script.planner),
-            AgentRole::Replanner => (None, &self.script.replanner),
-            AgentRole::Verifier => (None, &self.script.verifier),
-            AgentRole::Synthesizer => (None, &self.script.synthesizer),
-            AgentRole::Executor => match step.as_deref().and_then(|s| self.script.steps.get_key_value(s)) {
-                Some((id, list)) => (Some(id), list),
-                None => (None, &self.script.executor),
-            },
+        let own_list = match ctx.role {
+            AgentRole::Executor => step.as_deref().and_then(|s| self.script.steps.get_key_value(s)),
+            _ => None,
+        };
+        let (per_step, list) = match own_list {
+            Some((id, list)) => (Some(id), list),
+            None => (None, self.script.roles.get(ctx.role)),
         };
         let list_name = || per_step.map_or_else(|| ctx.role.to_string(), |id| format!("steps.{id}"));
 
@@ -337,29 +372,25 @@ fn message_chars(m: &Message) -> usize {
 }
 
 #[async_trait::async_trait]
-impl super::ChatModel for ScriptedModel {
-    fn model_name(&self) -> &str {
+impl super::SinkModel for ScriptedModel {
+    fn model_id(&self) -> &str {
         &self.model
     }
 
-    fn provider(&self) -> &str {
-        "scripted"
+    fn provider_id(&self) -> &str {
+        super::config::ProviderKind::Scripted.name()
     }
 
-    fn run_finished(&self, run_id: &str) {
+    fn on_run_finished(&self, run_id: &str) {
         self.forget_run(run_id);
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.answer(request, None).await
-    }
-
-    async fn chat_streaming(
+    async fn call(
         &self,
         request: ChatRequest,
-        sink: &TextSink<'_>,
+        sink: Option<&TextSink<'_>>,
     ) -> Result<ChatResponse, LlmError> {
-        self.answer(request, Some(sink)).await
+        self.answer(request, sink).await
     }
 }
 

@@ -11,32 +11,23 @@
 //! service at start-up, naming the file and line, instead of failing the first run that uses it.
 //! Trailing whitespace of a rendered message is dropped, so a template file may end with a newline.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
+use super::{PromptsError, read_if_present};
 use crate::llm::AgentRole;
 
-/// A user-message template that cannot be read, compiled or rendered.
+/// A user-message template that does not compile, or refers to a variable its role does not have.
 #[derive(Debug, thiserror::Error)]
-pub enum TemplateError {
-    /// The file exists but cannot be read (or is not UTF-8).
-    #[error("cannot read the prompt template {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The template does not compile, or refers to a variable its role does not have.
-    #[error("prompt template {name}: {source:#}")]
-    Invalid {
-        /// The template's file name (`planner.user.md`, …).
-        name: String,
-        /// minijinja's error, which names the line.
-        source: minijinja::Error,
-    },
+#[error("prompt template {name}: {source:#}")]
+pub struct TemplateError {
+    /// The template's file name (`planner.user.md`, …).
+    pub name: String,
+    /// minijinja's error, which names the line.
+    #[source]
+    pub source: minijinja::Error,
 }
 
 /// What the planner is told: the task and the tools a plan may name.
@@ -160,7 +151,7 @@ impl Default for UserPrompts {
     fn default() -> Self {
         let mut env = environment();
         for role in AgentRole::ALL {
-            let added = env.add_template_owned(file_name(role), built_in(role));
+            let added = env.add_template_owned(file_name(role), super::built_in(role).user);
             // Checked by the unit tests, which render every built-in template.
             debug_assert!(added.is_ok(), "built-in {} does not compile", file_name(role));
         }
@@ -180,18 +171,13 @@ impl PartialEq for UserPrompts {
 impl UserPrompts {
     /// The built-in templates, with each `<role>.user.md` found in `dir` replacing its role's;
     /// every template is compiled and test-rendered before this returns.
-    pub fn load(dir: Option<&Path>) -> Result<UserPrompts, TemplateError> {
+    pub(super) fn load(dir: &Path) -> Result<UserPrompts, PromptsError> {
         let mut prompts = UserPrompts::default();
         for role in AgentRole::ALL {
             let name = file_name(role);
-            let Some(path) = dir.map(|d| d.join(&name)) else { continue };
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    let added = prompts.env.add_template_owned(name.clone(), text);
-                    added.map_err(|source| TemplateError::Invalid { name, source })?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(TemplateError::Read { path, source }),
+            if let Some(text) = read_if_present(&dir.join(&name))? {
+                let added = prompts.env.add_template_owned(name.clone(), text);
+                added.map_err(|source| TemplateError { name, source })?;
             }
         }
         prompts.check()?;
@@ -226,7 +212,7 @@ impl UserPrompts {
     fn render(&self, role: AgentRole, input: &impl Serialize) -> Result<String, TemplateError> {
         let name = file_name(role);
         let rendered = self.env.get_template(&name).and_then(|t| t.render(input));
-        let mut text = rendered.map_err(|source| TemplateError::Invalid { name, source })?;
+        let mut text = rendered.map_err(|source| TemplateError { name, source })?;
         text.truncate(text.trim_end().len());
         Ok(text)
     }
@@ -278,16 +264,6 @@ fn environment() -> Environment<'static> {
 
 fn file_name(role: AgentRole) -> String {
     format!("{}.user.md", role.as_str())
-}
-
-fn built_in(role: AgentRole) -> &'static str {
-    match role {
-        AgentRole::Planner => include_str!("../../config/prompts/planner.user.md"),
-        AgentRole::Executor => include_str!("../../config/prompts/executor.user.md"),
-        AgentRole::Verifier => include_str!("../../config/prompts/verifier.user.md"),
-        AgentRole::Replanner => include_str!("../../config/prompts/replanner.user.md"),
-        AgentRole::Synthesizer => include_str!("../../config/prompts/synthesizer.user.md"),
-    }
 }
 
 #[cfg(test)]

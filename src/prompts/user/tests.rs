@@ -1,4 +1,5 @@
 use super::*;
+use crate::prompts::PromptsError;
 
 fn executor_input<'a>(inputs: Vec<StepResultLine<'a>>, tool: Option<&'a str>) -> ExecutorInput<'a> {
     ExecutorInput {
@@ -100,21 +101,23 @@ fn a_file_in_the_prompts_dir_replaces_only_its_role() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("executor.user.md"), "Do {{ description }} ({{ step_id }}).\n").unwrap();
     std::fs::write(dir.path().join("executor.md"), "a system prompt, not a template {{").unwrap();
-    let p = UserPrompts::load(Some(dir.path())).unwrap();
+    let p = UserPrompts::load(dir.path()).unwrap();
     assert_eq!(p.executor(&executor_input(vec![], None)).unwrap(), "Do tag the commit (s2).");
     let planner = p.planner(&PlannerInput { task: "t", tools: vec![] }).unwrap();
     assert_eq!(planner, UserPrompts::default().planner(&PlannerInput { task: "t", tools: vec![] }).unwrap());
     assert_ne!(p, UserPrompts::default());
-    assert_eq!(UserPrompts::load(None).unwrap(), UserPrompts::default());
 }
 
 #[test]
 fn a_syntax_error_names_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("planner.user.md"), "Task: {{ task }}\n{% for t in tools %}\n").unwrap();
-    let err = UserPrompts::load(Some(dir.path())).unwrap_err();
+    let err = UserPrompts::load(dir.path()).unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, TemplateError::Invalid { ref name, .. } if name == "planner.user.md"), "{text}");
+    assert!(
+        matches!(err, PromptsError::Template(TemplateError { ref name, .. }) if name == "planner.user.md"),
+        "{text}"
+    );
     assert!(text.contains("planner.user.md:2"), "the line is named: {text}");
 }
 
@@ -122,17 +125,20 @@ fn a_syntax_error_names_the_file_and_line() {
 fn a_variable_the_role_does_not_have_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("synthesizer.user.md"), "Task: {{ task }}\nGoal: {{ gaol }}\n").unwrap();
-    let err = UserPrompts::load(Some(dir.path())).unwrap_err();
-    assert!(matches!(err, TemplateError::Invalid { ref name, .. } if name == "synthesizer.user.md"), "{err}");
+    let err = UserPrompts::load(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, PromptsError::Template(TemplateError { ref name, .. }) if name == "synthesizer.user.md"),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_unreadable_template_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("verifier.user.md"), [0xff, 0xfe, 0x00]).unwrap();
-    let err = UserPrompts::load(Some(dir.path())).unwrap_err();
+    let err = UserPrompts::load(dir.path()).unwrap_err();
     assert!(
-        matches!(err, TemplateError::Read { .. }) && err.to_string().contains("verifier.user.md"),
+        matches!(err, PromptsError::Read { .. }) && err.to_string().contains("verifier.user.md"),
         "{err}"
     );
 }

@@ -19,20 +19,32 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::config::{LlmConfig, ProviderKind, RoleModelConfig, StructuredMode};
-use super::http::{HttpFailure, HttpTransport, RetryPolicy, secret_header};
-use super::providers::inherited;
-use super::stream::{Assembler, Flow, OpenAiChunks, post_streamed};
-use super::{
-    ChatModel, ChatRequest, ChatResponse, LlmError, StructuredOutput, TextSink, TokenUsage, ToolCall,
+use super::endpoint::{
+    Defaults, Endpoint, configured_policy, endpoint, normalize_base_url, transport_policy, wire_temperature,
 };
+use super::http::{HttpFailure, HttpTransport, RetryPolicy, json_bytes, secret_header};
+use super::stream::post_streamed;
+use super::{ChatRequest, ChatResponse, LlmError, SinkModel, StructuredOutput, TextSink};
+use response::{Choice, Completion};
+use stream::OpenAiChunks;
 
-mod wire;
+mod request;
+mod response;
+mod stream;
 
 /// The public OpenAI endpoint, used when neither config nor `OPENAI_BASE_URL` names another.
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Where the openai provider calls when the config does not say.
+const ENDPOINT: Defaults = Defaults {
+    kind: ProviderKind::Openai,
+    base_url_var: "OPENAI_BASE_URL",
+    base_url: DEFAULT_OPENAI_BASE_URL,
+    api_key_var: "OPENAI_API_KEY",
+};
 
 /// Everything an [`OpenAiModel`] needs; built by hand or with [`OpenAiSettings::from_config`].
 #[derive(Clone, PartialEq)]
@@ -106,36 +118,23 @@ impl OpenAiSettings {
         role: Option<&RoleModelConfig>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, LlmError> {
-        let inh = inherited(cfg, role, ProviderKind::Openai)?;
-        let base_url = inh.base_url(env, "OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL)?;
-        let (key_var, api_key) = inh.api_key(env, "OPENAI_API_KEY");
+        let Endpoint { model, base_url, key_var, api_key } = endpoint(cfg, role, &ENDPOINT, env)?;
         if api_key.is_none() && is_public_openai(&base_url) {
             return Err(LlmError::Config(format!(
                 "the openai provider needs an API key for {base_url}: set the {key_var} environment variable \
                  (or point OPENAI_BASE_URL / base_url at a local server)"
             )));
         }
-        let mut s = Self::new(inh.model);
+        let mut s = Self::new(model);
+        let policy = configured_policy(cfg);
+        (s.timeout, s.max_retries, s.outage_max_wait) =
+            (policy.timeout, policy.max_retries, policy.outage_max_wait);
         s.base_url = base_url;
         s.api_key = api_key;
-        s.timeout = Duration::from_secs(cfg.request_timeout_secs);
-        s.max_retries = cfg.max_retries;
-        s.outage_max_wait = Duration::from_secs(cfg.outage_max_wait_secs);
         s.structured = cfg.structured_output;
         s.max_tokens = cfg.max_tokens;
         s.temperature = cfg.temperature;
         Ok(s)
-    }
-}
-
-/// Checks a base URL (http or https) and drops a trailing slash.
-pub(crate) fn normalize_base_url(url: &str) -> Result<String, LlmError> {
-    let trimmed = url.trim().trim_end_matches('/');
-    match reqwest::Url::parse(trimmed) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(trimmed.to_owned()),
-        _ => Err(LlmError::Config(format!(
-            "invalid model base URL `{trimmed}` (expected http:// or https://)"
-        ))),
     }
 }
 
@@ -158,17 +157,6 @@ pub fn auto_mode_for(base_url: &str) -> StructuredMode {
     learned_modes().get(base_url).copied().unwrap_or(StructuredMode::JsonSchema)
 }
 
-/// The config spelling of a mode, for logs and docs.
-pub fn mode_name(mode: StructuredMode) -> &'static str {
-    match mode {
-        StructuredMode::Auto => "auto",
-        StructuredMode::JsonSchema => "json_schema",
-        StructuredMode::JsonObject => "json_object",
-        StructuredMode::Tool => "tool",
-        StructuredMode::Prompt => "prompt",
-    }
-}
-
 /// A model behind an OpenAI-compatible Chat Completions endpoint.
 #[derive(Debug)]
 pub struct OpenAiModel {
@@ -186,13 +174,12 @@ impl OpenAiModel {
         if let Some(key) = &settings.api_key {
             headers.insert(AUTHORIZATION, secret_header(&format!("Bearer {key}"))?);
         }
-        let policy = RetryPolicy {
-            timeout: settings.timeout,
-            max_retries: settings.max_retries,
-            backoff_base: settings.backoff_base,
-            outage_max_wait: settings.outage_max_wait,
-            ..RetryPolicy::default()
-        };
+        let policy = transport_policy(
+            settings.timeout,
+            settings.max_retries,
+            settings.backoff_base,
+            settings.outage_max_wait,
+        );
         let http = HttpTransport::new(policy, headers, settings.api_key.clone())?;
         let public = is_public_openai(&base_url);
         let url = format!("{base_url}/chat/completions");
@@ -212,83 +199,54 @@ impl OpenAiModel {
     }
 
     /// The body of `request` in `mode` (not `auto`), borrowing from it.
-    fn wire_body<'a>(&'a self, request: &'a ChatRequest, mode: StructuredMode) -> wire::Body<'a> {
-        let mut body = wire::Body::new(&self.settings.model, request, mode);
+    fn wire_body<'a>(&'a self, request: &'a ChatRequest, mode: StructuredMode) -> request::Body<'a> {
+        let mut body = request::Body::new(&self.settings.model, request, mode);
         if let Some(n) = request.max_tokens.or(self.settings.max_tokens) {
             if self.public { body.max_completion_tokens = Some(n) } else { body.max_tokens = Some(n) }
         }
-        // Through the decimal text, so 0.2f32 is sent as 0.2 rather than 0.20000000298….
-        body.temperature = self.settings.temperature.map(|t| t.to_string().parse().unwrap_or(f64::from(t)));
+        body.temperature = self.settings.temperature.map(wire_temperature);
         body
     }
 
+    /// The answer to a call: the completion converted, the model named when the server did not,
+    /// and for a structured call the JSON text taken from where `mode` puts it.
     fn parse_response(
         &self,
-        v: Value,
+        completion: Completion,
         structured: Option<(&StructuredOutput, StructuredMode)>,
     ) -> Result<ChatResponse, LlmError> {
-        let message =
-            v.get("choices").and_then(|c| c.get(0)).and_then(|c| c.get("message")).ok_or_else(|| {
-                let detail = v.get("error").map(|e| super::http::error_message(&e.to_string()));
-                LlmError::InvalidResponse(match detail {
-                    Some(d) => format!("no choices in the response: {d}"),
-                    None => "no `choices[0].message` in the response".into(),
-                })
-            })?;
-        let mut content = text_content(message.get("content"));
-        let mut tool_calls = Vec::new();
-        for (i, call) in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate()
-        {
-            let function = call.get("function").unwrap_or(&Value::Null);
-            let name = function.get("name").and_then(Value::as_str).unwrap_or_default();
-            if name.is_empty() {
-                return Err(LlmError::InvalidResponse(format!("tool call {i} has no function name")));
-            }
-            let id = call
-                .get("id")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map_or_else(|| format!("call_{i}"), str::to_owned);
-            tool_calls.push(ToolCall {
-                id,
-                name: name.to_owned(),
-                arguments: parse_arguments(function.get("arguments")),
-            });
+        let mut r = ChatResponse::try_from(completion)?;
+        if r.model.is_empty() {
+            r.model.clone_from(&self.settings.model);
         }
         if let Some((s, mode)) = structured {
-            if mode == StructuredMode::Tool && !tool_calls.is_empty() {
-                let pos = tool_calls.iter().position(|c| c.name == s.name).unwrap_or(0);
-                let call = tool_calls.remove(pos);
-                content = match call.arguments {
+            if mode == StructuredMode::Tool && !r.tool_calls.is_empty() {
+                let pos = r.tool_calls.iter().position(|c| c.name == s.name).unwrap_or(0);
+                r.content = match r.tool_calls.remove(pos).arguments {
                     Value::String(raw) => raw,
                     other => other.to_string(),
                 };
             }
-            content = strip_code_fence(&content);
+            r.content = strip_code_fence(&r.content);
         }
-        let usage = v.get("usage").map_or_else(TokenUsage::default, |u| TokenUsage {
-            input_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-            output_tokens: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
-        });
-        let model = v.get("model").and_then(Value::as_str).unwrap_or(&self.settings.model).to_owned();
-        Ok(ChatResponse { content, tool_calls, usage, model })
+        Ok(r)
     }
 
     /// Sends `body` and returns the answer in the non-streaming shape; with a sink, asks for a
     /// stream and hands the text to it as it arrives.
     async fn send(
         &self,
-        mut body: wire::Body<'_>,
+        mut body: request::Body<'_>,
         may_fall_back: bool,
         sink: Option<(&TextSink<'_>, Option<&str>)>,
-    ) -> Result<Value, HttpFailure> {
+    ) -> Result<Completion, HttpFailure> {
         let give_up: &(dyn Fn(u16, &str) -> bool + Send + Sync) =
             if may_fall_back { &|status, body| rejects_structured(status, body) } else { &|_, _| false };
         let Some((sink, tool)) = sink else {
-            return self.http.post_bytes_with(&self.url, encode(&body)?, give_up).await;
+            return self.http.post_bytes_with(&self.url, json_bytes(&body)?, give_up).await;
         };
         body.streamed(true);
-        let bytes = encode(&body)?;
+        let bytes = json_bytes(&body)?;
         match post_streamed(&self.http, &self.url, bytes, give_up, OpenAiChunks::new(tool), sink).await {
             Err(f) if rejects_streaming(&f) => {
                 // Some servers take no `stream_options` (or no streaming at all): the answer
@@ -296,23 +254,18 @@ impl OpenAiModel {
                 tracing::warn!(base_url = %self.settings.base_url, error = %f.error,
                     "the server refused a streamed request; asking for the whole answer");
                 body.streamed(false);
-                let whole = self.http.post_bytes_with(&self.url, encode(&body)?, give_up).await?;
-                match OpenAiChunks::new(tool).take(whole.clone(), sink) {
-                    Flow::Whole(v) => Ok(v),
-                    _ => Ok(whole),
+                let whole: Completion =
+                    self.http.post_bytes_with(&self.url, json_bytes(&body)?, give_up).await?;
+                if let Some(Choice { message: Some(message) }) =
+                    whole.choices.as_ref().and_then(|c| c.first())
+                {
+                    OpenAiChunks::new(tool).hand_over_whole(message, sink);
                 }
+                Ok(whole)
             }
             other => other,
         }
     }
-}
-
-/// A request body as the JSON bytes sent.
-fn encode(body: &wire::Body<'_>) -> Result<Vec<u8>, HttpFailure> {
-    body.to_bytes().map_err(|e| HttpFailure {
-        error: LlmError::InvalidResponse(format!("cannot encode the request as JSON: {e}")),
-        body: None,
-    })
 }
 
 /// A client error saying the server does not take a streamed request.
@@ -336,32 +289,18 @@ fn next_fallback(mode: StructuredMode) -> Option<StructuredMode> {
 }
 
 #[async_trait::async_trait]
-impl ChatModel for OpenAiModel {
-    fn model_name(&self) -> &str {
+impl SinkModel for OpenAiModel {
+    fn model_id(&self) -> &str {
         &self.settings.model
     }
 
-    fn provider(&self) -> &str {
-        "openai"
+    fn provider_id(&self) -> &str {
+        ProviderKind::Openai.name()
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.complete(request, None).await
-    }
-
-    async fn chat_streaming(
-        &self,
-        request: ChatRequest,
-        sink: &TextSink<'_>,
-    ) -> Result<ChatResponse, LlmError> {
-        self.complete(request, Some(sink)).await
-    }
-}
-
-impl OpenAiModel {
     /// One call, in the configured structured-output mode (falling back under `auto`), streamed
     /// into `sink` when there is one.
-    async fn complete(
+    async fn call(
         &self,
         request: ChatRequest,
         sink: Option<&TextSink<'_>>,
@@ -383,10 +322,10 @@ impl OpenAiModel {
                         if previous != Some(mode) {
                             tracing::warn!(
                                 base_url = %self.settings.base_url,
-                                mode = mode_name(mode),
+                                mode = mode.name(),
                                 "the server rejected `json_schema` structured output; using `{}` for it from now on \
                                  (set `structured_output` in [llm] to skip the probe)",
-                                mode_name(mode)
+                                mode.name()
                             );
                         }
                     }
@@ -401,8 +340,8 @@ impl OpenAiModel {
                         Some(next) => {
                             tracing::debug!(
                                 base_url = %self.settings.base_url,
-                                from = mode_name(mode),
-                                to = mode_name(next),
+                                from = mode.name(),
+                                to = next.name(),
                                 error = %f.error,
                                 "structured output mode rejected; falling back"
                             );
@@ -422,28 +361,6 @@ pub fn schema_instruction(s: &StructuredOutput) -> String {
         "Reply with only a JSON object for the `{}` schema: no prose, no code fences. JSON Schema:\n{}",
         s.name, s.schema
     )
-}
-
-/// `content` as text: a string, `null`, or an array of `{"type":"text","text":…}` parts.
-fn text_content(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => {
-            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")
-        }
-        _ => String::new(),
-    }
-}
-
-/// Tool arguments: the JSON string parsed; `{}` when empty; the raw text kept as a JSON string
-/// when it does not parse (the tool then reports invalid arguments to the model).
-fn parse_arguments(arguments: Option<&Value>) -> Value {
-    match arguments {
-        Some(Value::String(raw)) if raw.trim().is_empty() => json!({}),
-        Some(Value::String(raw)) => serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone())),
-        Some(Value::Null) | None => json!({}),
-        Some(other) => other.clone(),
-    }
 }
 
 /// Drops a Markdown code fence around a JSON answer (models add them despite instructions).
@@ -509,14 +426,6 @@ mod tests {
                 .unwrap();
         assert_eq!(s.model, "big");
         assert!(!format!("{s:?}").contains("sk-9"));
-    }
-
-    #[test]
-    fn arguments_parse_or_stay_raw() {
-        assert_eq!(parse_arguments(Some(&json!("{\"a\":1}"))), json!({"a": 1}));
-        assert_eq!(parse_arguments(Some(&json!("{\"a\":"))), json!("{\"a\":"));
-        assert_eq!(parse_arguments(Some(&json!(""))), json!({}));
-        assert_eq!(parse_arguments(Some(&json!({"b": 2}))), json!({"b": 2}));
     }
 
     #[test]

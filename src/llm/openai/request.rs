@@ -1,4 +1,4 @@
-//! The Chat Completions request body, serialized straight from a [`ChatRequest`].
+//! The Chat Completions request body as serde types, serialized straight from a [`ChatRequest`].
 //!
 //! Every call sends the conversation and the tool and output schemas again (a few KiB). Building
 //! a `serde_json::Value` of it first deep-copied all of that, and freeing the copy afterwards cost
@@ -79,14 +79,6 @@ impl<'a> Body<'a> {
         self.stream = stream;
         self.stream_options = stream.then_some(StreamOptions { include_usage: true });
     }
-
-    /// The JSON bytes sent.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        // A plan or executor request is a few KiB: start there rather than grow from 128 bytes.
-        let mut out = Vec::with_capacity(4096);
-        serde_json::to_writer(&mut out, self)?;
-        Ok(out)
-    }
 }
 
 /// `stream_options`: the usage comes in a last chunk of its own.
@@ -142,13 +134,7 @@ impl Serialize for Wire<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let m = self.0;
         let mut map = serializer.serialize_map(None)?;
-        let role = match m.role {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-            Role::Tool => "tool",
-        };
-        map.serialize_entry("role", role)?;
+        map.serialize_entry("role", &m.role)?;
         if m.role == Role::Tool {
             map.serialize_entry("tool_call_id", m.tool_call_id.as_deref().unwrap_or_default())?;
         }
@@ -170,17 +156,9 @@ impl Serialize for Calls<'_> {
                 Value::String(raw) => Cow::Borrowed(raw.as_str()),
                 other => Cow::Owned(other.to_string()),
             };
-            CallWire { id: &c.id, kind: "function", function: CallFunction { name: &c.name, arguments } }
+            Function::new(Some(&c.id), CallFunction { name: &c.name, arguments })
         }))
     }
-}
-
-#[derive(Serialize)]
-struct CallWire<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    function: CallFunction<'a>,
 }
 
 #[derive(Serialize)]
@@ -198,35 +176,36 @@ pub(super) enum Tools<'a> {
 impl Serialize for Tools<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            Tools::Specs(specs) => serializer.collect_seq(specs.iter().map(|t| Function {
-                kind: "function",
-                function: FunctionSpec {
-                    name: &t.name,
-                    description: Cow::Borrowed(&t.description),
-                    parameters: &t.parameters,
-                },
+            Tools::Specs(specs) => serializer.collect_seq(specs.iter().map(|t| {
+                let description = Cow::Borrowed(t.description.as_str());
+                Function::new(None, FunctionSpec { name: &t.name, description, parameters: &t.parameters })
             })),
             Tools::Forced(s) => {
-                let description = format!("Return the `{}` object as this function's arguments.", s.name);
-                let forced = Function {
-                    kind: "function",
-                    function: FunctionSpec {
-                        name: &s.name,
-                        description: description.into(),
-                        parameters: &s.schema,
-                    },
-                };
+                let description =
+                    format!("Return the `{}` object as this function's arguments.", s.name).into();
+                let forced =
+                    Function::new(None, FunctionSpec { name: &s.name, description, parameters: &s.schema });
                 serializer.collect_seq(std::iter::once(forced))
             }
         }
     }
 }
 
+/// `{"id"?, "type": "function", "function": …}`: a tool call of an assistant turn (with its id),
+/// or a tool the model may call.
 #[derive(Serialize)]
-struct Function<'a> {
+struct Function<'a, F> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
     #[serde(rename = "type")]
     kind: &'static str,
-    function: FunctionSpec<'a>,
+    function: F,
+}
+
+impl<'a, F> Function<'a, F> {
+    fn new(id: Option<&'a str>, function: F) -> Self {
+        Self { id, kind: "function", function }
+    }
 }
 
 #[derive(Serialize)]
@@ -339,10 +318,10 @@ mod tests {
         let r = request(vec![Message::user("task")]);
         let mut body = Body::new("m", &r, StructuredMode::JsonSchema);
         body.streamed(true);
-        let v: Value = serde_json::from_slice(&body.to_bytes().unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&crate::llm::http::json_bytes(&body).unwrap()).unwrap();
         assert_eq!((&v["stream"], &v["stream_options"]), (&json!(true), &json!({"include_usage": true})));
         body.streamed(false);
-        let v: Value = serde_json::from_slice(&body.to_bytes().unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&crate::llm::http::json_bytes(&body).unwrap()).unwrap();
         assert!(v.get("stream").is_none() && v.get("stream_options").is_none(), "{v}");
     }
 }
