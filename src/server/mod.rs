@@ -23,6 +23,7 @@
 //!   original URL. On shutdown, open streams end (the client reconnects elsewhere with
 //!   `Last-Event-ID`), so a graceful shutdown never waits on a run awaiting approval.
 
+mod api;
 mod auth;
 mod body;
 mod error;
