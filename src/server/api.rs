@@ -68,7 +68,7 @@ pub(crate) struct ListParams {
     #[param(value_type = RunStatus, required = false)]
     pub status: Option<String>,
     /// Page size: default 50 (also for 0), at most 500 (more is taken as 500).
-    #[param(value_type = u64, required = false, maximum = 18446744073709551615u64)]
+    #[param(value_type = u64, required = false)]
     pub limit: Option<usize>,
     /// Cursor: the `next_before` of the previous page.
     #[param(value_type = RunId, required = false)]
@@ -81,7 +81,7 @@ pub(crate) struct ListParams {
 #[into_params(parameter_in = Query)]
 pub(crate) struct EventsParams {
     /// Only events with a greater seq (the `Last-Event-ID` header wins).
-    #[param(value_type = u64, required = false, maximum = 18446744073709551615u64)]
+    #[param(value_type = u64, required = false)]
     pub after: Option<u64>,
 }
 

@@ -94,10 +94,7 @@ pub fn openapi_json() -> &'static Value {
 
 fn build() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
-    let mut library = library_schemas();
-    for schema in library.values_mut() {
-        bound_unsigned_formats(schema);
-    }
+    let library = library_schemas();
     if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
         let slot = components.entry("schemas").or_insert_with(|| json!({}));
         if let Some(slot) = slot.as_object_mut() {
@@ -112,6 +109,7 @@ fn build() -> Value {
             .flat_map(|p| p.values_mut())
             .for_each(optional_body);
     }
+    bound_unsigned_formats(&mut doc);
     doc
 }
 
@@ -131,11 +129,17 @@ fn optional_body(operation: &mut Value) {
     }
 }
 
-/// Adds the `maximum` that a schemars `format` (`uint32`…) implies but does not state: a larger
-/// number is refused when deserialised, so the document says so.
+/// Adds the `maximum` that an unsigned `format` (`uint32`…) implies but does not state: a larger
+/// number is refused when deserialised, so the document says so. utoipa spells these formats
+/// `u-int32`…; they become `uint32`…, as schemars and other tools spell them.
 fn bound_unsigned_formats(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
+            if let Some(Value::String(format)) = map.get_mut("format") {
+                if let Some(bits) = format.strip_prefix("u-int") {
+                    *format = format!("uint{bits}");
+                }
+            }
             let max = match map.get("format").and_then(Value::as_str) {
                 Some("uint8") => Some(u64::from(u8::MAX)),
                 Some("uint16") => Some(u64::from(u16::MAX)),
@@ -248,7 +252,11 @@ mod tests {
         bound_unsigned_formats(&mut s);
         assert_eq!(s["properties"]["a"]["maximum"], json!(u32::MAX));
         assert_eq!(s["properties"]["b"]["maximum"], json!(255));
-        let policy = &build()["components"]["schemas"]["Policy"]["properties"]["max_retries"];
+        let doc = build();
+        let policy = &doc["components"]["schemas"]["Policy"]["properties"]["max_retries"];
         assert_eq!(policy["maximum"], json!(u32::MAX), "{policy}");
+        let after = &doc["paths"]["/v1/runs/{id}/events"]["get"]["parameters"][1]["schema"];
+        assert_eq!(after["format"], "uint64", "{after}");
+        assert_eq!(after["maximum"], json!(u64::MAX), "{after}");
     }
 }

@@ -170,7 +170,7 @@ async fn load(state: &ServerState, id: &RunId) -> Result<RunResult, ServerError>
     params(
         ("id" = RunId, Path, description = "Run id"),
         EventsParams,
-        ("Last-Event-ID" = Option<u64>, Header, nullable = false, maximum = 18446744073709551615u64, description = "Resume after this seq"),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this seq"),
     ),
     responses(
         (status = 200, description = "Server-Sent Events, one frame per event: `id: <seq>`, `event: <type>`, `data: <RunEvent JSON>`", content_type = "text/event-stream", body = EventFrame),
