@@ -36,7 +36,14 @@ const MAX_LIMIT: usize = 500;
     request_body(content = SubmitRequest, description = "The task and its run's options, merged key by key onto the service's defaults"),
     responses(
         (status = 202, description = "Accepted", body = RunAck,
-            headers(("Location" = String, description = "/v1/runs/{id}"))),
+            headers(("Location" = String, description = "/v1/runs/{id}")),
+            links(
+                ("GetRun" = (operation_id = "get_run", parameters(("id" = "$response.body#/id")))),
+                ("Events" = (operation_id = "events", parameters(("id" = "$response.body#/id")))),
+                ("Approve" = (operation_id = "approve", parameters(("id" = "$response.body#/id")))),
+                ("Reject" = (operation_id = "reject", parameters(("id" = "$response.body#/id")))),
+                ("Cancel" = (operation_id = "cancel", parameters(("id" = "$response.body#/id")))),
+            )),
         (status = 400, description = "Body is not JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
