@@ -206,25 +206,33 @@ pub(crate) async fn events(
         .handle(&id)
         .events_after(after)
         .map(|item| {
-            Ok(match item {
-                Ok(e) => Event::default()
-                    .id(e.seq.to_string())
-                    .event(e.kind.name())
-                    .json_data(&e)
-                    .unwrap_or_else(|err| error_event(&err.to_string())),
-                Err(err) => error_event(&err.to_string()),
-            })
+            let frame = match item {
+                Ok(e) => match serde_json::to_string(&e) {
+                    Ok(data) => EventFrame { id: Some(e.seq.to_string()), event: e.kind.name().into(), data },
+                    Err(err) => error_frame(&err.to_string()),
+                },
+                Err(err) => error_frame(&err.to_string()),
+            };
+            Ok(sse_event(frame))
         })
         .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(state.keep_alive)))
 }
 
 /// An `event: error` frame (the stream then ends): the store failed mid-stream.
-fn error_event(message: &str) -> Event {
-    Event::default()
-        .event("error")
-        .json_data(ServerError::Unavailable(message.to_owned()).body())
-        .unwrap_or_else(|_| Event::default().event("error"))
+fn error_frame(message: &str) -> EventFrame {
+    let body = ServerError::Unavailable(message.to_owned()).body();
+    let data = serde_json::to_string(&body).unwrap_or_else(|_| message.to_owned());
+    EventFrame { id: None, event: "error".into(), data }
+}
+
+/// The frame as axum writes it (`id:` only when it has one).
+fn sse_event(frame: EventFrame) -> Event {
+    let event = Event::default().event(frame.event).data(frame.data);
+    match frame.id {
+        Some(id) => event.id(id),
+        None => event,
+    }
 }
 
 /// Approve the plan of a run awaiting approval, optionally replacing it.
