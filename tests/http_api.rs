@@ -644,6 +644,31 @@ async fn unknown_runs_and_routes_are_404_in_json() {
     expect_error(s.get("/metrics").send().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
 }
 
+/// A run id is extracted from the path as a `RunId`: one that does not decode (not UTF-8 once
+/// percent-decoded) is a 400 in the API's JSON shape, on every route that takes one.
+#[tokio::test]
+async fn a_run_id_that_does_not_decode_is_a_400_in_json() {
+    let s = Server::default().await;
+    for r in [
+        s.get("/v1/runs/%FF").send().await.unwrap(),
+        s.get("/v1/runs/%FF/events").send().await.unwrap(),
+        s.post("/v1/runs/%FF/approve").send().await.unwrap(),
+        s.post("/v1/runs/%FF/reject").send().await.unwrap(),
+        s.post("/v1/runs/%FF/cancel").send().await.unwrap(),
+    ] {
+        let m = expect_error(r, StatusCode::BAD_REQUEST, "bad_request").await;
+        assert!(m.starts_with("path: ") && m.contains("UTF-8"), "{m}");
+    }
+    // A well-formed id that names no run is still a 404.
+    let m = expect_error(
+        s.get("/v1/runs/0190e2a4-no-such-run").send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert!(m.contains("0190e2a4-no-such-run"), "{m}");
+}
+
 #[tokio::test]
 async fn metrics_come_from_the_hook_as_prometheus_text() {
     let rt = runtime(script(0), RunOptions::default(), None).await;

@@ -1,11 +1,13 @@
-//! JSON request bodies with the API's error shape: not JSON → 400 `invalid_json`, JSON of the
-//! wrong shape → 422 `unprocessable` naming the field's path (`policy.max_retries`), over the
-//! limit → 413, declared as something else → 415.
+//! Request extractors with the API's error shape. JSON bodies: not JSON → 400 `invalid_json`,
+//! JSON of the wrong shape → 422 `unprocessable` naming the field's path (`policy.max_retries`),
+//! over the limit → 413, declared as something else → 415. Path segments and query strings that
+//! do not parse → 400 `bad_request` (axum's own rejections are plain text).
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
@@ -16,6 +18,34 @@ pub(crate) struct ApiJson<T>(pub T);
 
 /// An optional JSON body: an empty body is `T::default()`.
 pub(crate) struct OptionalJson<T>(pub T);
+
+/// Path parameters (a run id: `ApiPath<RunId>`); a segment that does not decode is a 400.
+pub(crate) struct ApiPath<T>(pub T);
+
+/// Query parameters; an unknown parameter or a value of the wrong type is a 400.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ServerError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ServerError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| ServerError::BadRequest(format!("path: {}", e.body_text())))
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ServerError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ServerError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ServerError::BadRequest(e.body_text()))
+    }
+}
 
 impl<T: DeserializeOwned> FromRequest<Arc<ServerState>> for ApiJson<T> {
     type Rejection = ServerError;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::api::{ErrorBody, ErrorDetail};
 use crate::RuntimeError;
 use crate::actors::messages::{ControlError, Refusal};
 use crate::run::RunId;
@@ -101,8 +102,8 @@ impl ServerError {
     }
 
     /// The JSON body: `{"error": {"code", "message"}}`.
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}})
+    pub(crate) fn body(&self) -> ErrorBody {
+        ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } }
     }
 
     pub(crate) fn unknown_run(id: &RunId) -> Self {

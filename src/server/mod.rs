@@ -17,12 +17,36 @@
 //! - **Queue limit.** `queue_limit` bounds the runs in progress in this process (runs awaiting
 //!   approval included). It is checked before each submission, so concurrent submissions may
 //!   overshoot it by the number of requests racing; it is a load-shedding limit, not a quota.
-//! - **Control responses.** approve / reject / cancel answer `200 {"id","status"}` with the
-//!   status right after the change was committed.
+//! - **Control responses.** approve / reject / cancel answer `200 {"id","status"}` (`RunAck`)
+//!   with the status right after the change was committed.
+//! - **Run ids** in paths are taken as they are: one that names no run is a 404, one that does not
+//!   decode (invalid percent-encoding or UTF-8) a 400.
 //! - **SSE.** `Last-Event-ID` wins over `?after=`, since a reconnecting `EventSource` keeps its
 //!   original URL. On shutdown, open streams end (the client reconnects elsewhere with
 //!   `Last-Event-ID`), so a graceful shutdown never waits on a run awaiting approval.
+//!
+//! # Adding a route
+//!
+//! Every body is a type, so `/openapi.json` describes every field and schemathesis
+//! (`tests/openapi_schemathesis.rs`) can check the server against it:
+//! 1. Declare the request and response bodies in `api.rs` with `#[derive(Deserialize, ToSchema)]`
+//!    / `#[derive(Serialize, ToSchema)]` and a doc comment on each field (it becomes the field's
+//!    description). Request bodies take `#[serde(deny_unknown_fields)]`; a query string is a
+//!    struct deriving `IntoParams`. A library type inside a body (a run, a plan, an event…) is
+//!    described by its `schemars::JsonSchema`: list it once in `schemars_components!`
+//!    (`openapi.rs`) and use it as a field like any other.
+//! 2. The handler takes `ApiPath<RunId>` for the run id, `ApiQuery<P>`, and `ApiJson<T>` (or
+//!    `OptionalJson<T>` for a body that may be empty) from `body.rs`, so every malformed request
+//!    is a JSON error of the one shape, and returns `Result<Json<Resp>, ServerError>` — never a
+//!    `json!` value.
+//! 3. Annotate it with `#[utoipa::path]`: `request_body(content = T)` (`Option<T>` when it may be
+//!    omitted), `body = Resp` for the success status and `body = ErrorBody` for each error
+//!    status the handler (and `ApiJson`: 400/413/415/422, auth: 401) can answer; a stream names
+//!    its `content_type` and the schema of one frame. Add it to `paths(…)` in `openapi.rs`.
+//! 4. Run `cargo test --lib server::openapi` (no untyped body, every error documented as `Error`)
+//!    and `cargo test --test openapi_schemathesis`.
 
+mod api;
 mod auth;
 mod body;
 mod error;

@@ -1,17 +1,65 @@
 //! The OpenAPI document served at `/openapi.json`.
 //!
-//! Routes, methods, parameters and status codes come from the handlers' `#[utoipa::path]`
-//! annotations. The library types already derive `schemars::JsonSchema`, so rather than deriving
-//! a second schema trait on them, their JSON Schemas (2020-12, which OpenAPI 3.1 uses) are put
-//! into `components.schemas` and the bodies are pointed at them.
+//! Routes, methods, parameters, status codes and the server's own bodies (`api.rs`) come from the
+//! handlers' `#[utoipa::path]` annotations and `utoipa::ToSchema` derives. The library types in
+//! those bodies (runs, plans, options, events…) already derive `schemars::JsonSchema`, the one
+//! description of the plan and event contract; rather than derive a second schema of them that
+//! could drift from the first, [`schemars_components!`] makes each a `ToSchema` that refers to its
+//! component, and [`build`] fills those components with the schemars schemas (JSON Schema 2020-12,
+//! which OpenAPI 3.1 uses).
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, schema::Ref, schema::Schema};
 
-use super::routes;
+use super::{api, routes};
+
+/// Makes each library type a `utoipa::ToSchema` whose schema is a `$ref` to the component named
+/// by its `JsonSchema`, and lists them for [`build`] to fill those components.
+macro_rules! schemars_components {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            impl utoipa::PartialSchema for $ty {
+                fn schema() -> RefOr<Schema> {
+                    RefOr::Ref(Ref::from_schema_name(<$ty as JsonSchema>::schema_name()))
+                }
+            }
+            impl utoipa::ToSchema for $ty {
+                fn name() -> Cow<'static, str> {
+                    <$ty as JsonSchema>::schema_name()
+                }
+            }
+        )*
+        /// The schemars schemas of the library types the API carries, by component name.
+        fn library_schemas() -> Map<String, Value> {
+            let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+            settings.definitions_path = "/components/schemas".into();
+            let mut generator = settings.into_generator();
+            $( generator.subschema_for::<$ty>(); )*
+            generator.take_definitions(true)
+        }
+    };
+}
+
+schemars_components!(
+    crate::run::RunResult,
+    crate::run::RunEvent,
+    crate::run::RunId,
+    crate::run::RunStatus,
+    crate::store::RunSummary,
+    crate::plan::PlanSpec,
+    crate::options::RunOptions,
+    crate::options::Policy,
+    crate::options::StepBudget,
+    crate::options::RunBudget,
+    crate::tools::SourceStatus,
+    crate::tools::ToolHints,
+);
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +68,8 @@ use super::routes;
         routes::submit, routes::list, routes::get_run, routes::events, routes::approve, routes::reject,
         routes::cancel, routes::healthz, routes::readyz, routes::tools, routes::metrics, routes::openapi,
     ),
+    // Not reached from a body annotation: the events stream's `data`.
+    components(schemas(crate::run::RunEvent, api::ErrorBody)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -44,111 +94,169 @@ pub fn openapi_json() -> &'static Value {
 
 fn build() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
-    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
-    settings.definitions_path = "/components/schemas".into();
-    let mut generator = settings.into_generator();
-    generator.subschema_for::<crate::run::RunResult>();
-    generator.subschema_for::<crate::run::RunEvent>();
-    generator.subschema_for::<crate::store::RunSummary>();
-    generator.subschema_for::<crate::plan::PlanSpec>();
-    generator.subschema_for::<crate::options::RunOptions>();
-    let mut schemas = generator.take_definitions(true);
-    let r = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
-    schemas.insert(
-        "Error".into(),
-        json!({"type": "object", "required": ["error"], "properties": {"error": {
-            "type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "description": "not_found, invalid_json, bad_request, unprocessable, unauthorized, payload_too_large, unsupported_media_type, too_many_runs, conflict, method_not_allowed, unavailable, internal"},
-                "message": {"type": "string", "description": "What is wrong and where"}}}}}),
-    );
-    schemas.insert(
-        "SubmitRequest".into(),
-        json!({"type": "object", "required": ["task"], "additionalProperties": false, "properties": {
-            "task": {"type": "string", "minLength": 1},
-            "require_approval": {"type": "boolean", "description": "Overrides policy.require_approval"},
-            "policy": {"type": "object", "description": "Keys of RunOptions.policy, merged onto the defaults"},
-            "step_budget": {"type": "object", "description": "Keys of RunOptions.step_budget, merged onto the defaults"},
-            "run_budget": {"type": "object", "description": "Keys of RunOptions.run_budget, merged onto the defaults"}}}),
-    );
-    schemas.insert(
-        "RunAccepted".into(),
-        json!({"type": "object", "required": ["id", "status"], "properties": {
-            "id": {"type": "string"}, "status": {"type": "string"}}}),
-    );
-    schemas.insert(
-        "RunList".into(),
-        json!({"type": "object", "required": ["runs", "next_before"], "properties": {
-            "runs": {"type": "array", "items": r("RunSummary")},
-            "next_before": {"type": ["string", "null"], "description": "Pass as `before` for the next page; null on the last"}}}),
-    );
-    schemas.insert(
-        "ApproveRequest".into(),
-        json!({"type": "object", "additionalProperties": false, "properties": {"plan": r("PlanSpec")}}),
-    );
-    schemas.insert(
-        "ReasonRequest".into(),
-        json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string"}}}),
-    );
+    let library = library_schemas();
     if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
         let slot = components.entry("schemas").or_insert_with(|| json!({}));
         if let Some(slot) = slot.as_object_mut() {
-            slot.extend(schemas);
+            // Replaces the self-references utoipa collected for the bridged types.
+            slot.extend(library);
         }
+    }
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|p| p.values_mut())
+            .for_each(optional_body);
+    }
+    bound_unsigned_formats(&mut doc);
+    doc
+}
+
+/// An optional body (`request_body(content = Option<T>)`) is omitted, not sent as JSON `null`,
+/// which the handlers refuse: utoipa's `oneOf: [T, null]` becomes `T`, `required: false`.
+fn optional_body(operation: &mut Value) {
+    let Some(body) = operation.get_mut("requestBody") else { return };
+    if body.get("required") == Some(&Value::Bool(true)) {
+        return;
+    }
+    body["required"] = Value::Bool(false);
+    let Some(media) = body.pointer_mut("/content/application~1json") else { return };
+    let Some(branches) = media.pointer("/schema/oneOf").and_then(Value::as_array) else { return };
+    let mut not_null = branches.iter().filter(|b| b.get("type") != Some(&json!("null")));
+    if let (Some(only), None) = (not_null.next(), not_null.next()) {
+        media["schema"] = only.clone();
+    }
+}
+
+/// Adds the `maximum` that an unsigned `format` (`uint32`…) implies but does not state: a larger
+/// number is refused when deserialised, so the document says so. utoipa spells these formats
+/// `u-int32`…; they become `uint32`…, as schemars and other tools spell them.
+fn bound_unsigned_formats(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::String(format)) = map.get_mut("format") {
+                if let Some(bits) = format.strip_prefix("u-int") {
+                    *format = format!("uint{bits}");
+                }
+            }
+            let max = match map.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some(u64::from(u8::MAX)),
+                Some("uint16") => Some(u64::from(u16::MAX)),
+                Some("uint32") => Some(u64::from(u32::MAX)),
+                Some("uint64" | "uint") => Some(u64::MAX),
+                _ => None,
+            };
+            if let Some(max) = max {
+                map.entry("maximum").or_insert(json!(max));
+            }
+            map.values_mut().for_each(bound_unsigned_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_unsigned_formats),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema a `$ref` chain ends at.
+    fn resolve<'a>(doc: &'a Value, mut schema: &'a Value) -> &'a Value {
+        while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            let at = r.strip_prefix('#').expect("local ref");
+            schema = doc.pointer(at).unwrap_or_else(|| panic!("{r} does not resolve"));
+        }
+        schema
     }
 
-    let bodies: &[(&str, &str, &str)] = &[
-        ("/v1/runs", "post", "SubmitRequest"),
-        ("/v1/runs/{id}/approve", "post", "ApproveRequest"),
-        ("/v1/runs/{id}/reject", "post", "ReasonRequest"),
-        ("/v1/runs/{id}/cancel", "post", "ReasonRequest"),
-    ];
-    for (path, method, name) in bodies {
-        let Some(body) = doc.pointer_mut(&format!("/paths/{}/{method}/requestBody", escape(path))) else {
-            continue;
-        };
-        if let Some(content) = body.get_mut("content") {
-            set_json_schema(content, r(name));
-        }
-        // Only the submission needs a body; approve / reject / cancel take an empty one.
-        body["required"] = Value::Bool(*path == "/v1/runs");
+    /// True when `schema` says nothing about the fields of a JSON object.
+    fn untyped(doc: &Value, schema: &Value) -> bool {
+        let s = resolve(doc, schema);
+        let described = ["properties", "oneOf", "anyOf", "allOf", "items", "enum", "const"]
+            .iter()
+            .any(|k| s.get(k).is_some());
+        let scalar = matches!(
+            s.get("type").and_then(Value::as_str),
+            Some("string" | "integer" | "number" | "boolean")
+        );
+        !(described || scalar)
     }
-    let responses: &[(&str, &str, &str, &str)] = &[
-        ("/v1/runs", "post", "202", "RunAccepted"),
-        ("/v1/runs", "get", "200", "RunList"),
-        ("/v1/runs/{id}", "get", "200", "RunResult"),
-        ("/v1/runs/{id}/approve", "post", "200", "RunAccepted"),
-        ("/v1/runs/{id}/reject", "post", "200", "RunAccepted"),
-        ("/v1/runs/{id}/cancel", "post", "200", "RunAccepted"),
-    ];
-    for (path, method, status, name) in responses {
-        let at = format!("/paths/{}/{method}/responses/{status}/content", escape(path));
-        if let Some(content) = doc.pointer_mut(&at) {
-            set_json_schema(content, r(name));
-        }
-    }
-    // Every error response carries the one error shape.
-    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
-        for op in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.values_mut()) {
-            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
-            for (status, resp) in responses.iter_mut() {
-                if status.starts_with('4') || status.starts_with('5') {
-                    if let Some(content) = resp.get_mut("content") {
-                        set_json_schema(content, r("Error"));
+
+    /// Every (operation, where, media type, schema) of request and response bodies.
+    fn bodies(doc: &Value) -> Vec<(String, String, &Value)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let mut contents = vec![("request".to_owned(), &op["requestBody"]["content"])];
+                for (status, resp) in op["responses"].as_object().unwrap() {
+                    contents.push((status.clone(), &resp["content"]));
+                }
+                for (at, content) in contents {
+                    for (media, m) in content.as_object().into_iter().flatten() {
+                        out.push((format!("{method} {path}"), format!("{at} {media}"), &m["schema"]));
                     }
                 }
             }
         }
+        out
     }
-    doc
-}
 
-/// JSON pointer escaping of one segment (`/` → `~1`, `~` → `~0`).
-fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
-}
+    #[test]
+    fn every_body_but_the_document_itself_is_typed() {
+        let doc = build();
+        let bodies = bodies(&doc);
+        assert!(bodies.len() > 40, "{}", bodies.len());
+        for (op, at, schema) in bodies {
+            // The document's own schema is the OpenAPI meta-schema.
+            if op == "get /openapi.json" && at.starts_with("200") {
+                continue;
+            }
+            assert!(!untyped(&doc, schema), "{op} {at}: untyped body {schema}");
+            let status = at.split(' ').next().unwrap();
+            if status.starts_with('4') || status.starts_with('5') {
+                assert_eq!(schema["$ref"], "#/components/schemas/Error", "{op} {at}");
+            }
+        }
+    }
 
-fn set_json_schema(content: &mut Value, schema: Value) {
-    if let Some(media) = content.get_mut("application/json").and_then(Value::as_object_mut) {
-        media.insert("schema".into(), schema);
+    #[test]
+    fn every_component_is_a_schema_not_a_reference_to_itself() {
+        let doc = build();
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            assert!(schema.get("$ref").is_none(), "component {name} is only a reference: {schema}");
+        }
+        for name in
+            ["RunResult", "RunEvent", "RunSummary", "PlanSpec", "Policy", "SubmitRequest", "RunAck", "Error"]
+        {
+            assert!(doc["components"]["schemas"][name]["description"].is_string(), "{name}");
+        }
+    }
+
+    #[test]
+    fn optional_bodies_are_omitted_rather_than_null() {
+        let doc = build();
+        let body = &doc["paths"]["/v1/runs/{id}/approve"]["post"]["requestBody"];
+        assert_eq!(body["required"], false);
+        assert_eq!(
+            body["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ApproveRequest"
+        );
+        assert_eq!(doc["paths"]["/v1/runs"]["post"]["requestBody"]["required"], true);
+    }
+
+    #[test]
+    fn unsigned_formats_state_their_maximum() {
+        let mut s =
+            json!({"properties": {"a": {"type": "integer", "format": "uint32"}, "b": {"format": "uint8"}}});
+        bound_unsigned_formats(&mut s);
+        assert_eq!(s["properties"]["a"]["maximum"], json!(u32::MAX));
+        assert_eq!(s["properties"]["b"]["maximum"], json!(255));
+        let doc = build();
+        let policy = &doc["components"]["schemas"]["Policy"]["properties"]["max_retries"];
+        assert_eq!(policy["maximum"], json!(u32::MAX), "{policy}");
+        let after = &doc["paths"]["/v1/runs/{id}/events"]["get"]["parameters"][1]["schema"];
+        assert_eq!(after["format"], "uint64", "{after}");
+        assert_eq!(after["maximum"], json!(u64::MAX), "{after}");
     }
 }

@@ -1,24 +1,25 @@
-//! The handlers. Each is annotated for the OpenAPI document (`openapi.rs`); bodies are described
-//! there by the JSON Schemas of the library types they carry.
+//! The handlers. Each is annotated for the OpenAPI document (`openapi.rs`) with the typed bodies
+//! of `api.rs` it takes and answers, and every error status it can answer with [`ErrorBody`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::body::{ApiJson, OptionalJson, from_value};
+use super::api::{
+    ApproveRequest, ErrorBody, EventFrame, EventsParams, Health, ListParams, Liveness, Readiness, Ready,
+    ReasonRequest, RunAck, RunList, SubmitRequest, ToolInfo, ToolList,
+};
+use super::body::{ApiJson, ApiPath, ApiQuery, OptionalJson, from_value};
 use super::{ServerError, ServerState};
 use crate::options::RunOptions;
-use crate::plan::PlanSpec;
 use crate::run::{RunId, RunResult, RunStatus};
 use crate::store::ListQuery;
 
@@ -29,40 +30,28 @@ const DEFAULT_LIMIT: usize = 50;
 /// Largest page size of `GET /v1/runs`.
 const MAX_LIMIT: usize = 500;
 
-/// `POST /v1/runs` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SubmitRequest {
-    task: String,
-    #[serde(default)]
-    require_approval: Option<bool>,
-    #[serde(default)]
-    policy: Option<Value>,
-    #[serde(default)]
-    step_budget: Option<Value>,
-    #[serde(default)]
-    run_budget: Option<Value>,
-    /// The MCP servers the run may use (absent: all configured ones).
-    #[serde(default)]
-    mcp_servers: Option<Vec<String>>,
-}
-
 /// Submit a task: the run is committed before the 202 is sent.
 #[utoipa::path(
     post, path = "/v1/runs", tag = "runs",
-    request_body(content = Object, description = "`{\"task\": \"…\", \"require_approval\"?: bool, \"policy\"?: {…}, \"step_budget\"?: {…}, \"run_budget\"?: {…}, \"mcp_servers\"?: [\"name\", …]}`; \
-        options are merged key by key onto the service's defaults (schema: SubmitRequest)"),
+    request_body(content = SubmitRequest, description = "The task and its run's options, merged key by key onto the service's defaults"),
     responses(
-        (status = 202, description = "Accepted: `{\"id\", \"status\"}`", body = Object,
-            headers(("Location" = String, description = "/v1/runs/{id}"))),
-        (status = 400, description = "Body is not JSON", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = Object),
-        (status = 413, description = "Body over the size limit", body = Object),
-        (status = 415, description = "Body declared as something other than JSON", body = Object),
-        (status = 422, description = "Unknown field, wrong type, bad option value or blank task", body = Object),
-        (status = 429, description = "Too many runs in progress",  body = Object,
+        (status = 202, description = "Accepted", body = RunAck,
+            headers(("Location" = String, description = "/v1/runs/{id}")),
+            links(
+                ("GetRun" = (operation_id = "get_run", parameters(("id" = "$response.body#/id")))),
+                ("Events" = (operation_id = "events", parameters(("id" = "$response.body#/id")))),
+                ("Approve" = (operation_id = "approve", parameters(("id" = "$response.body#/id")))),
+                ("Reject" = (operation_id = "reject", parameters(("id" = "$response.body#/id")))),
+                ("Cancel" = (operation_id = "cancel", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, description = "Body is not JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Body declared as something other than JSON", body = ErrorBody),
+        (status = 422, description = "Unknown field, wrong type, bad option value, option beyond the server's limits, unknown MCP server or blank task", body = ErrorBody),
+        (status = 429, description = "Too many runs in progress", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
-        (status = 503, description = "Run store unavailable", body = Object),
+        (status = 503, description = "Run store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -89,7 +78,7 @@ pub(crate) async fn submit(
     let id = handle.id().clone();
     let location = HeaderValue::from_str(&format!("/v1/runs/{id}"))
         .map_err(|e| ServerError::Internal(format!("run id is not a header value: {e}")))?;
-    let body = json!({"id": id, "status": RunStatus::Planning});
+    let body = RunAck { id, status: RunStatus::Planning };
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
@@ -119,36 +108,22 @@ fn merge_options(defaults: &RunOptions, req: &SubmitRequest) -> Result<RunOption
     Ok(options)
 }
 
-/// `GET /v1/runs` query.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ListParams {
-    status: Option<String>,
-    limit: Option<usize>,
-    before: Option<String>,
-}
-
 /// List runs, newest first, a page at a time.
 #[utoipa::path(
     get, path = "/v1/runs", tag = "runs",
-    params(
-        ("status" = Option<String>, Query, description = "planning | awaiting_approval | running | completed | failed | cancelled"),
-        ("limit" = Option<usize>, Query, description = "Page size, default 50, at most 500"),
-        ("before" = Option<String>, Query, description = "Cursor: the `next_before` of the previous page"),
-    ),
+    params(ListParams),
     responses(
-        (status = 200, description = "`{\"runs\": [RunSummary…], \"next_before\": id | null}`", body = Object),
-        (status = 400, description = "Bad status, limit or unknown parameter", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = Object),
-        (status = 503, description = "Run store unavailable", body = Object),
+        (status = 200, description = "A page of runs", body = RunList),
+        (status = 400, description = "Bad status, limit or unknown parameter", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "Run store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn list(
     State(state): AppState,
-    params: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Value>, ServerError> {
-    let Query(p) = params.map_err(|e| ServerError::BadRequest(e.body_text()))?;
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> Result<Json<RunList>, ServerError> {
     let status =
         p.status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(ServerError::BadRequest)?;
     let limit = match p.limit {
@@ -156,7 +131,7 @@ pub(crate) async fn list(
         Some(n) => n.min(MAX_LIMIT),
     };
     // One more than asked tells whether another page exists.
-    let query = ListQuery { status, limit: limit + 1, before: p.before.map(RunId) };
+    let query = ListQuery { status, limit: limit + 1, before: p.before };
     let mut runs = state
         .runtime
         .store()
@@ -169,134 +144,120 @@ pub(crate) async fn list(
     } else {
         None
     };
-    Ok(Json(json!({"runs": runs, "next_before": next_before})))
+    Ok(Json(RunList { runs, next_before }))
 }
 
 /// A run's result as it stands.
 #[utoipa::path(
     get, path = "/v1/runs/{id}", tag = "runs",
-    params(("id" = String, Path, description = "Run id")),
+    params(("id" = RunId, Path, description = "Run id")),
     responses(
-        (status = 200, description = "RunResult", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = Object),
-        (status = 404, description = "No such run", body = Object),
-        (status = 503, description = "Run store unavailable", body = Object),
+        (status = 200, description = "The run's result as it stands", body = RunResult),
+        (status = 400, description = "The id does not decode", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 503, description = "Run store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn get_run(
     State(state): AppState,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<RunId>,
 ) -> Result<Json<RunResult>, ServerError> {
-    load(&state, &RunId(id)).await.map(Json)
+    load(&state, &id).await.map(Json)
 }
 
 async fn load(state: &ServerState, id: &RunId) -> Result<RunResult, ServerError> {
     state.runtime.get(id).await.map_err(|e| ServerError::from_runtime(id, e))
 }
 
-/// `GET /v1/runs/{id}/events` query.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct EventsParams {
-    after: Option<u64>,
-}
-
 /// The run's events as Server-Sent Events: history, then live, ending after the last event.
 #[utoipa::path(
     get, path = "/v1/runs/{id}/events", tag = "runs",
     params(
-        ("id" = String, Path, description = "Run id"),
-        ("after" = Option<u64>, Query, description = "Only events with a greater seq (the Last-Event-ID header wins)"),
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq"),
+        ("id" = RunId, Path, description = "Run id"),
+        EventsParams,
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this seq"),
     ),
     responses(
-        (status = 200, description = "text/event-stream: per event `id: <seq>`, `event: <type>`, `data: <RunEvent JSON>`", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Bad Last-Event-ID or after", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = Object),
-        (status = 404, description = "No such run", body = Object),
+        (status = 200, description = "Server-Sent Events, one frame per event: `id: <seq>`, `event: <type>`, `data: <RunEvent JSON>`", content_type = "text/event-stream", body = EventFrame),
+        (status = 400, description = "Bad id, Last-Event-ID or after", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 503, description = "Run store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn events(
     State(state): AppState,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<RunId>,
     headers: HeaderMap,
-    params: Result<Query<EventsParams>, QueryRejection>,
+    ApiQuery(p): ApiQuery<EventsParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServerError> {
-    let Query(p) = params.map_err(|e| ServerError::BadRequest(e.body_text()))?;
     let after = match headers.get("last-event-id") {
         Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
             ServerError::BadRequest("Last-Event-ID must be an event seq (a non-negative integer)".into())
         })?,
         None => p.after.unwrap_or(0),
     };
-    let id = RunId(id);
     load(&state, &id).await?;
     let stream = state
         .runtime
         .handle(&id)
         .events_after(after)
         .map(|item| {
-            Ok(match item {
-                Ok(e) => Event::default()
-                    .id(e.seq.to_string())
-                    .event(e.kind.name())
-                    .json_data(&e)
-                    .unwrap_or_else(|err| error_event(&err.to_string())),
-                Err(err) => error_event(&err.to_string()),
-            })
+            let frame = match item {
+                Ok(e) => match serde_json::to_string(&e) {
+                    Ok(data) => EventFrame { id: Some(e.seq.to_string()), event: e.kind.name().into(), data },
+                    Err(err) => error_frame(&err.to_string()),
+                },
+                Err(err) => error_frame(&err.to_string()),
+            };
+            Ok(sse_event(frame))
         })
         .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(state.keep_alive)))
 }
 
 /// An `event: error` frame (the stream then ends): the store failed mid-stream.
-fn error_event(message: &str) -> Event {
-    Event::default()
-        .event("error")
-        .data(json!({"error": {"code": "unavailable", "message": message}}).to_string())
+fn error_frame(message: &str) -> EventFrame {
+    let body = ServerError::Unavailable(message.to_owned()).body();
+    let data = serde_json::to_string(&body).unwrap_or_else(|_| message.to_owned());
+    EventFrame { id: None, event: "error".into(), data }
 }
 
-/// `POST /v1/runs/{id}/approve` body.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ApproveRequest {
-    #[serde(default)]
-    plan: Option<PlanSpec>,
-}
-
-/// `POST /v1/runs/{id}/reject` and `/cancel` body.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ReasonRequest {
-    #[serde(default)]
-    reason: Option<String>,
+/// The frame as axum writes it (`id:` only when it has one).
+fn sse_event(frame: EventFrame) -> Event {
+    let event = Event::default().event(frame.event).data(frame.data);
+    match frame.id {
+        Some(id) => event.id(id),
+        None => event,
+    }
 }
 
 /// Approve the plan of a run awaiting approval, optionally replacing it.
 #[utoipa::path(
     post, path = "/v1/runs/{id}/approve", tag = "control",
-    params(("id" = String, Path, description = "Run id")),
-    request_body(content = Object, description = "Optional: `{\"plan\"?: PlanSpec}` to run an edited plan instead"),
+    params(("id" = RunId, Path, description = "Run id")),
+    request_body(content = Option<ApproveRequest>, description = "Optional (an empty body approves the proposed plan)"),
     responses(
-        (status = 200, description = "`{\"id\", \"status\"}` after the approval", body = Object),
-        (status = 400, description = "Body is not JSON", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = Object),
-        (status = 404, description = "No such run", body = Object),
-        (status = 409, description = "The run is not awaiting approval, or already ended", body = Object),
-        (status = 413, description = "Body over the size limit", body = Object),
-        (status = 422, description = "The edited plan is invalid (the message names the step)", body = Object),
-        (status = 503, description = "Run not active in this process, or store unavailable", body = Object),
+        (status = 200, description = "The run after the approval", body = RunAck),
+        (status = 400, description = "Body is not JSON, or the id does not decode", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 409, description = "The run is not awaiting approval, or already ended", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Body declared as something other than JSON", body = ErrorBody),
+        (status = 422, description = "Unknown field, wrong type, or an invalid edited plan (the message names the step)", body = ErrorBody),
+        (status = 503, description = "Run not active in this process, or store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn approve(
     State(state): AppState,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<RunId>,
     OptionalJson(req): OptionalJson<ApproveRequest>,
-) -> Result<Json<Value>, ServerError> {
-    let id = RunId(id);
+) -> Result<Json<RunAck>, ServerError> {
     let r = state.runtime.handle(&id).approve(req.plan).await;
     control_outcome(&state, &id, r).await
 }
@@ -304,26 +265,26 @@ pub(crate) async fn approve(
 /// Reject the plan of a run awaiting approval: the run ends cancelled.
 #[utoipa::path(
     post, path = "/v1/runs/{id}/reject", tag = "control",
-    params(("id" = String, Path, description = "Run id")),
-    request_body(content = Object, description = "Optional: `{\"reason\"?: string}`"),
+    params(("id" = RunId, Path, description = "Run id")),
+    request_body(content = Option<ReasonRequest>, description = "Optional"),
     responses(
-        (status = 200, description = "`{\"id\", \"status\"}` after the rejection", body = Object),
-        (status = 400, description = "Body is not JSON", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = Object),
-        (status = 404, description = "No such run", body = Object),
-        (status = 409, description = "The run is not awaiting approval, or already ended", body = Object),
-        (status = 413, description = "Body over the size limit", body = Object),
-        (status = 422, description = "Unknown field or wrong type", body = Object),
-        (status = 503, description = "Run not active in this process, or store unavailable", body = Object),
+        (status = 200, description = "The run after the rejection", body = RunAck),
+        (status = 400, description = "Body is not JSON, or the id does not decode", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 409, description = "The run is not awaiting approval, or already ended", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Body declared as something other than JSON", body = ErrorBody),
+        (status = 422, description = "Unknown field or wrong type", body = ErrorBody),
+        (status = 503, description = "Run not active in this process, or store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn reject(
     State(state): AppState,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<RunId>,
     OptionalJson(req): OptionalJson<ReasonRequest>,
-) -> Result<Json<Value>, ServerError> {
-    let id = RunId(id);
+) -> Result<Json<RunAck>, ServerError> {
     let reason = req.reason.unwrap_or_else(|| "rejected over the API".into());
     let r = state.runtime.handle(&id).reject(&reason).await;
     control_outcome(&state, &id, r).await
@@ -332,26 +293,26 @@ pub(crate) async fn reject(
 /// Cancel a run: no new step starts, in-flight tool calls are signalled.
 #[utoipa::path(
     post, path = "/v1/runs/{id}/cancel", tag = "control",
-    params(("id" = String, Path, description = "Run id")),
-    request_body(content = Object, description = "Optional: `{\"reason\"?: string}`"),
+    params(("id" = RunId, Path, description = "Run id")),
+    request_body(content = Option<ReasonRequest>, description = "Optional"),
     responses(
-        (status = 200, description = "`{\"id\", \"status\"}` after the cancel", body = Object),
-        (status = 400, description = "Body is not JSON", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = Object),
-        (status = 404, description = "No such run", body = Object),
-        (status = 409, description = "The run already ended", body = Object),
-        (status = 413, description = "Body over the size limit", body = Object),
-        (status = 422, description = "Unknown field or wrong type", body = Object),
-        (status = 503, description = "Run not active in this process, or store unavailable", body = Object),
+        (status = 200, description = "The run after the cancel", body = RunAck),
+        (status = 400, description = "Body is not JSON, or the id does not decode", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 409, description = "The run already ended", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Body declared as something other than JSON", body = ErrorBody),
+        (status = 422, description = "Unknown field or wrong type", body = ErrorBody),
+        (status = 503, description = "Run not active in this process, or store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn cancel(
     State(state): AppState,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<RunId>,
     OptionalJson(req): OptionalJson<ReasonRequest>,
-) -> Result<Json<Value>, ServerError> {
-    let id = RunId(id);
+) -> Result<Json<RunAck>, ServerError> {
     let reason = req.reason.unwrap_or_else(|| "cancelled over the API".into());
     let r = state.runtime.handle(&id).cancel(&reason).await;
     control_outcome(&state, &id, r).await
@@ -361,11 +322,11 @@ async fn control_outcome(
     state: &ServerState,
     id: &RunId,
     r: Result<(), crate::actors::messages::ControlError>,
-) -> Result<Json<Value>, ServerError> {
+) -> Result<Json<RunAck>, ServerError> {
     match r {
         Ok(()) => {
             let run = load(state, id).await?;
-            Ok(Json(json!({"id": id, "status": run.status})))
+            Ok(Json(RunAck { id: id.clone(), status: run.status }))
         }
         Err(crate::actors::messages::ControlError::NotActive) => {
             // Either no such run, or one this process is not running (yet).
@@ -379,40 +340,39 @@ async fn control_outcome(
 /// Liveness: the process answers.
 #[utoipa::path(
     get, path = "/healthz", tag = "service",
-    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object))
+    responses((status = 200, description = "Alive", body = Health))
 )]
-pub(crate) async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: Liveness::Ok })
 }
 
 /// Readiness: the run store answers a one-row list within 2 seconds.
 #[utoipa::path(
     get, path = "/readyz", tag = "service",
     responses(
-        (status = 200, description = "`{\"status\": \"ready\", \"mcp_servers\"?: [{\"name\", \"state\", \"ready\", \"optional\", \"tools\", \"error\"?, \"problems\"?}]}`", body = Object),
-        (status = 503, description = "The run store does not answer, or a required MCP server is not connected", body = Object),
+        (status = 200, description = "Ready, with each MCP server's state", body = Readiness),
+        (status = 503, description = "The run store does not answer, or a required MCP server is not connected", body = ErrorBody),
     )
 )]
-pub(crate) async fn readyz(State(state): AppState) -> Result<Json<Value>, ServerError> {
+pub(crate) async fn readyz(State(state): AppState) -> Result<Json<Readiness>, ServerError> {
     let query = ListQuery { limit: 1, ..ListQuery::default() };
     match tokio::time::timeout(Duration::from_secs(2), state.runtime.store().list(&query)).await {
         Ok(Ok(_)) => {
             // Each MCP server's state; a required one that is not connected makes the service unready.
             let servers = state.runtime.tool_sources();
             if servers.is_empty() {
-                return Ok(Json(json!({"status": "ready"})));
+                return Ok(Json(Readiness { status: Ready::Ready, mcp_servers: None }));
             }
             let down: Vec<&str> =
                 servers.iter().filter(|s| !s.ready && !s.optional).map(|s| s.name.as_str()).collect();
             if down.is_empty() {
-                Ok(Json(json!({"status": "ready", "mcp_servers": servers})))
-            } else {
-                Err(ServerError::Unavailable(format!(
-                    "MCP server(s) not connected: {}; states: {}",
-                    down.join(", "),
-                    json!(servers)
-                )))
+                return Ok(Json(Readiness { status: Ready::Ready, mcp_servers: Some(servers) }));
             }
+            let states = serde_json::to_string(&servers).map_err(|e| ServerError::Internal(e.to_string()))?;
+            Err(ServerError::Unavailable(format!(
+                "MCP server(s) not connected: {}; states: {states}",
+                down.join(", ")
+            )))
         }
         Ok(Err(e)) => Err(ServerError::Unavailable(format!("run store: {e}"))),
         Err(_) => Err(ServerError::Unavailable("run store did not answer within 2 s".into())),
@@ -424,31 +384,31 @@ pub(crate) async fn readyz(State(state): AppState) -> Result<Json<Value>, Server
 #[utoipa::path(
     get, path = "/v1/tools", tag = "service",
     responses(
-        (status = 200, description = "`{\"tools\": [{\"name\", \"description\", \"parameters\", \"idempotent\", \"hints\", \"mcp_server\"?}]}`", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = Object),
+        (status = 200, description = "The tools, by name", body = ToolList),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn tools(State(state): AppState) -> Json<Value> {
+pub(crate) async fn tools(State(state): AppState) -> Json<ToolList> {
     let registry = state.runtime.tools();
-    let tools: Vec<Value> = registry
+    let tools = registry
         .names()
         .into_iter()
         .filter_map(|name| {
             let tool = registry.get(&name)?;
-            let server =
+            let mcp_server =
                 registry.sources().iter().find(|s| s.tool(&name).is_some()).map(|s| s.name().to_owned());
-            Some(json!({
-                "name": name,
-                "description": tool.description(),
-                "parameters": tool.parameters(),
-                "idempotent": tool.idempotent(),
-                "hints": tool.hints(),
-                "mcp_server": server,
-            }))
+            Some(ToolInfo {
+                description: tool.description().to_owned(),
+                parameters: tool.parameters(),
+                idempotent: tool.idempotent(),
+                hints: tool.hints(),
+                mcp_server,
+                name,
+            })
         })
         .collect();
-    Json(json!({"tools": tools}))
+    Json(ToolList { tools })
 }
 
 /// Prometheus metrics (text exposition format 0.0.4).
@@ -456,8 +416,8 @@ pub(crate) async fn tools(State(state): AppState) -> Json<Value> {
     get, path = "/metrics", tag = "service",
     responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
-        (status = 401, description = "Missing or wrong bearer token", body = Object),
-        (status = 404, description = "Metrics are not enabled", body = Object),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "Metrics are not enabled", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -471,10 +431,11 @@ pub(crate) async fn metrics(State(state): AppState) -> Result<Response, ServerEr
 /// This document.
 #[utoipa::path(
     get, path = "/openapi.json", tag = "service",
-    responses((status = 200, description = "OpenAPI document", body = Object))
+    // The document's own schema is the OpenAPI 3.1 meta-schema, not one of this API's.
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object))
 )]
-pub(crate) async fn openapi() -> Json<Value> {
-    Json(super::openapi_json().clone())
+pub(crate) async fn openapi() -> Json<&'static Value> {
+    Json(super::openapi_json())
 }
 
 pub(crate) async fn no_route(method: Method, uri: Uri) -> ServerError {
