@@ -446,6 +446,17 @@ impl Config {
         {
             return invalid("llm.temperature", format!("must be a number ≥ 0, got {t}"));
         }
+        if let Err(e) = crate::llm::price::validate(&self.llm.price_currency, &self.llm.prices) {
+            return invalid(&e.key, e.message);
+        }
+        for (key, cap) in [
+            ("budget.step.max_cost", self.budget.step.max_cost),
+            ("budget.run.max_cost", self.budget.run.max_cost),
+        ] {
+            if !(cap.is_finite() && cap >= 0.0) {
+                return invalid(key, format!("must be a number ≥ 0 (0: no limit), got {cap}"));
+            }
+        }
         if !matches!(self.telemetry.otlp_protocol.as_str(), "http/protobuf" | "grpc") {
             return invalid(
                 "telemetry.otlp_protocol",

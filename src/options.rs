@@ -81,13 +81,16 @@ pub struct StepBudget {
     pub max_tool_calls: u32,
     /// Tokens (input + output) over the loop; 0 means no limit.
     pub max_tokens: u64,
+    /// Money over the attempt's model calls, in `[llm] price_currency`; 0 means no limit. Checked
+    /// before each call against the most that call can cost; not applied to unpriced models.
+    pub max_cost: f64,
     /// Wall-clock limit of one attempt, in milliseconds.
     pub timeout_ms: u64,
 }
 
 impl Default for StepBudget {
     fn default() -> Self {
-        Self { max_iterations: 8, max_tool_calls: 16, max_tokens: 0, timeout_ms: 300_000 }
+        Self { max_iterations: 8, max_tool_calls: 16, max_tokens: 0, max_cost: 0.0, timeout_ms: 300_000 }
     }
 }
 
@@ -106,6 +109,11 @@ pub struct RunBudget {
     pub max_tokens: u64,
     /// Tool calls over the run; 0 means no limit.
     pub max_tool_calls: u64,
+    /// Money over every model call of the run, in `[llm] price_currency`; 0 means no limit. A
+    /// step's model call that could take the run past it is not made (the run fails, `run budget
+    /// exhausted`); other calls are not made once the run has spent it. Not applied while any of
+    /// the run's calls was to an unpriced model (its cost is unknown).
+    pub max_cost: f64,
     /// Wall-clock limit of the run in milliseconds (not counting time awaiting approval); 0: none.
     pub timeout_ms: u64,
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use stepwise::options::RunOptions;
 use stepwise::plan::{PlanSpec, StepSpec};
-use stepwise::run::{EventKind, LlmUsage, RunEvent, RunId, RunStatus, StepError, StepErrorKind};
+use stepwise::run::{EventKind, RunEvent, RunId, RunStatus, StepError, StepErrorKind, Usage};
 use stepwise::store::{ListQuery, MemoryStore, RunStore, RunSummary, StoreError, measure_append};
 
 // ---------------------------------------------------------------- backends
@@ -251,8 +251,8 @@ fn plan() -> PlanSpec {
     }
 }
 
-fn usage() -> LlmUsage {
-    LlmUsage { llm_calls: 1, input_tokens: 10, output_tokens: 3 }
+fn usage() -> Usage {
+    Usage { llm_calls: 1, input_tokens: 10, output_tokens: 3 }
 }
 
 fn proposed() -> EventKind {

@@ -20,7 +20,7 @@ use super::outage::{BudgetElapsed, TrackerWatch, WaitClock, within_budget};
 use super::pool::PoolGauges;
 use crate::llm::{AgentRole, CallContext, ChatRequest, Message, StructuredOutput};
 use crate::plan::strip_code_fence;
-use crate::run::{EventKind, LlmUsage, StepError, StepErrorKind, StepVerdict};
+use crate::run::{EventKind, StepError, StepErrorKind, StepVerdict, Usage};
 use crate::text::clip;
 use crate::tools::{ToolContext, ToolError};
 
@@ -72,7 +72,7 @@ impl Worker for ExecutorWorker {
 
 /// Runs one step attempt to its end: a final answer, or a [`StepError`].
 pub(crate) async fn run_step(shared: &Shared, job: StepJob) -> StepReport {
-    let mut usage = LlmUsage::default();
+    let mut usage = Usage::default();
     let budget_timeout = job.budget.timeout();
     let cancel = job.cancel.clone();
     // Time spent waiting for an unavailable provider does not count against the budget.
@@ -131,7 +131,7 @@ fn exhausted(what: String) -> StepError {
     StepError::new(StepErrorKind::BudgetExhausted, what)
 }
 
-async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Result<String, StepError> {
+async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut Usage) -> Result<String, StepError> {
     let model = shared.models.get(AgentRole::Executor).clone();
     let context = CallContext {
         run_id: job.run_id.0.clone(),
@@ -304,7 +304,7 @@ fn notify(job: &StepJob, kind: EventKind) {
     job.events.send(kind);
 }
 
-async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsage) -> Result<(), StepError> {
+async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut Usage) -> Result<(), StepError> {
     let model = shared.models.get(AgentRole::Verifier).clone();
     let request = ChatRequest {
         context: CallContext {
@@ -333,9 +333,7 @@ async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsa
     })
     .await
     .map_err(|e| StepError::new(StepErrorKind::LlmError, format!("verification: {e}")))?;
-    usage.llm_calls += u64::from(verdict.calls);
-    usage.input_tokens += verdict.usage.input_tokens;
-    usage.output_tokens += verdict.usage.output_tokens;
+    *usage += verdict.usage;
     if verdict.value.passed {
         Ok(())
     } else {

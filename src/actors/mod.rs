@@ -35,7 +35,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::llm::Models;
 use crate::prompts::Prompts;
-use crate::run::{LlmUsage, RunEvent, RunId, RunResult};
+use crate::run::{RunEvent, RunId, RunResult, Usage};
 use crate::store::RunStore;
 use crate::telemetry::TraceContext;
 use crate::tools::ToolRegistry;
@@ -241,7 +241,7 @@ where
         let result = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
             Err(ServiceFailure {
                 error: format!("panicked: {}", executor::panic_message(panic)),
-                usage: LlmUsage::default(),
+                usage: Usage::default(),
             })
         });
         // A stopped tracker (cancelled run) no longer wants the answer.
@@ -251,19 +251,10 @@ where
 
 /// A failed structured service call as the run records it: the error, and what was spent.
 pub(crate) fn service_failure(what: &str, f: crate::llm::StructuredFailure) -> ServiceFailure {
-    let usage = LlmUsage {
-        llm_calls: u64::from(f.calls),
-        input_tokens: f.usage.input_tokens,
-        output_tokens: f.usage.output_tokens,
-    };
-    ServiceFailure { error: format!("{what}: {}", f.error), usage }
+    ServiceFailure { error: format!("{what}: {}", f.error), usage: f.usage }
 }
 
 /// Usage of a structured call.
-pub(crate) fn structured_usage<T>(s: &crate::llm::Structured<T>) -> LlmUsage {
-    LlmUsage {
-        llm_calls: u64::from(s.calls),
-        input_tokens: s.usage.input_tokens,
-        output_tokens: s.usage.output_tokens,
-    }
+pub(crate) fn structured_usage<T>(s: &crate::llm::Structured<T>) -> Usage {
+    s.usage
 }

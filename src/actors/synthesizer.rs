@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::messages::{ServiceFailure, ServiceResult, SynthesisJob, SynthesizerMsg};
 use super::{Shared, spawn_service};
 use crate::llm::{AgentRole, CallContext, ChatRequest, Message};
-use crate::run::LlmUsage;
+use crate::run::Usage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 /// The synthesizer actor.
@@ -60,11 +60,11 @@ async fn synthesize(shared: &Shared, job: SynthesisJob) -> ServiceResult<String>
         structured: None,
         max_tokens: None,
     };
-    let response = model.chat(request).await.map_err(|e| ServiceFailure {
-        error: format!("synthesis failed: {e}"),
-        usage: LlmUsage::default(),
-    })?;
-    let mut usage = LlmUsage::default();
+    let response = model
+        .chat(request)
+        .await
+        .map_err(|e| ServiceFailure { error: format!("synthesis failed: {e}"), usage: Usage::default() })?;
+    let mut usage = Usage::default();
     usage.add_call(response.usage);
     Ok((response.content, usage))
 }

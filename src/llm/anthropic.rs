@@ -18,7 +18,7 @@ use super::http::{HttpTransport, RetryPolicy, secret_header};
 use super::openai::normalize_base_url;
 use super::providers::inherited;
 use super::stream::{AnthropicEvents, post_streamed};
-use super::{ChatModel, ChatRequest, ChatResponse, LlmError, Role, TextSink, TokenUsage, ToolCall};
+use super::{ChatModel, ChatRequest, ChatResponse, LlmError, Role, TextSink, ToolCall, Usage};
 
 /// The public Anthropic endpoint (without `/v1`).
 pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
@@ -247,14 +247,10 @@ impl AnthropicModel {
                 content = tool_calls.remove(pos).arguments.to_string();
             }
         }
-        let usage = v.get("usage").map_or_else(TokenUsage::default, |u| {
+        let usage = v.get("usage").map_or_else(Usage::default, |u| {
             let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-            TokenUsage {
-                input_tokens: n("input_tokens")
-                    + n("cache_creation_input_tokens")
-                    + n("cache_read_input_tokens"),
-                output_tokens: n("output_tokens"),
-            }
+            let input = n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens");
+            Usage::of_tokens(input, n("output_tokens")).with_cached_input(n("cache_read_input_tokens"))
         });
         let model = v.get("model").and_then(Value::as_str).unwrap_or(&self.settings.model).to_owned();
         Ok(ChatResponse { content, tool_calls, usage, model })

@@ -25,9 +25,7 @@ use super::config::{LlmConfig, ProviderKind, RoleModelConfig, StructuredMode};
 use super::http::{HttpFailure, HttpTransport, RetryPolicy, secret_header};
 use super::providers::inherited;
 use super::stream::{Assembler, Flow, OpenAiChunks, post_streamed};
-use super::{
-    ChatModel, ChatRequest, ChatResponse, LlmError, StructuredOutput, TextSink, TokenUsage, ToolCall,
-};
+use super::{ChatModel, ChatRequest, ChatResponse, LlmError, StructuredOutput, TextSink, ToolCall, Usage};
 
 mod wire;
 
@@ -266,9 +264,10 @@ impl OpenAiModel {
             }
             content = strip_code_fence(&content);
         }
-        let usage = v.get("usage").map_or_else(TokenUsage::default, |u| TokenUsage {
-            input_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-            output_tokens: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+        let usage = v.get("usage").map_or_else(Usage::default, |u| {
+            let n = |k: &str| u.pointer(k).and_then(Value::as_u64).unwrap_or(0);
+            Usage::of_tokens(n("/prompt_tokens"), n("/completion_tokens"))
+                .with_cached_input(n("/prompt_tokens_details/cached_tokens"))
         });
         let model = v.get("model").and_then(Value::as_str).unwrap_or(&self.settings.model).to_owned();
         Ok(ChatResponse { content, tool_calls, usage, model })

@@ -236,7 +236,7 @@ impl RecordingModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{Message, TokenUsage, ToolCall};
+    use crate::llm::{Message, ToolCall, Usage};
     use crate::plan::StepId;
 
     /// Answers with the last user message; fails when it is "fail".
@@ -263,7 +263,7 @@ mod tests {
             Ok(ChatResponse {
                 content: text,
                 tool_calls,
-                usage: TokenUsage { input_tokens: 3, output_tokens: 2 },
+                usage: Usage { input_tokens: 3, output_tokens: 2 },
                 model: "echo-1".into(),
             })
         }

@@ -22,6 +22,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::llm::{Cost, Usage};
 pub use event::{Decision, EventKind, ReplanDecision, RunEvent, StepVerdict};
 pub use policy::{FailureAction, on_step_failure, replan_after_success};
 pub use state::{PlanRevision, ProviderWait, RunResult, RunState, RunStatus, StateError};
@@ -52,65 +53,6 @@ impl Default for RunId {
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// Model usage carried by the event that follows the model work.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct LlmUsage {
-    /// Model calls.
-    pub llm_calls: u64,
-    /// Prompt tokens.
-    pub input_tokens: u64,
-    /// Completion tokens.
-    pub output_tokens: u64,
-}
-
-impl LlmUsage {
-    /// Input plus output tokens.
-    pub fn tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens
-    }
-
-    /// Adds one model call's tokens.
-    pub fn add_call(&mut self, t: crate::llm::TokenUsage) {
-        self.llm_calls += 1;
-        self.input_tokens += t.input_tokens;
-        self.output_tokens += t.output_tokens;
-    }
-}
-
-impl std::ops::AddAssign for LlmUsage {
-    fn add_assign(&mut self, o: Self) {
-        self.llm_calls += o.llm_calls;
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-    }
-}
-
-/// A run's total usage (`usage` in a RunResult).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Usage {
-    /// Model calls.
-    pub llm_calls: u64,
-    /// Prompt tokens.
-    pub input_tokens: u64,
-    /// Completion tokens.
-    pub output_tokens: u64,
-    /// Tool calls.
-    pub tool_calls: u64,
-}
-
-impl Usage {
-    fn add_llm(&mut self, u: &LlmUsage) {
-        self.llm_calls += u.llm_calls;
-        self.input_tokens += u.input_tokens;
-        self.output_tokens += u.output_tokens;
-    }
-
-    /// Input plus output tokens.
-    pub fn tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens
     }
 }
 

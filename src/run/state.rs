@@ -268,7 +268,7 @@ impl RunState {
                     steps: plan.steps.clone(),
                     created_at: e.at,
                 });
-                self.usage.add_llm(usage);
+                self.usage += *usage;
                 self.status = if self.options.policy.require_approval {
                     RunStatus::AwaitingApproval
                 } else {
@@ -317,7 +317,7 @@ impl RunState {
                 s.output = Some(output.clone());
                 s.error = None;
                 s.finished_at = Some(e.at);
-                self.usage.add_llm(usage);
+                self.usage += *usage;
             }
             EventKind::StepFailed { step, attempt, error, usage } => {
                 let s = self.running_step(step, &bad)?;
@@ -329,7 +329,7 @@ impl RunState {
                 s.error = Some(error.to_string());
                 s.finished_at = Some(e.at);
                 self.last_errors.insert(step.clone(), error.clone());
-                self.usage.add_llm(usage);
+                self.usage += *usage;
             }
             EventKind::StepSkipped { step, reason } => {
                 self.expect_running(&bad)?;
@@ -343,7 +343,7 @@ impl RunState {
             }
             EventKind::ReplanConsidered { usage, .. } => {
                 self.expect_running(&bad)?;
-                self.usage.add_llm(usage);
+                self.usage += *usage;
             }
             EventKind::Replanned { revision, reason, steps, usage, .. } => {
                 self.expect_running(&bad)?;
@@ -357,15 +357,15 @@ impl RunState {
                     steps: steps.clone(),
                     created_at: e.at,
                 });
-                self.usage.add_llm(usage);
+                self.usage += *usage;
             }
             EventKind::RunCompleted { final_output, usage } => {
-                self.usage.add_llm(usage);
+                self.usage += *usage;
                 self.final_output = Some(final_output.clone());
                 self.finish(RunStatus::Completed, e.at);
             }
             EventKind::RunFailed { error, usage } => {
-                self.usage.add_llm(usage);
+                self.usage += *usage;
                 self.error = Some(error.clone());
                 self.finish(RunStatus::Failed, e.at);
             }

@@ -43,8 +43,8 @@ impl Log {
     }
 }
 
-fn usage(calls: u64, tokens: u64) -> LlmUsage {
-    LlmUsage { llm_calls: calls, input_tokens: tokens, output_tokens: tokens }
+fn usage(calls: u64, tokens: u64) -> Usage {
+    Usage { llm_calls: calls, input_tokens: tokens, output_tokens: tokens }
 }
 
 #[test]

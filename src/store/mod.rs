@@ -651,7 +651,12 @@ fn sample_event(run: &RunId, seq: u64) -> RunEvent {
                 step,
                 attempt: 1,
                 output: "Found 6 TODOs; none block the release.".into(),
-                usage: crate::run::LlmUsage { llm_calls: 2, input_tokens: 900, output_tokens: 120 },
+                usage: crate::run::Usage {
+                    llm_calls: 2,
+                    input_tokens: 900,
+                    output_tokens: 120,
+                    ..Default::default()
+                },
             },
         },
     };

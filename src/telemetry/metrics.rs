@@ -36,7 +36,7 @@ use opentelemetry_sdk::metrics::{
 };
 
 use crate::actors::pool::{ExecutorLoad, PoolGauges};
-use crate::llm::TokenUsage;
+use crate::llm::Usage;
 
 /// Bucket bounds of the latency histograms, in seconds: from a fast tool to a slow model.
 const LATENCY_BOUNDS: [f64; 15] =
@@ -262,7 +262,7 @@ impl Metrics {
     }
 
     /// A model call by `role` to `model` ended (`ok` or not) after `elapsed`, using `usage`.
-    pub fn llm_call(&self, role: &str, model: &str, ok: bool, usage: Option<TokenUsage>, elapsed: Duration) {
+    pub fn llm_call(&self, role: &str, model: &str, ok: bool, usage: Option<Usage>, elapsed: Duration) {
         let role = KeyValue::new("role", role.to_owned());
         let model = KeyValue::new("model", model.to_owned());
         let outcome = KeyValue::new("outcome", if ok { "ok" } else { "error" });
@@ -399,7 +399,7 @@ mod tests {
         m.step_ended("completed", Some(Duration::from_millis(700)));
         m.step_ended("skipped", None);
         m.replanned("replan");
-        let usage = TokenUsage { input_tokens: 10, output_tokens: 3 };
+        let usage = Usage { input_tokens: 10, output_tokens: 3 };
         m.llm_call("executor", "gpt \"x\"", true, Some(usage), Duration::from_millis(3));
         let text = m.prometheus_text();
         assert!(text.contains("# TYPE stepwise_runs_total counter"), "{text}");

@@ -16,7 +16,7 @@ use crate::actors::messages::{
 };
 use crate::actors::reply;
 use crate::run::machine::{Command, Input, ServiceRequest, StepAssignment, Transition};
-use crate::run::{LlmUsage, StepError, StepErrorKind};
+use crate::run::{StepError, StepErrorKind, Usage};
 use crate::telemetry::{self, TraceContext};
 
 impl Tracker {
@@ -73,7 +73,7 @@ impl Tracker {
         let lost = move || {
             let error =
                 StepError::new(StepErrorKind::ExecutorCrashed, "the executor stopped before reporting");
-            StepReport { step, attempt, outcome: Err(error), usage: LlmUsage::default() }
+            StepReport { step, attempt, outcome: Err(error), usage: Usage::default() }
         };
         let (tx, rx) = ractor::concurrency::oneshot();
         let sent = self

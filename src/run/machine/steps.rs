@@ -3,7 +3,7 @@
 use super::{Command, MachineError, ReplanCause, Step, StepAssignment, StepInput, StepReport};
 use crate::options::StepBudget;
 use crate::plan::{StepId, StepStatus};
-use crate::run::{EventKind, FailureAction, LlmUsage, RunState, StateError};
+use crate::run::{EventKind, FailureAction, RunState, StateError, Usage};
 use crate::run::{on_step_failure, replan_after_success};
 
 impl Step<'_> {
@@ -107,7 +107,7 @@ impl Step<'_> {
                     self.m.replan_due = Some(ReplanCause::StepFailed(step.clone(), error));
                 }
             }
-            FailureAction::FailRun(reason) => self.fail_run(reason, LlmUsage::default())?,
+            FailureAction::FailRun(reason) => self.fail_run(reason, Usage::default())?,
         }
         Ok(())
     }
