@@ -155,6 +155,7 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut Usage) -> Result
             structured: None,
             max_tokens: None,
         };
+        shared.check_call_cost(model.as_ref(), &request, job, usage)?;
         let response =
             model.chat(request).await.map_err(|e| StepError::new(StepErrorKind::LlmError, e.to_string()))?;
         usage.add_call(response.usage);

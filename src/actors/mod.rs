@@ -62,11 +62,28 @@ pub(crate) struct Shared {
     pub services: RwLock<Option<Services>>,
     /// Whether tool arguments and results go into `execute_tool` spans.
     pub content: crate::telemetry::ContentCapture,
+    /// What model calls cost (the models are wrapped to price every call with it too).
+    pub prices: Arc<crate::llm::price::PriceTable>,
     /// The replicas this runtime shares runs with, when it has any (set once, at start).
     pub replication: OnceLock<Arc<dyn replication::Replication>>,
 }
 
 impl Shared {
+    /// The money check before a step attempt's model call: the most `request` to `model` can
+    /// cost (priced from the table), against the step's and the run's `max_cost` given what the
+    /// attempt (`spent`) and the run before it spent.
+    pub(crate) fn check_call_cost(
+        &self,
+        model: &dyn crate::llm::ChatModel,
+        request: &crate::llm::ChatRequest,
+        job: &messages::StepJob,
+        spent: &Usage,
+    ) -> Result<(), crate::run::StepError> {
+        let input = crate::llm::price::estimate_input_tokens(request);
+        let most = self.prices.most(model.provider(), model.model_name(), input, request.max_tokens);
+        crate::run::budget::check_step_call(spent.cost, job.budget.max_cost, &job.run_spend, most)
+    }
+
     /// The run's workspace directory (created on first use by the tools).
     pub fn workspace(&self, run: &RunId) -> PathBuf {
         self.workspace_root.join(run.as_str())

@@ -76,12 +76,24 @@ pub struct PriceError {
 }
 
 /// The prices of every configured model, and which unpriced models have been warned about.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PriceTable {
     currency: String,
     prices: HashMap<(String, String), Price>,
     default_max_output: Option<u64>,
     warned: Mutex<HashSet<(String, String)>>,
+}
+
+/// No prices, in USD: every cost unknown.
+impl Default for PriceTable {
+    fn default() -> Self {
+        Self {
+            currency: "USD".into(),
+            prices: HashMap::new(),
+            default_max_output: None,
+            warned: Mutex::default(),
+        }
+    }
 }
 
 impl PriceTable {
@@ -194,6 +206,24 @@ pub fn validate(currency: &str, entries: &[Price]) -> Result<(), PriceError> {
 /// the input side of the most a call can cost.
 pub fn estimate_tokens(chars: usize) -> u64 {
     (chars as u64).div_ceil(4)
+}
+
+/// About how many tokens `request` sends: its messages, tool calls, tool schemas and output
+/// schema, at four characters a token.
+pub fn estimate_input_tokens(request: &super::ChatRequest) -> u64 {
+    let messages: usize = (request.messages.iter())
+        .map(|m| {
+            m.content.len()
+                + m.tool_calls.iter().map(|c| c.name.len() + c.arguments.to_string().len()).sum::<usize>()
+        })
+        .sum();
+    let tools: usize = request
+        .tools
+        .iter()
+        .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
+        .sum();
+    let schema = request.structured.as_ref().map_or(0, |s| s.schema.to_string().len());
+    estimate_tokens(messages + tools + schema)
 }
 
 /// `amount` in nano-units; for callers comparing a decimal cap with a [`Cost`].

@@ -10,6 +10,7 @@
 //! - `policy`: what a failure or a success leads to.
 //! - [`machine`]: the run as a state machine: an input in, events and commands out.
 
+pub mod budget;
 mod event;
 pub mod machine;
 mod policy;
@@ -23,6 +24,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::llm::{Cost, Usage};
+pub use budget::RunSpend;
 pub use event::{Decision, EventKind, ReplanDecision, RunEvent, StepVerdict};
 pub use policy::{FailureAction, on_step_failure, replan_after_success};
 pub use state::{PlanRevision, ProviderWait, RunResult, RunState, RunStatus, StateError};
@@ -95,12 +97,21 @@ pub struct StepError {
     pub kind: StepErrorKind,
     /// What happened, in words.
     pub message: String,
+    /// The run's budget, not the step's, ran out (`budget_exhausted` only): the run ends, with
+    /// no retry, skip or replan that would only spend more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_budget: bool,
 }
 
 impl StepError {
     /// A new error.
     pub fn new(kind: StepErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), run_budget: false }
+    }
+
+    /// A `budget_exhausted` error for a run-level budget (`run_budget.*`).
+    pub fn run_budget_exhausted(message: impl Into<String>) -> Self {
+        Self { run_budget: true, ..Self::new(StepErrorKind::BudgetExhausted, message) }
     }
 }
 

@@ -486,7 +486,8 @@ impl RunState {
         Some(std::time::Duration::from_millis(limit).saturating_sub(elapsed))
     }
 
-    /// Which run-level budget is used up, if any (tokens, tool calls).
+    /// Which run-level budget is used up, if any (tokens, cost, tool calls). A money cap is used
+    /// up once reached: any further call would go past it.
     pub fn run_budget_exceeded(&self) -> Option<String> {
         let b = &self.options.run_budget;
         if b.max_tokens > 0 && self.usage.tokens() > b.max_tokens {
@@ -494,6 +495,16 @@ impl RunState {
                 "run budget exhausted: {} tokens used, limit {}",
                 self.usage.tokens(),
                 b.max_tokens
+            ));
+        }
+        if let Some(spent) = self.usage.cost.nanos()
+            && b.max_cost > 0.0
+            && spent >= crate::llm::price::cap_nanos(b.max_cost)
+        {
+            return Some(format!(
+                "run budget exhausted: cost {} spent, limit {}",
+                self.usage.cost,
+                crate::llm::Cost::from_amount(b.max_cost)
             ));
         }
         if b.max_tool_calls > 0 && self.usage.tool_calls > b.max_tool_calls {

@@ -59,6 +59,7 @@ impl Tracker {
             attempt,
             inputs: a.inputs,
             budget: a.budget,
+            run_spend: a.run_spend,
             verify: a.verify,
             trace: TraceContext::of(&span),
             cancel: cancel.clone(),

@@ -178,6 +178,8 @@ pub struct StepAssignment {
     pub inputs: Vec<StepInput>,
     /// What the attempt may spend (clipped by what the run has left).
     pub budget: StepBudget,
+    /// What the run had spent when the attempt started, and its money cap.
+    pub run_spend: crate::run::RunSpend,
     /// Check the output against `expected_outcome`.
     pub verify: bool,
     /// The plan revision the step belongs to.

@@ -37,6 +37,10 @@ impl Step<'_> {
             attempt,
             inputs,
             budget: step_budget(run),
+            run_spend: crate::run::RunSpend {
+                spent: run.usage.cost,
+                max_cost: run.options.run_budget.max_cost,
+            },
             verify: run.options.policy.verify_outcome,
             revision: run.plan.revision,
         };
