@@ -89,7 +89,7 @@ async fn text_happy_path_sends_exact_body_and_reads_usage() {
     let r = m.chat(text_request("Say hi")).await.unwrap();
     assert_eq!(r.content, "Hello!");
     assert!(r.tool_calls.is_empty());
-    assert_eq!(r.usage, Usage { input_tokens: 11, output_tokens: 7 });
+    assert_eq!(r.usage, Usage::of_tokens(11, 7));
     assert_eq!(r.model, "gpt-test-0613");
     assert_eq!((m.provider(), m.model_name()), ("openai", "gpt-test"));
 
@@ -160,7 +160,7 @@ async fn tool_call_loop_round_trips_two_calls() {
             },
         ]
     );
-    assert_eq!(first.usage, Usage { input_tokens: 20, output_tokens: 9 });
+    assert_eq!(first.usage, Usage::of_tokens(20, 9));
 
     req.messages.push(Message::assistant(first.content.clone(), first.tool_calls.clone()));
     req.messages.push(Message::tool("call_a", "hi"));
@@ -283,7 +283,7 @@ async fn structured_call_repairs_malformed_json_once() {
     let out = structured_call(&m, plan_request(), parse_plan).await.unwrap();
     assert_eq!(out.value, json!({"goal": "g", "steps": []}));
     assert_eq!(out.calls, 2);
-    assert_eq!(out.usage, Usage { input_tokens: 22, output_tokens: 14 });
+    assert_eq!(out.usage, Usage::of_tokens(22, 14));
     let bodies = server.bodies();
     let repair = &bodies[1]["messages"];
     assert_eq!(repair[2], json!({"role": "assistant", "content": "{\"goal\": \"g\", \"steps\": ["}));
@@ -474,7 +474,7 @@ async fn streaming_hands_over_each_delta_and_assembles_the_answer() {
     let r = model(&server.url).chat_streaming(plan_request(), &sink).await.unwrap();
     assert_eq!(*pieces.lock().unwrap(), parts);
     assert_eq!(r.content, parts.concat());
-    assert_eq!(r.usage, Usage { input_tokens: 21, output_tokens: 9 });
+    assert_eq!(r.usage, Usage::of_tokens(21, 9));
     assert_eq!(r.model, "gpt-test-0613");
     let body = &server.bodies()[0];
     assert_eq!(body["stream"], json!(true));
@@ -547,7 +547,7 @@ async fn streaming_accepts_a_server_that_answers_whole_and_reports_stream_errors
     let (pieces, sink) = collector();
     let r = m.chat_streaming(plan_request(), &sink).await.unwrap();
     assert_eq!((r.content.as_str(), pieces.lock().unwrap().concat()), (PLAN, PLAN.to_owned()));
-    assert_eq!(r.usage, Usage { input_tokens: 11, output_tokens: 7 });
+    assert_eq!(r.usage, Usage::of_tokens(11, 7));
 
     let err = m.chat_streaming(plan_request(), &sink).await.unwrap_err();
     assert!(matches!(&err, LlmError::InvalidResponse(m) if m.contains("overloaded")), "{err}");

@@ -252,7 +252,7 @@ fn plan() -> PlanSpec {
 }
 
 fn usage() -> Usage {
-    Usage { llm_calls: 1, input_tokens: 10, output_tokens: 3 }
+    Usage { llm_calls: 1, input_tokens: 10, output_tokens: 3, ..Usage::default() }
 }
 
 fn proposed() -> EventKind {

@@ -311,4 +311,35 @@ mod tests {
     fn prompts_are_estimated_at_four_characters_a_token() {
         assert_eq!((estimate_tokens(0), estimate_tokens(4), estimate_tokens(5)), (0, 1, 2));
     }
+
+    #[test]
+    fn a_request_is_estimated_from_its_messages_tools_and_schema() {
+        use crate::llm::{CallContext, ChatRequest, Message, StructuredOutput, ToolCall, ToolSpec};
+        use std::sync::Arc;
+        let mut request = ChatRequest {
+            context: CallContext {
+                run_id: "r".into(),
+                role: crate::llm::AgentRole::Executor,
+                step: None,
+                attempt: 1,
+                trace: Default::default(),
+            },
+            messages: vec![Message::system("12345678"), Message::user("1234")],
+            tools: vec![],
+            structured: None,
+            max_tokens: None,
+        };
+        assert_eq!(estimate_input_tokens(&request), 3);
+        let call = ToolCall { id: "c".into(), name: "ab".into(), arguments: serde_json::json!({}) };
+        request.messages.push(Message::assistant("", vec![call]));
+        request.tools.push(ToolSpec {
+            name: "ab".into(),
+            description: "cd".into(),
+            parameters: Arc::new(serde_json::json!({})),
+        });
+        request.structured =
+            Some(StructuredOutput { name: "plan".into(), schema: Arc::new(serde_json::json!([])) });
+        // 12 message chars + 4 of the call + 6 of the tool + 2 of the schema.
+        assert_eq!(estimate_input_tokens(&request), 6);
+    }
 }

@@ -263,7 +263,7 @@ mod tests {
             Ok(ChatResponse {
                 content: text,
                 tool_calls,
-                usage: Usage { input_tokens: 3, output_tokens: 2 },
+                usage: Usage::of_tokens(3, 2),
                 model: "echo-1".into(),
             })
         }

@@ -559,11 +559,11 @@ mod tests {
         ]}));
         // Request: "sys" + 16 chars = 19 chars -> 4 tokens; "12345678" -> 2 tokens.
         let r = m.chat(req("r", AgentRole::Planner, None, 1)).await.unwrap();
-        assert_eq!(r.usage, Usage { input_tokens: 4, output_tokens: 2 });
+        assert_eq!(r.usage, Usage::of_tokens(4, 2));
         let r = m.chat(req("r", AgentRole::Planner, None, 1)).await.unwrap();
-        assert_eq!(r.usage, Usage { input_tokens: 100, output_tokens: 7 });
+        assert_eq!(r.usage, Usage::of_tokens(100, 7));
         let r = m.chat(req("r", AgentRole::Planner, None, 1)).await.unwrap();
-        assert_eq!(r.usage, Usage { input_tokens: 4, output_tokens: 3 });
+        assert_eq!(r.usage, Usage::of_tokens(4, 3));
         // Empty content still counts at least one token; tool call arguments count as output.
         let m = model(json!({"executor": [
             "", {"tool_calls": [{"name": "write_file", "arguments": {"path": "a.txt", "content": "0123456789"}}]}

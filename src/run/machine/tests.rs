@@ -27,7 +27,7 @@ fn plan(steps: &[(&str, &[&str])]) -> PlanSpec {
 }
 
 fn usage(tokens: u64) -> Usage {
-    Usage { llm_calls: 1, input_tokens: tokens, output_tokens: tokens }
+    Usage { llm_calls: 1, input_tokens: tokens, output_tokens: tokens, ..Usage::default() }
 }
 
 fn options(f: impl FnOnce(&mut Policy)) -> RunOptions {
