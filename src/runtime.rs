@@ -222,6 +222,7 @@ impl RuntimeBuilder {
             models: crate::telemetry::traced(&models, self.content, &self.prices),
             content: self.content,
             prices: self.prices,
+            spending: Default::default(),
             tools: self.tools,
             tool_names,
             tool_specs,

@@ -180,3 +180,39 @@ async fn a_model_without_a_price_costs_unknown_enforces_no_cap_and_warns_once() 
     assert_eq!(warnings, 1, "one warning for eight calls over two runs:\n{text}");
     assert!(text.contains("no [[llm.prices]] entry"), "{text}");
 }
+
+#[tokio::test]
+async fn steps_running_at_once_share_the_run_budget() {
+    // Output only is priced: a call may cost up to its 100 output tokens, 0.2, and these do.
+    let price = Price {
+        provider: ProviderKind::Scripted,
+        model: "parallel".into(),
+        input_per_mtok: 0.0,
+        output_per_mtok: 2000.0,
+        cached_input_per_mtok: None,
+    };
+    let prices = PriceTable::new("USD", &[price], Some(100)).unwrap();
+    let full = json!({"input_tokens": 10, "output_tokens": 100});
+    let ids = ["a", "b", "c"];
+    let answers: serde_json::Map<String, Value> = ids
+        .iter()
+        .map(|id| (id.to_string(), json!([{"content": "ok", "usage": full, "delay_ms": 50}])))
+        .collect();
+    let script = json!({
+        "model": "parallel",
+        "planner": [{"json": {"goal": "g", "steps": ids.map(|id| step(id, &[]))}, "usage": usage()}],
+        "steps": answers,
+        "synthesizer": [{"content": "done", "usage": full}]
+    });
+    let mut opts = RunOptions::default();
+    // The planner spends 0.1; three steps of 0.2 at once would take the run to 0.7.
+    opts.run_budget.max_cost = 0.45;
+    let rt = runtime(script, opts, prices).await;
+    let r = rt.run("three at once").await.unwrap();
+    assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
+    assert!(r.error.as_deref().unwrap().contains("run budget exhausted"), "{:?}", r.error);
+    assert!(cost(&r) <= 0.45, "the steps together spent past the cap: {}", cost(&r));
+    // Refused before its call, with the other steps' calls counted: without them each step saw
+    // 0.1 spent, all three calls fitted, and the run ended at 0.7.
+    assert!(r.error.as_deref().unwrap().contains("run_budget.max_cost"), "{:?}", r.error);
+}

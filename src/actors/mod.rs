@@ -15,6 +15,7 @@ pub mod pool;
 pub mod replanner;
 pub(crate) mod replication;
 pub(crate) mod reply;
+pub(crate) mod spending;
 pub mod supervisor;
 pub mod synthesizer;
 #[cfg(test)]
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub content: crate::telemetry::ContentCapture,
     /// What model calls cost (the models are wrapped to price every call with it too).
     pub prices: Arc<crate::llm::price::PriceTable>,
+    /// What each live run has spent, running attempts included, for the money checks.
+    pub spending: spending::RunSpending,
     /// The replicas this runtime shares runs with, when it has any (set once, at start).
     pub replication: OnceLock<Arc<dyn replication::Replication>>,
 }
@@ -71,7 +74,8 @@ pub(crate) struct Shared {
 impl Shared {
     /// The money check before a step attempt's model call: the most `request` to `model` can
     /// cost (priced from the table), against the step's and the run's `max_cost` given what the
-    /// attempt (`spent`) and the run before it spent.
+    /// attempt (`spent`) and the run, its other running attempts included, have spent. Allowed,
+    /// the call's most is reserved until the attempt's next check or end.
     pub(crate) fn check_call_cost(
         &self,
         model: &dyn crate::llm::ChatModel,
@@ -81,7 +85,8 @@ impl Shared {
     ) -> Result<(), crate::run::StepError> {
         let input = crate::llm::price::estimate_input_tokens(request);
         let most = self.prices.most(model.provider(), model.model_name(), input, request.max_tokens);
-        crate::run::budget::check_step_call(spent.cost, job.budget.max_cost, &job.run_spend, most)
+        let attempt = (&job.run_id, &job.step.id, job.attempt);
+        self.spending.check_and_reserve(attempt, &job.run_spend, job.budget.max_cost, (spent.cost, most))
     }
 
     /// The run's workspace directory (created on first use by the tools).
