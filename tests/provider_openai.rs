@@ -273,6 +273,15 @@ async fn unreachable_server_is_a_transport_error() {
 }
 
 #[tokio::test]
+async fn cached_prompt_tokens_are_read_from_the_usage_details() {
+    let mut body = completion("Hello!");
+    body["usage"]["prompt_tokens_details"] = json!({"cached_tokens": 4, "audio_tokens": 0});
+    let server = FakeServer::with_replies(vec![Reply::ok(body)]).await;
+    let r = model(&server.url).chat(text_request("Say hi")).await.unwrap();
+    assert_eq!(r.usage, Usage::of_tokens(11, 7).with_cached_input(4));
+}
+
+#[tokio::test]
 async fn structured_call_repairs_malformed_json_once() {
     let server = FakeServer::with_replies(vec![
         Reply::ok(completion("{\"goal\": \"g\", \"steps\": [")),
@@ -283,7 +292,7 @@ async fn structured_call_repairs_malformed_json_once() {
     let out = structured_call(&m, plan_request(), parse_plan).await.unwrap();
     assert_eq!(out.value, json!({"goal": "g", "steps": []}));
     assert_eq!(out.calls, 2);
-    assert_eq!(out.usage, Usage::of_tokens(22, 14));
+    assert_eq!(out.usage, Usage { llm_calls: 2, ..Usage::of_tokens(22, 14) });
     let bodies = server.bodies();
     let repair = &bodies[1]["messages"];
     assert_eq!(repair[2], json!({"role": "assistant", "content": "{\"goal\": \"g\", \"steps\": ["}));
