@@ -329,6 +329,7 @@ async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut Usage)
         }),
         max_tokens: None,
     };
+    shared.check_call_cost(model.as_ref(), &request, job, usage)?;
     let verdict = crate::llm::structured_call(model.as_ref(), request, |text| {
         serde_json::from_str::<StepVerdict>(strip_code_fence(text)).map_err(|e| e.to_string())
     })
