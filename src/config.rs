@@ -446,6 +446,17 @@ impl Config {
         {
             return invalid("llm.temperature", format!("must be a number ≥ 0, got {t}"));
         }
+        if let Err(e) = crate::llm::price::validate(&self.llm.price_currency, &self.llm.prices) {
+            return invalid(&e.key, e.message);
+        }
+        for (key, cap) in [
+            ("budget.step.max_cost", self.budget.step.max_cost),
+            ("budget.run.max_cost", self.budget.run.max_cost),
+        ] {
+            if !(cap.is_finite() && cap >= 0.0) {
+                return invalid(key, format!("must be a number ≥ 0 (0: no limit), got {cap}"));
+            }
+        }
         if !matches!(self.telemetry.otlp_protocol.as_str(), "http/protobuf" | "grpc") {
             return invalid(
                 "telemetry.otlp_protocol",
@@ -613,6 +624,42 @@ mod tests {
         let missing: Vec<_> = expected.iter().filter(|k| !present.contains(k)).collect();
         assert!(missing.is_empty(), "keys missing from config/stepwise.toml: {missing:?}");
         assert!(expected.len() > 30, "suspiciously few keys: {expected:?}");
+    }
+
+    #[test]
+    fn shipped_price_example_parses_when_uncommented() {
+        let block: String = SHIPPED
+            .lines()
+            .skip_while(|l| !l.starts_with("# [[llm.prices]]"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        let config = Config::from_toml_str(&block, "example").unwrap();
+        config.validate().unwrap();
+        let table = config.llm.price_table().unwrap();
+        let price = table.get("openai", "gpt-4.1-mini").expect("the example's entry");
+        assert_eq!((price.input_per_mtok, price.cached_input_per_mtok), (0.4, Some(0.1)));
+    }
+
+    #[test]
+    fn bad_prices_and_money_caps_are_refused_naming_the_key() {
+        let entry =
+            "[[llm.prices]]\nprovider = \"openai\"\nmodel = \"m\"\ninput_per_mtok = 1\noutput_per_mtok = 2\n";
+        let twice = Config::from_toml_str(&format!("{entry}{entry}"), "t").unwrap().validate().unwrap_err();
+        assert!(twice.to_string().contains("llm.prices[1].model"), "{twice}");
+        let negative = entry.replace("output_per_mtok = 2", "output_per_mtok = -2");
+        let e = Config::from_toml_str(&negative, "t").unwrap().validate().unwrap_err();
+        assert!(
+            e.to_string().contains("llm.prices[0].output_per_mtok") && e.to_string().contains("-2"),
+            "{e}"
+        );
+        let unknown = entry.replace("model = ", "modle = \"x\"\nmodel = ");
+        let e = Config::from_toml_str(&unknown, "t").unwrap_err();
+        assert!(e.to_string().contains("modle"), "{e}");
+        let mut config = Config::default();
+        config.budget.run.max_cost = -1.0;
+        let e = config.validate().unwrap_err();
+        assert!(e.to_string().contains("budget.run.max_cost"), "{e}");
     }
 
     #[test]

@@ -81,13 +81,17 @@ pub struct StepBudget {
     pub max_tool_calls: u32,
     /// Tokens (input + output) over the loop; 0 means no limit.
     pub max_tokens: u64,
+    /// Money over the attempt's model calls, in `[llm] price_currency`; 0 means no limit. Checked
+    /// before each call against the most that call can cost; not applied to unpriced models.
+    #[serde(deserialize_with = "money_cap")]
+    pub max_cost: f64,
     /// Wall-clock limit of one attempt, in milliseconds.
     pub timeout_ms: u64,
 }
 
 impl Default for StepBudget {
     fn default() -> Self {
-        Self { max_iterations: 8, max_tool_calls: 16, max_tokens: 0, timeout_ms: 300_000 }
+        Self { max_iterations: 8, max_tool_calls: 16, max_tokens: 0, max_cost: 0.0, timeout_ms: 300_000 }
     }
 }
 
@@ -106,8 +110,24 @@ pub struct RunBudget {
     pub max_tokens: u64,
     /// Tool calls over the run; 0 means no limit.
     pub max_tool_calls: u64,
+    /// Money over every model call of the run, in `[llm] price_currency`; 0 means no limit. A
+    /// step's model call that could take the run past it is not made (the run fails, `run budget
+    /// exhausted`); other calls are not made once the run has spent it. Not applied while any of
+    /// the run's calls was to an unpriced model (its cost is unknown).
+    #[serde(deserialize_with = "money_cap")]
+    pub max_cost: f64,
     /// Wall-clock limit of the run in milliseconds (not counting time awaiting approval); 0: none.
     pub timeout_ms: u64,
+}
+
+/// A `max_cost`: a finite number ≥ 0, so that a typo cannot turn a cap off silently.
+fn money_cap<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let cap = f64::deserialize(d)?;
+    if cap.is_finite() && cap >= 0.0 {
+        Ok(cap)
+    } else {
+        Err(serde::de::Error::custom(format!("max_cost must be a number ≥ 0 (0: no limit), got {cap}")))
+    }
 }
 
 /// Everything that shapes one run; recorded in its first event so a restart resumes it as it was.
@@ -201,6 +221,16 @@ impl RunLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_negative_money_cap_is_refused_naming_the_field() {
+        let e = serde_json::from_value::<RunOptions>(serde_json::json!({"run_budget": {"max_cost": -1}}))
+            .unwrap_err();
+        assert!(e.to_string().contains("max_cost must be a number ≥ 0 (0: no limit), got -1"), "{e}");
+        let ok: RunOptions =
+            serde_json::from_value(serde_json::json!({"step_budget": {"max_cost": 0.25}})).unwrap();
+        assert_eq!(ok.step_budget.max_cost, 0.25);
+    }
 
     #[test]
     fn options_within_the_limits_pass_and_the_first_beyond_them_is_named() {

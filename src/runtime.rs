@@ -17,6 +17,7 @@ use crate::actors::pool::{ExecutorLoad, PoolBounds};
 use crate::actors::replication::ControlRequest;
 use crate::actors::supervisor::Supervisor;
 use crate::actors::{RunChannels, RunTable, Shared};
+use crate::llm::price::PriceTable;
 use crate::llm::{Models, SharedModel};
 use crate::options::RunOptions;
 use crate::plan::PlanSpec;
@@ -84,6 +85,7 @@ pub struct RuntimeBuilder {
     store: Option<Arc<dyn RunStore>>,
     prompts: Prompts,
     content: ContentCapture,
+    prices: Arc<PriceTable>,
     #[cfg(feature = "postgres")]
     replica: Option<crate::cluster::Replica>,
 }
@@ -100,6 +102,7 @@ impl Default for RuntimeBuilder {
             store: None,
             prompts: Prompts::default(),
             content: ContentCapture::OFF,
+            prices: Arc::default(),
             #[cfg(feature = "postgres")]
             replica: None,
         }
@@ -201,6 +204,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// What model calls cost (`[[llm.prices]]`; default: no prices, every cost unknown).
+    pub fn prices(mut self, prices: PriceTable) -> Self {
+        self.prices = Arc::new(prices);
+        self
+    }
+
     /// Starts the actor system on the current tokio runtime.
     pub async fn build(self) -> Result<Runtime, RuntimeError> {
         let models =
@@ -210,8 +219,10 @@ impl RuntimeBuilder {
         let tool_names: Arc<[String]> = self.tools.names().into();
         let tool_specs = self.tools.fixed_specs();
         let shared = Arc::new(Shared {
-            models: crate::telemetry::traced(&models, self.content),
+            models: crate::telemetry::traced(&models, self.content, &self.prices),
             content: self.content,
+            prices: self.prices,
+            spending: Default::default(),
             tools: self.tools,
             tool_names,
             tool_specs,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use stepwise::llm::anthropic::{AnthropicModel, AnthropicSettings};
 use stepwise::llm::{
-    AgentRole, CallContext, ChatModel, ChatRequest, LlmError, Message, StructuredOutput, TokenUsage,
-    ToolCall, ToolSpec, structured_call,
+    AgentRole, CallContext, ChatModel, ChatRequest, LlmError, Message, StructuredOutput, ToolCall, ToolSpec,
+    Usage, structured_call,
 };
 use support_llm::{FakeServer, Reply};
 
@@ -56,7 +56,7 @@ async fn text_happy_path_sends_exact_body_and_headers() {
         .await
         .unwrap();
     assert_eq!(r.content, "Hi there");
-    assert_eq!(r.usage, TokenUsage { input_tokens: 35, output_tokens: 12 });
+    assert_eq!(r.usage, Usage::of_tokens(35, 12).with_cached_input(5));
     assert_eq!(r.model, "claude-test-20260101");
     assert_eq!((m.provider(), m.model_name()), ("anthropic", "claude-test"));
 
@@ -263,7 +263,7 @@ async fn streaming_hands_over_the_forced_tools_input_as_it_arrives() {
     let plan: Value = serde_json::from_str(&r.content).unwrap();
     assert_eq!(plan, json!({"goal": "g", "steps": [{"id": "a", "description": "d"}]}));
     assert!(r.tool_calls.is_empty(), "the forced call is the answer");
-    assert_eq!(r.usage, TokenUsage { input_tokens: 35, output_tokens: 17 });
+    assert_eq!(r.usage, Usage::of_tokens(35, 17).with_cached_input(5));
     assert_eq!(r.model, "claude-test-20260101");
     assert_eq!(server.bodies()[0]["stream"], json!(true));
     assert_eq!(server.bodies()[0]["tool_choice"], json!({"type": "tool", "name": "plan"}));

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use stepwise::llm::config::StructuredMode;
 use stepwise::llm::openai::{OpenAiModel, OpenAiSettings};
 use stepwise::llm::{
-    AgentRole, CallContext, ChatModel, ChatRequest, LlmError, Message, StructuredOutput, TokenUsage,
-    ToolCall, ToolSpec, structured_call,
+    AgentRole, CallContext, ChatModel, ChatRequest, LlmError, Message, StructuredOutput, ToolCall, ToolSpec,
+    Usage, structured_call,
 };
 use support_llm::{FakeServer, Reply, WarnCounter, closed_port_url};
 
@@ -89,7 +89,7 @@ async fn text_happy_path_sends_exact_body_and_reads_usage() {
     let r = m.chat(text_request("Say hi")).await.unwrap();
     assert_eq!(r.content, "Hello!");
     assert!(r.tool_calls.is_empty());
-    assert_eq!(r.usage, TokenUsage { input_tokens: 11, output_tokens: 7 });
+    assert_eq!(r.usage, Usage::of_tokens(11, 7));
     assert_eq!(r.model, "gpt-test-0613");
     assert_eq!((m.provider(), m.model_name()), ("openai", "gpt-test"));
 
@@ -160,7 +160,7 @@ async fn tool_call_loop_round_trips_two_calls() {
             },
         ]
     );
-    assert_eq!(first.usage, TokenUsage { input_tokens: 20, output_tokens: 9 });
+    assert_eq!(first.usage, Usage::of_tokens(20, 9));
 
     req.messages.push(Message::assistant(first.content.clone(), first.tool_calls.clone()));
     req.messages.push(Message::tool("call_a", "hi"));
@@ -273,6 +273,15 @@ async fn unreachable_server_is_a_transport_error() {
 }
 
 #[tokio::test]
+async fn cached_prompt_tokens_are_read_from_the_usage_details() {
+    let mut body = completion("Hello!");
+    body["usage"]["prompt_tokens_details"] = json!({"cached_tokens": 4, "audio_tokens": 0});
+    let server = FakeServer::with_replies(vec![Reply::ok(body)]).await;
+    let r = model(&server.url).chat(text_request("Say hi")).await.unwrap();
+    assert_eq!(r.usage, Usage::of_tokens(11, 7).with_cached_input(4));
+}
+
+#[tokio::test]
 async fn structured_call_repairs_malformed_json_once() {
     let server = FakeServer::with_replies(vec![
         Reply::ok(completion("{\"goal\": \"g\", \"steps\": [")),
@@ -283,7 +292,7 @@ async fn structured_call_repairs_malformed_json_once() {
     let out = structured_call(&m, plan_request(), parse_plan).await.unwrap();
     assert_eq!(out.value, json!({"goal": "g", "steps": []}));
     assert_eq!(out.calls, 2);
-    assert_eq!(out.usage, TokenUsage { input_tokens: 22, output_tokens: 14 });
+    assert_eq!(out.usage, Usage { llm_calls: 2, ..Usage::of_tokens(22, 14) });
     let bodies = server.bodies();
     let repair = &bodies[1]["messages"];
     assert_eq!(repair[2], json!({"role": "assistant", "content": "{\"goal\": \"g\", \"steps\": ["}));
@@ -474,7 +483,7 @@ async fn streaming_hands_over_each_delta_and_assembles_the_answer() {
     let r = model(&server.url).chat_streaming(plan_request(), &sink).await.unwrap();
     assert_eq!(*pieces.lock().unwrap(), parts);
     assert_eq!(r.content, parts.concat());
-    assert_eq!(r.usage, TokenUsage { input_tokens: 21, output_tokens: 9 });
+    assert_eq!(r.usage, Usage::of_tokens(21, 9));
     assert_eq!(r.model, "gpt-test-0613");
     let body = &server.bodies()[0];
     assert_eq!(body["stream"], json!(true));
@@ -502,7 +511,7 @@ async fn streaming_in_tool_mode_hands_over_the_forced_calls_arguments() {
     assert_eq!(pieces.lock().unwrap().concat(), PLAN);
     assert_eq!(r.content, PLAN);
     assert!(r.tool_calls.is_empty(), "the forced call is the answer, not a tool call");
-    assert_eq!(r.usage, TokenUsage::default(), "no usage chunk was sent");
+    assert_eq!(r.usage, Usage::default(), "no usage chunk was sent");
 }
 
 #[tokio::test]
@@ -547,7 +556,7 @@ async fn streaming_accepts_a_server_that_answers_whole_and_reports_stream_errors
     let (pieces, sink) = collector();
     let r = m.chat_streaming(plan_request(), &sink).await.unwrap();
     assert_eq!((r.content.as_str(), pieces.lock().unwrap().concat()), (PLAN, PLAN.to_owned()));
-    assert_eq!(r.usage, TokenUsage { input_tokens: 11, output_tokens: 7 });
+    assert_eq!(r.usage, Usage::of_tokens(11, 7));
 
     let err = m.chat_streaming(plan_request(), &sink).await.unwrap_err();
     assert!(matches!(&err, LlmError::InvalidResponse(m) if m.contains("overloaded")), "{err}");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use stepwise::options::RunOptions;
 use stepwise::plan::{PlanSpec, StepSpec};
-use stepwise::run::{EventKind, LlmUsage, RunEvent, RunId, RunStatus, StepError, StepErrorKind};
+use stepwise::run::{EventKind, RunEvent, RunId, RunStatus, StepError, StepErrorKind, Usage};
 use stepwise::store::{ListQuery, MemoryStore, RunStore, RunSummary, StoreError};
 
 // ---------------------------------------------------------------- backends
@@ -252,8 +252,8 @@ fn plan() -> PlanSpec {
     }
 }
 
-fn usage() -> LlmUsage {
-    LlmUsage { llm_calls: 1, input_tokens: 10, output_tokens: 3 }
+fn usage() -> Usage {
+    Usage { llm_calls: 1, input_tokens: 10, output_tokens: 3, ..Usage::default() }
 }
 
 fn proposed() -> EventKind {
@@ -807,7 +807,7 @@ fn sample_event(run: &RunId, seq: u64) -> RunEvent {
                 step,
                 attempt: 1,
                 output: "Found 6 TODOs; none block the release.".into(),
-                usage: LlmUsage { llm_calls: 2, input_tokens: 900, output_tokens: 120 },
+                usage: Usage { llm_calls: 2, ..Usage::of_tokens(900, 120) },
             },
         },
     };

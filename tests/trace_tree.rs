@@ -348,3 +348,51 @@ async fn concurrent_runs_never_share_a_trace() {
     }
     assert_eq!(seen_runs, run_ids);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn chat_spans_carry_the_calls_cost_when_the_model_has_a_price() {
+    use stepwise::llm::config::ProviderKind;
+    use stepwise::llm::price::{Price, PriceTable};
+    let capture = Capture::install();
+    let script = |model: &str| {
+        json!({
+            "model": model,
+            "planner": [{"json": {"goal": "g", "steps": [step("s1", &[])]},
+                         "usage": {"input_tokens": 1000, "output_tokens": 500}}],
+            "executor": ["done"],
+            "synthesizer": ["merged"]
+        })
+    };
+    // 1000 input at 2 per million and 500 output at 4 per million: 0.004.
+    let price = Price {
+        provider: ProviderKind::Scripted,
+        model: "priced".into(),
+        input_per_mtok: 2.0,
+        output_per_mtok: 4.0,
+        cached_input_per_mtok: None,
+    };
+    for model in ["priced", "unpriced"] {
+        let runtime = Stepwise::builder()
+            .model(Arc::new(ScriptedModel::from_json(script(model)).unwrap()))
+            .prices(PriceTable::new("USD", std::slice::from_ref(&price), None).unwrap())
+            .workspace_root(tempfile::tempdir().unwrap().keep())
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(runtime.run("t").await.unwrap().status, RunStatus::Completed);
+        runtime.shutdown().await;
+    }
+    let spans = capture.spans();
+    let planner_chat = |model: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == format!("chat {model}") && attr(s, "stepwise.role").as_deref() == Some("planner")
+            })
+            .unwrap_or_else(|| panic!("no planner chat span for {model}: {:?}", names(&spans)))
+    };
+    assert_eq!(attr(planner_chat("priced"), "stepwise.usage.cost").as_deref(), Some("0.004"));
+    assert_eq!(attr(planner_chat("priced"), "stepwise.usage.cached_input_tokens").as_deref(), Some("0"));
+    assert_eq!(attr(planner_chat("unpriced"), "stepwise.usage.cost"), None, "unknown is not zero");
+    assert!(attr(planner_chat("unpriced"), "gen_ai.usage.input_tokens").is_some());
+}

@@ -21,7 +21,7 @@ use super::pool::PoolGauges;
 use crate::llm::{AgentRole, CallContext, ChatRequest, Message};
 use crate::plan::strip_code_fence;
 use crate::prompts::user::{ExecutorInput, StepResultLine, VerifierInput};
-use crate::run::{EventKind, LlmUsage, StepError, StepErrorKind, StepVerdict};
+use crate::run::{EventKind, StepError, StepErrorKind, StepVerdict, Usage};
 use crate::text::clip;
 use crate::tools::{ToolContext, ToolError};
 
@@ -73,7 +73,7 @@ impl Worker for ExecutorWorker {
 
 /// Runs one step attempt to its end: a final answer, or a [`StepError`].
 pub(crate) async fn run_step(shared: &Shared, job: StepJob) -> StepReport {
-    let mut usage = LlmUsage::default();
+    let mut usage = Usage::default();
     let budget_timeout = job.budget.timeout();
     let cancel = job.cancel.clone();
     // Time spent waiting for an unavailable provider does not count against the budget.
@@ -127,7 +127,7 @@ fn exhausted(what: String) -> StepError {
     StepError::new(StepErrorKind::BudgetExhausted, what)
 }
 
-async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Result<String, StepError> {
+async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut Usage) -> Result<String, StepError> {
     let model = shared.models.get(AgentRole::Executor).clone();
     let context = CallContext::new(AgentRole::Executor, job.run_id.0.clone(), job.trace.clone())
         .step(job.step.id.clone(), job.attempt);
@@ -143,6 +143,7 @@ async fn react_loop(shared: &Shared, job: &StepJob, usage: &mut LlmUsage) -> Res
     for _iteration in 0..budget.max_iterations {
         let request =
             ChatRequest::builder(context.clone()).messages(messages.clone()).tools(tools.clone()).build();
+        shared.check_call_cost(model.as_ref(), &request, job, usage)?;
         let response =
             model.chat(request).await.map_err(|e| StepError::new(StepErrorKind::LlmError, e.to_string()))?;
         usage.add_call(response.usage);
@@ -292,7 +293,7 @@ fn notify(job: &StepJob, kind: EventKind) {
     job.events.send(kind);
 }
 
-async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsage) -> Result<(), StepError> {
+async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut Usage) -> Result<(), StepError> {
     let model = shared.models.get(AgentRole::Verifier).clone();
     let verdict_for = VerifierInput {
         description: &job.step.description,
@@ -311,14 +312,13 @@ async fn verify(shared: &Shared, job: &StepJob, answer: &str, usage: &mut LlmUsa
         .user(text)
         .structured("step_verdict", super::schema::<StepVerdict>())
         .build();
+    shared.check_call_cost(model.as_ref(), &request, job, usage)?;
     let verdict = crate::llm::structured_call(model.as_ref(), request, |text| {
         serde_json::from_str::<StepVerdict>(strip_code_fence(text)).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| StepError::new(StepErrorKind::LlmError, format!("verification: {e}")))?;
-    usage.llm_calls += u64::from(verdict.calls);
-    usage.input_tokens += verdict.usage.input_tokens;
-    usage.output_tokens += verdict.usage.output_tokens;
+    *usage += verdict.usage;
     if verdict.value.passed {
         Ok(())
     } else {

@@ -38,6 +38,9 @@ pub struct StepJob {
     pub inputs: Vec<StepInput>,
     /// What the attempt may spend.
     pub budget: StepBudget,
+    /// What the run had spent when the attempt started, and its money cap.
+    #[serde(default)]
+    pub run_spend: crate::run::RunSpend,
     /// Check the output against `expected_outcome` with the verifier model.
     pub verify: bool,
     /// The step span's context.
@@ -203,6 +206,7 @@ mod tests {
             attempt: 2,
             inputs: vec![StepInput { id: "s0".into(), description: "x".into(), output: Some("y".into()) }],
             budget: StepBudget::default(),
+            run_spend: Default::default(),
             verify: true,
             trace: TraceContext::default(),
             cancel: CancellationToken::new(),

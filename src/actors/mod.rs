@@ -15,6 +15,7 @@ pub mod pool;
 pub mod replanner;
 pub(crate) mod replication;
 pub(crate) mod reply;
+pub(crate) mod spending;
 pub mod supervisor;
 pub mod synthesizer;
 #[cfg(test)]
@@ -35,7 +36,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::llm::Models;
 use crate::prompts::Prompts;
-use crate::run::{LlmUsage, RunEvent, RunId, RunResult};
+use crate::run::{RunEvent, RunId, RunResult, Usage};
 use crate::store::RunStore;
 use crate::telemetry::TraceContext;
 use crate::tools::ToolRegistry;
@@ -62,11 +63,32 @@ pub(crate) struct Shared {
     pub services: RwLock<Option<Services>>,
     /// Whether tool arguments and results go into `execute_tool` spans.
     pub content: crate::telemetry::ContentCapture,
+    /// What model calls cost (the models are wrapped to price every call with it too).
+    pub prices: Arc<crate::llm::price::PriceTable>,
+    /// What each live run has spent, running attempts included, for the money checks.
+    pub spending: spending::RunSpending,
     /// The replicas this runtime shares runs with, when it has any (set once, at start).
     pub replication: OnceLock<Arc<dyn replication::Replication>>,
 }
 
 impl Shared {
+    /// The money check before a step attempt's model call: the most `request` to `model` can
+    /// cost (priced from the table), against the step's and the run's `max_cost` given what the
+    /// attempt (`spent`) and the run, its other running attempts included, have spent. Allowed,
+    /// the call's most is reserved until the attempt's next check or end.
+    pub(crate) fn check_call_cost(
+        &self,
+        model: &dyn crate::llm::ChatModel,
+        request: &crate::llm::ChatRequest,
+        job: &messages::StepJob,
+        spent: &Usage,
+    ) -> Result<(), crate::run::StepError> {
+        let input = crate::llm::price::estimate_input_tokens(request);
+        let most = self.prices.most(model.provider(), model.model_name(), input, request.max_tokens);
+        let attempt = (&job.run_id, &job.step.id, job.attempt);
+        self.spending.check_and_reserve(attempt, &job.run_spend, job.budget.max_cost, (spent.cost, most))
+    }
+
     /// The run's workspace directory (created on first use by the tools).
     pub fn workspace(&self, run: &RunId) -> PathBuf {
         self.workspace_root.join(run.as_str())
@@ -241,7 +263,7 @@ where
         let result = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
             Err(ServiceFailure {
                 error: format!("panicked: {}", executor::panic_message(panic)),
-                usage: LlmUsage::default(),
+                usage: Usage::default(),
             })
         });
         // A stopped tracker (cancelled run) no longer wants the answer.
@@ -251,25 +273,16 @@ where
 
 /// A failed structured service call as the run records it: the error, and what was spent.
 pub(crate) fn service_failure(what: &str, f: crate::llm::StructuredFailure) -> ServiceFailure {
-    let usage = LlmUsage {
-        llm_calls: u64::from(f.calls),
-        input_tokens: f.usage.input_tokens,
-        output_tokens: f.usage.output_tokens,
-    };
-    ServiceFailure { error: format!("{what}: {}", f.error), usage }
+    ServiceFailure { error: format!("{what}: {}", f.error), usage: f.usage }
 }
 
 /// A user message whose template did not render: no call is made, and the service fails
 /// with the template's error (which names the file and line).
 pub(crate) fn template_failure(e: crate::prompts::TemplateError) -> ServiceFailure {
-    ServiceFailure { error: e.to_string(), usage: LlmUsage::default() }
+    ServiceFailure { error: e.to_string(), usage: Usage::default() }
 }
 
 /// Usage of a structured call.
-pub(crate) fn structured_usage<T>(s: &crate::llm::Structured<T>) -> LlmUsage {
-    LlmUsage {
-        llm_calls: u64::from(s.calls),
-        input_tokens: s.usage.input_tokens,
-        output_tokens: s.usage.output_tokens,
-    }
+pub(crate) fn structured_usage<T>(s: &crate::llm::Structured<T>) -> Usage {
+    s.usage
 }

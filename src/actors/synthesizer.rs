@@ -6,7 +6,7 @@ use super::messages::{ServiceFailure, ServiceResult, SynthesisJob, SynthesizerMs
 use super::{Shared, spawn_service, template_failure};
 use crate::llm::{AgentRole, CallContext, ChatRequest};
 use crate::prompts::user::{StepResultLine, SynthesizerInput};
-use crate::run::LlmUsage;
+use crate::run::Usage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 /// The synthesizer actor.
@@ -51,11 +51,11 @@ async fn synthesize(shared: &Shared, job: SynthesisJob) -> ServiceResult<String>
     let context = CallContext::new(AgentRole::Synthesizer, job.run_id.0.clone(), job.trace.clone());
     let request =
         ChatRequest::builder(context).system(shared.prompts.get(AgentRole::Synthesizer)).user(text).build();
-    let response = model.chat(request).await.map_err(|e| ServiceFailure {
-        error: format!("synthesis failed: {e}"),
-        usage: LlmUsage::default(),
-    })?;
-    let mut usage = LlmUsage::default();
+    let response = model
+        .chat(request)
+        .await
+        .map_err(|e| ServiceFailure { error: format!("synthesis failed: {e}"), usage: Usage::default() })?;
+    let mut usage = Usage::default();
     usage.add_call(response.usage);
     Ok((response.content, usage))
 }

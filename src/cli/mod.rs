@@ -361,6 +361,7 @@ pub async fn build_runtime(
         .workspace_root(cfg.workspace_root())
         .prompts(cfg.prompts()?)
         .record_content(stepwise::telemetry::ContentCapture::from_config(&cfg.telemetry))
+        .prices(cfg.llm.price_table().context("the price table ([[llm.prices]])")?)
         .build()
         .await?;
     Ok(runtime)

@@ -55,6 +55,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else if let Some(answer) = &result.final_output {
         println!("{answer}");
     }
+    eprintln!("{}", super::runs::usage_line(&result.usage, &cfg.llm.price_currency));
     if result.status != RunStatus::Completed {
         eprintln!("run {} {}: {}", result.id, result.status.as_str(), result.error.as_deref().unwrap_or(""));
     }

@@ -49,7 +49,8 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
             if args.json {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
-                print_result(&result);
+                let currency = stepwise::config::Config::load(args.config.as_deref())?.llm.price_currency;
+                print_result(&result, &currency);
             }
         }
     }
@@ -96,7 +97,7 @@ async fn list_remote(base: &str, status: Option<RunStatus>, limit: usize) -> any
     Ok(get_remote::<Page>(base, &path).await?.runs)
 }
 
-fn print_result(r: &RunResult) {
+fn print_result(r: &RunResult, currency: &str) {
     println!("run {}  {}", r.id, r.status.as_str());
     println!("task: {}", r.task);
     println!(
@@ -137,9 +138,18 @@ fn print_result(r: &RunResult) {
     if let Some(e) = &r.error {
         println!("error: {e}");
     }
-    let u = &r.usage;
-    println!(
-        "usage: {} LLM calls, {} input + {} output tokens, {} tool calls",
-        u.llm_calls, u.input_tokens, u.output_tokens, u.tool_calls
-    );
+    println!("{}", usage_line(&r.usage, currency));
+}
+
+/// `usage: 3 LLM calls, 900 input (100 cached) + 120 output tokens, 2 tool calls, cost 0.0012 USD`;
+/// the cost reads `unknown` when a model had no price.
+pub(super) fn usage_line(u: &stepwise::run::Usage, currency: &str) -> String {
+    let cost = match u.cost.is_known() {
+        true => format!("{} {currency}", u.cost),
+        false => "unknown".to_owned(),
+    };
+    format!(
+        "usage: {} LLM calls, {} input ({} cached) + {} output tokens, {} tool calls, cost {cost}",
+        u.llm_calls, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.tool_calls
+    )
 }

@@ -353,6 +353,7 @@ mod tests {
             attempt: 1,
             inputs: vec![],
             budget: StepBudget::default(),
+            run_spend: Default::default(),
             verify: false,
             trace: TraceContext::default(),
             cancel: Default::default(),

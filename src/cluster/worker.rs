@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::{self, Claimed, InboxMessage};
 use super::{Inner, decide};
 use crate::actors::messages::{EventSink, ExecutorMsg, StepReport};
-use crate::run::{EventKind, LlmUsage, StepError, StepErrorKind};
+use crate::run::{EventKind, StepError, StepErrorKind, Usage};
 
 /// A step this replica's executors claimed.
 pub(super) struct Claim {
@@ -87,7 +87,7 @@ fn start(inner: &Arc<Inner>, c: Claimed) {
         let report = report.unwrap_or_else(|| {
             let error =
                 StepError::new(StepErrorKind::ExecutorCrashed, "the executor stopped before reporting");
-            StepReport { step, attempt, outcome: Err(error), usage: LlmUsage::default() }
+            StepReport { step, attempt, outcome: Err(error), usage: Usage::default() }
         });
         let mut last: Vec<InboxMessage> = drain(&mut events);
         last.push(InboxMessage::Finished(report));

@@ -91,6 +91,11 @@ pub struct LlmConfig {
     pub temperature: Option<f32>,
     /// Per-role overrides.
     pub roles: RoleOverrides,
+    /// The currency of `prices` and of every cost shown (a label; nothing is converted).
+    pub price_currency: String,
+    /// What each provider's model costs (`[[llm.prices]]`); a model without an entry has an
+    /// unknown cost. There are no built-in prices.
+    pub prices: Vec<super::price::Price>,
 }
 
 impl Default for LlmConfig {
@@ -108,6 +113,8 @@ impl Default for LlmConfig {
             max_tokens: None,
             temperature: None,
             roles: RoleOverrides::default(),
+            price_currency: "USD".into(),
+            prices: Vec::new(),
         }
     }
 }
@@ -127,6 +134,14 @@ pub struct RoleModelConfig {
     pub base_url: Option<String>,
     /// Environment variable holding the key.
     pub api_key_env: Option<String>,
+}
+
+impl LlmConfig {
+    /// The price table of `[[llm.prices]]`, with `max_tokens` as the output cap of calls that
+    /// set none.
+    pub fn price_table(&self) -> Result<super::price::PriceTable, super::price::PriceError> {
+        super::price::PriceTable::new(&self.price_currency, &self.prices, self.max_tokens)
+    }
 }
 
 #[cfg(test)]

@@ -11,12 +11,14 @@ mod endpoint;
 pub mod http;
 pub mod openai;
 pub mod outage;
+pub mod price;
 pub mod providers;
 pub mod record;
 mod request;
 mod role;
 pub mod scripted;
 mod stream;
+pub mod usage;
 
 pub use request::ChatRequestBuilder;
 
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::StepId;
 use crate::telemetry::context::TraceContext;
+pub use usage::{Cost, Usage};
 
 pub use role::{AgentRole, PerRole};
 
@@ -150,29 +153,6 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
 }
 
-/// Token usage, summed per call, step and run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct TokenUsage {
-    /// Prompt tokens.
-    pub input_tokens: u64,
-    /// Completion tokens.
-    pub output_tokens: u64,
-}
-
-impl TokenUsage {
-    /// Input plus output.
-    pub fn total(&self) -> u64 {
-        self.input_tokens + self.output_tokens
-    }
-}
-
-impl std::ops::AddAssign for TokenUsage {
-    fn add_assign(&mut self, o: Self) {
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-    }
-}
-
 /// The model's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatResponse {
@@ -181,9 +161,9 @@ pub struct ChatResponse {
     /// Tool calls, if the model wants tools run.
     #[serde(default)]
     pub tool_calls: Vec<ToolCall>,
-    /// Tokens this call used.
+    /// What this call used (`llm_calls` 0: the caller counts the call; cost once priced).
     #[serde(default)]
-    pub usage: TokenUsage,
+    pub usage: Usage,
     /// The model that answered (as the provider names it).
     #[serde(default)]
     pub model: String,
@@ -370,8 +350,8 @@ impl fmt::Debug for Models {
 pub struct Structured<T> {
     /// The parsed, validated value.
     pub value: T,
-    /// Usage summed over the call and its repair, if any.
-    pub usage: TokenUsage,
+    /// Usage summed over the call and its repair, if any (each counted as a call).
+    pub usage: Usage,
     /// Number of model calls made (1, or 2 with a repair).
     pub calls: u32,
 }
@@ -406,8 +386,8 @@ pub async fn structured_call_streaming<T>(
 pub struct StructuredFailure {
     /// Why it failed.
     pub error: LlmError,
-    /// Usage of the calls that answered.
-    pub usage: TokenUsage,
+    /// Usage of the calls that answered (each counted as a call).
+    pub usage: Usage,
     /// Number of calls that answered.
     pub calls: u32,
 }
@@ -423,8 +403,9 @@ pub async fn structured_call_spent<T>(
     let schema = request.structured.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| "json".into());
     let first = chat_maybe_streaming(model, request.clone(), sink)
         .await
-        .map_err(|e| failed(e, TokenUsage::default(), 0))?;
-    let mut usage = first.usage;
+        .map_err(|e| failed(e, Usage::default(), 0))?;
+    let mut usage = Usage::default();
+    usage.add_call(first.usage);
     match parse(&first.content) {
         Ok(value) => Ok(Structured { value, usage, calls: 1 }),
         Err(error) => {
@@ -434,7 +415,7 @@ pub async fn structured_call_spent<T>(
                 "Your answer was rejected: {error}\nReply again with only the corrected JSON for the `{schema}` schema."
             )));
             let second = model.chat(request).await.map_err(|e| failed(e, usage, 1))?;
-            usage += second.usage;
+            usage.add_call(second.usage);
             parse(&second.content).map(|value| Structured { value, usage, calls: 2 }).map_err(|e2| {
                 let error = format!("{e2} (first attempt: {error})");
                 failed(LlmError::Structured { schema, error }, usage, 2)

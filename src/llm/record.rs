@@ -218,7 +218,7 @@ impl SinkModel for RecordingModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{ChatModel, Message, TokenUsage, ToolCall};
+    use crate::llm::{ChatModel, Message, ToolCall, Usage};
     use crate::plan::StepId;
 
     /// Answers with the last user message; fails when it is "fail".
@@ -245,7 +245,7 @@ mod tests {
             Ok(ChatResponse {
                 content: text,
                 tool_calls,
-                usage: TokenUsage { input_tokens: 3, output_tokens: 2 },
+                usage: Usage::of_tokens(3, 2),
                 model: "echo-1".into(),
             })
         }

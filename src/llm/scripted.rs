@@ -37,9 +37,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::role::PerRoleBuilder;
-use super::{
-    AgentRole, ChatRequest, ChatResponse, LlmError, Message, PerRole, TextSink, TokenUsage, ToolCall,
-};
+use super::{AgentRole, ChatRequest, ChatResponse, LlmError, Message, PerRole, TextSink, ToolCall, Usage};
 
 /// A whole script: per-role response lists plus global settings. Deserialised strictly: an
 /// unknown key is an error naming it, so a typo cannot silently change what a test replays.
@@ -467,15 +465,14 @@ impl ScriptedModel {
             .collect();
 
         let scripted = reply.usage.unwrap_or_default();
-        let usage = TokenUsage {
-            input_tokens: scripted
-                .input_tokens
-                .unwrap_or_else(|| estimate_tokens(request.messages.iter().map(message_chars).sum())),
-            output_tokens: scripted.output_tokens.unwrap_or_else(|| {
-                let args: usize = tool_calls.iter().map(|c| c.arguments.to_string().chars().count()).sum();
-                estimate_tokens(content.chars().count() + args)
-            }),
-        };
+        let input = scripted
+            .input_tokens
+            .unwrap_or_else(|| estimate_tokens(request.messages.iter().map(message_chars).sum()));
+        let output = scripted.output_tokens.unwrap_or_else(|| {
+            let args: usize = tool_calls.iter().map(|c| c.arguments.to_string().chars().count()).sum();
+            estimate_tokens(content.chars().count() + args)
+        });
+        let usage = Usage::of_tokens(input, output);
         Ok(ChatResponse { content, tool_calls, usage, model: self.model.clone() })
     }
 }
@@ -591,11 +588,11 @@ mod tests {
         ]}));
         // Request: "sys" + 16 chars = 19 chars -> 4 tokens; "12345678" -> 2 tokens.
         let r = m.chat(req("r", AgentRole::Planner, None, 1)).await.unwrap();
-        assert_eq!(r.usage, TokenUsage { input_tokens: 4, output_tokens: 2 });
+        assert_eq!(r.usage, Usage::of_tokens(4, 2));
         let r = m.chat(req("r", AgentRole::Planner, None, 1)).await.unwrap();
-        assert_eq!(r.usage, TokenUsage { input_tokens: 100, output_tokens: 7 });
+        assert_eq!(r.usage, Usage::of_tokens(100, 7));
         let r = m.chat(req("r", AgentRole::Planner, None, 1)).await.unwrap();
-        assert_eq!(r.usage, TokenUsage { input_tokens: 4, output_tokens: 3 });
+        assert_eq!(r.usage, Usage::of_tokens(4, 3));
         // Empty content still counts at least one token; tool call arguments count as output.
         let m = model(json!({"executor": [
             "", {"tool_calls": [{"name": "write_file", "arguments": {"path": "a.txt", "content": "0123456789"}}]}

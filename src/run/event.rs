@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{LlmUsage, RunId, StepError};
+use super::{RunId, StepError, Usage};
 use crate::llm::AgentRole;
 use crate::options::RunOptions;
 use crate::plan::{PlanSpec, StepId, StepSpec};
@@ -76,7 +76,7 @@ pub enum EventKind {
         /// The plan.
         plan: PlanSpec,
         /// Planner usage.
-        usage: LlmUsage,
+        usage: Usage,
     },
     /// A person approved the plan, possibly edited.
     PlanApproved {
@@ -126,7 +126,7 @@ pub enum EventKind {
         /// Final answer.
         output: String,
         /// Executor and verifier usage.
-        usage: LlmUsage,
+        usage: Usage,
     },
     /// A step attempt failed.
     StepFailed {
@@ -137,7 +137,7 @@ pub enum EventKind {
         /// What went wrong.
         error: StepError,
         /// Executor and verifier usage.
-        usage: LlmUsage,
+        usage: Usage,
     },
     /// A step was skipped (policy `skip`, or the replanner chose to continue without it).
     StepSkipped {
@@ -151,7 +151,7 @@ pub enum EventKind {
         /// The replanner's reason.
         reason: String,
         /// Replanner usage.
-        usage: LlmUsage,
+        usage: Usage,
     },
     /// The replanner replaced the remaining steps: a new revision.
     Replanned {
@@ -165,14 +165,14 @@ pub enum EventKind {
         #[serde(default)]
         caused_by: Option<StepId>,
         /// Replanner usage.
-        usage: LlmUsage,
+        usage: Usage,
     },
     /// The run finished with an answer.
     RunCompleted {
         /// The final answer.
         final_output: String,
         /// Synthesizer (or finishing replanner) usage.
-        usage: LlmUsage,
+        usage: Usage,
     },
     /// The run failed.
     RunFailed {
@@ -180,7 +180,7 @@ pub enum EventKind {
         error: String,
         /// Usage of the model work that led here, if any.
         #[serde(default)]
-        usage: LlmUsage,
+        usage: Usage,
     },
     /// The run was cancelled.
     RunCancelled {

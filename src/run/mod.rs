@@ -10,6 +10,7 @@
 //! - `policy`: what a failure or a success leads to.
 //! - [`machine`]: the run as a state machine: an input in, events and commands out.
 
+pub mod budget;
 mod event;
 pub mod machine;
 mod policy;
@@ -22,6 +23,8 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::llm::{Cost, Usage};
+pub use budget::RunSpend;
 pub use event::{Decision, EventKind, ReplanDecision, RunEvent, StepVerdict};
 pub use policy::{FailureAction, on_step_failure, replan_after_success};
 pub use state::{PlanRevision, ProviderWait, RunResult, RunState, RunStatus, StateError};
@@ -52,65 +55,6 @@ impl Default for RunId {
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// Model usage carried by the event that follows the model work.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct LlmUsage {
-    /// Model calls.
-    pub llm_calls: u64,
-    /// Prompt tokens.
-    pub input_tokens: u64,
-    /// Completion tokens.
-    pub output_tokens: u64,
-}
-
-impl LlmUsage {
-    /// Input plus output tokens.
-    pub fn tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens
-    }
-
-    /// Adds one model call's tokens.
-    pub fn add_call(&mut self, t: crate::llm::TokenUsage) {
-        self.llm_calls += 1;
-        self.input_tokens += t.input_tokens;
-        self.output_tokens += t.output_tokens;
-    }
-}
-
-impl std::ops::AddAssign for LlmUsage {
-    fn add_assign(&mut self, o: Self) {
-        self.llm_calls += o.llm_calls;
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-    }
-}
-
-/// A run's total usage (`usage` in a RunResult).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Usage {
-    /// Model calls.
-    pub llm_calls: u64,
-    /// Prompt tokens.
-    pub input_tokens: u64,
-    /// Completion tokens.
-    pub output_tokens: u64,
-    /// Tool calls.
-    pub tool_calls: u64,
-}
-
-impl Usage {
-    fn add_llm(&mut self, u: &LlmUsage) {
-        self.llm_calls += u.llm_calls;
-        self.input_tokens += u.input_tokens;
-        self.output_tokens += u.output_tokens;
-    }
-
-    /// Input plus output tokens.
-    pub fn tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens
     }
 }
 
@@ -153,12 +97,21 @@ pub struct StepError {
     pub kind: StepErrorKind,
     /// What happened, in words.
     pub message: String,
+    /// The run's budget, not the step's, ran out (`budget_exhausted` only): the run ends, with
+    /// no retry, skip or replan that would only spend more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_budget: bool,
 }
 
 impl StepError {
     /// A new error.
     pub fn new(kind: StepErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), run_budget: false }
+    }
+
+    /// A `budget_exhausted` error for a run-level budget (`run_budget.*`).
+    pub fn run_budget_exhausted(message: impl Into<String>) -> Self {
+        Self { run_budget: true, ..Self::new(StepErrorKind::BudgetExhausted, message) }
     }
 }
 

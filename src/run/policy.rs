@@ -31,6 +31,9 @@ pub fn on_step_failure(
     if error.kind == StepErrorKind::Cancelled {
         return FailureAction::FailRun(format!("step {step} was cancelled"));
     }
+    if error.run_budget {
+        return FailureAction::FailRun(format!("run budget exhausted: step {step}: {}", error.message));
+    }
     if policy.on_step_failure == FailurePolicy::Abort {
         return FailureAction::FailRun(format!("step {step} failed ({error}); policy is abort"));
     }

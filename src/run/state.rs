@@ -268,7 +268,7 @@ impl RunState {
                     steps: plan.steps.clone(),
                     created_at: e.at,
                 });
-                self.usage.add_llm(usage);
+                self.usage += *usage;
                 self.status = if self.options.policy.require_approval {
                     RunStatus::AwaitingApproval
                 } else {
@@ -317,7 +317,7 @@ impl RunState {
                 s.output = Some(output.clone());
                 s.error = None;
                 s.finished_at = Some(e.at);
-                self.usage.add_llm(usage);
+                self.usage += *usage;
             }
             EventKind::StepFailed { step, attempt, error, usage } => {
                 let s = self.running_step(step, &bad)?;
@@ -329,7 +329,7 @@ impl RunState {
                 s.error = Some(error.to_string());
                 s.finished_at = Some(e.at);
                 self.last_errors.insert(step.clone(), error.clone());
-                self.usage.add_llm(usage);
+                self.usage += *usage;
             }
             EventKind::StepSkipped { step, reason } => {
                 self.expect_running(&bad)?;
@@ -343,7 +343,7 @@ impl RunState {
             }
             EventKind::ReplanConsidered { usage, .. } => {
                 self.expect_running(&bad)?;
-                self.usage.add_llm(usage);
+                self.usage += *usage;
             }
             EventKind::Replanned { revision, reason, steps, usage, .. } => {
                 self.expect_running(&bad)?;
@@ -357,15 +357,15 @@ impl RunState {
                     steps: steps.clone(),
                     created_at: e.at,
                 });
-                self.usage.add_llm(usage);
+                self.usage += *usage;
             }
             EventKind::RunCompleted { final_output, usage } => {
-                self.usage.add_llm(usage);
+                self.usage += *usage;
                 self.final_output = Some(final_output.clone());
                 self.finish(RunStatus::Completed, e.at);
             }
             EventKind::RunFailed { error, usage } => {
-                self.usage.add_llm(usage);
+                self.usage += *usage;
                 self.error = Some(error.clone());
                 self.finish(RunStatus::Failed, e.at);
             }
@@ -486,7 +486,8 @@ impl RunState {
         Some(std::time::Duration::from_millis(limit).saturating_sub(elapsed))
     }
 
-    /// Which run-level budget is used up, if any (tokens, tool calls).
+    /// Which run-level budget is used up, if any (tokens, cost, tool calls). A money cap is used
+    /// up once reached: any further call would go past it.
     pub fn run_budget_exceeded(&self) -> Option<String> {
         let b = &self.options.run_budget;
         if b.max_tokens > 0 && self.usage.tokens() > b.max_tokens {
@@ -494,6 +495,16 @@ impl RunState {
                 "run budget exhausted: {} tokens used, limit {}",
                 self.usage.tokens(),
                 b.max_tokens
+            ));
+        }
+        if let Some(spent) = self.usage.cost.nanos()
+            && b.max_cost > 0.0
+            && spent >= crate::llm::price::cap_nanos(b.max_cost)
+        {
+            return Some(format!(
+                "run budget exhausted: cost {} spent, limit {}",
+                self.usage.cost,
+                crate::llm::Cost::from_amount(b.max_cost)
             ));
         }
         if b.max_tool_calls > 0 && self.usage.tool_calls > b.max_tool_calls {

@@ -43,8 +43,8 @@ impl Log {
     }
 }
 
-fn usage(calls: u64, tokens: u64) -> LlmUsage {
-    LlmUsage { llm_calls: calls, input_tokens: tokens, output_tokens: tokens }
+fn usage(calls: u64, tokens: u64) -> Usage {
+    Usage { llm_calls: calls, input_tokens: tokens, output_tokens: tokens, ..Usage::default() }
 }
 
 #[test]
@@ -91,7 +91,10 @@ fn fold_of_a_happy_run() {
     assert_eq!(r.status, RunStatus::Completed);
     assert_eq!(r.final_output.as_deref(), Some("done"));
     assert!(!r.replanned);
-    assert_eq!(r.usage, Usage { llm_calls: 5, input_tokens: 18, output_tokens: 18, tool_calls: 1 });
+    assert_eq!(
+        r.usage,
+        Usage { llm_calls: 5, input_tokens: 18, output_tokens: 18, tool_calls: 1, ..Usage::default() }
+    );
     assert!(r.finished_at.is_some());
     let json = serde_json::to_value(&r).unwrap();
     for key in [
@@ -274,6 +277,33 @@ fn policy_abort_fails_at_once_and_cancel_is_never_retried() {
 }
 
 #[test]
+fn a_run_budget_failure_ends_the_run_whatever_the_policy() {
+    let e = StepError::run_budget_exhausted("run_budget.max_cost: 0.9 spent");
+    for p in [
+        policy(FailurePolicy::Retry, 9, 0, ReplanMode::Never),
+        policy(FailurePolicy::Skip, 9, 0, ReplanMode::Never),
+        policy(FailurePolicy::Replan, 0, 9, ReplanMode::OnFailure),
+    ] {
+        let FailureAction::FailRun(why) = on_step_failure(&p, &"s".into(), 1, &e, 0) else {
+            panic!("{p:?} did not end the run")
+        };
+        assert_eq!(why, "run budget exhausted: step s: run_budget.max_cost: 0.9 spent");
+    }
+    // The step's own budget is an ordinary failure.
+    let step = StepError::new(StepErrorKind::BudgetExhausted, "max_cost: 0.1 spent");
+    let retry = policy(FailurePolicy::Retry, 1, 0, ReplanMode::Never);
+    assert_eq!(on_step_failure(&retry, &"s".into(), 1, &step, 0), FailureAction::Retry);
+}
+
+#[test]
+fn a_step_error_from_before_run_budgets_reads_as_a_step_failure() {
+    let old: StepError = serde_json::from_str(r#"{"kind": "budget_exhausted", "message": "m"}"#).unwrap();
+    assert_eq!(old, StepError::new(StepErrorKind::BudgetExhausted, "m"));
+    let json = serde_json::to_value(StepError::new(StepErrorKind::LlmError, "m")).unwrap();
+    assert_eq!(json, serde_json::json!({"kind": "llm_error", "message": "m"}), "no new field when false");
+}
+
+#[test]
 fn replan_after_each_step_only_while_steps_remain_and_budget_lasts() {
     let mut opts = RunOptions::default();
     opts.policy.replan = ReplanMode::AfterEachStep;
@@ -318,6 +348,36 @@ fn run_budget_names_the_limit() {
     l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 6) });
     let why = l.state().run_budget_exceeded().unwrap();
     assert!(why.contains("12 tokens used, limit 10"), "{why}");
+}
+
+#[test]
+fn the_run_money_budget_is_used_up_once_reached_and_not_while_the_cost_is_unknown() {
+    let mut opts = RunOptions::default();
+    opts.run_budget.max_cost = 0.5;
+    let priced = |amount: f64| Usage { cost: crate::llm::Cost::from_amount(amount), ..usage(1, 1) };
+    let mut l = Log::new(opts.clone());
+    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: priced(0.25) });
+    assert_eq!(l.state().run_budget_exceeded(), None);
+    l.push(EventKind::StepStarted { step: "a".into(), attempt: 1 }).push(EventKind::StepCompleted {
+        step: "a".into(),
+        attempt: 1,
+        output: "x".into(),
+        usage: priced(0.25),
+    });
+    let why = l.state().run_budget_exceeded().unwrap();
+    assert_eq!(why, "run budget exhausted: cost 0.5 spent, limit 0.5");
+
+    let mut unknown = Log::new(opts);
+    let unpriced = Usage { cost: crate::llm::Cost::UNKNOWN, ..usage(1, 1) };
+    unknown.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: priced(1.0) });
+    unknown.push(EventKind::StepStarted { step: "a".into(), attempt: 1 }).push(EventKind::StepCompleted {
+        step: "a".into(),
+        attempt: 1,
+        output: "x".into(),
+        usage: unpriced,
+    });
+    assert_eq!(unknown.state().usage.cost, crate::llm::Cost::UNKNOWN);
+    assert_eq!(unknown.state().run_budget_exceeded(), None, "an unknown cost enforces no cap");
 }
 
 #[test]

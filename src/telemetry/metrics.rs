@@ -8,6 +8,8 @@
 //! | `stepwise.replans`       | `stepwise_replans_total`           | `decision`                 |
 //! | `stepwise.llm.calls`     | `stepwise_llm_calls_total`         | `role`, `model`, `outcome` |
 //! | `stepwise.llm.tokens`    | `stepwise_llm_tokens_total`        | `role`, `model`, `type`    |
+//! | `stepwise.llm.cost`      | `stepwise_llm_cost_total`          | `role`, `model`            |
+//! | `stepwise.llm.unpriced_calls` | `stepwise_llm_unpriced_calls_total` | `role`, `model`      |
 //! | `stepwise.step.duration` | `stepwise_step_duration_seconds`   | `status` (histogram)       |
 //! | `stepwise.llm.duration`  | `stepwise_llm_duration_seconds`    | `role`, `model` (histogram)|
 //! | `stepwise.executors.busy`   | `stepwise_executors_busy`       | (gauge)                    |
@@ -36,7 +38,7 @@ use opentelemetry_sdk::metrics::{
 };
 
 use crate::actors::pool::{ExecutorLoad, PoolGauges};
-use crate::llm::TokenUsage;
+use crate::llm::Usage;
 
 /// Bucket bounds of the latency histograms, in seconds: from a fast tool to a slow model.
 const LATENCY_BOUNDS: [f64; 15] =
@@ -144,6 +146,8 @@ pub struct Metrics {
     replans: Counter<u64>,
     llm_calls: Counter<u64>,
     llm_tokens: Counter<u64>,
+    llm_cost: Counter<f64>,
+    llm_unpriced: Counter<u64>,
     step_duration: Histogram<f64>,
     llm_duration: Histogram<f64>,
     provider_waiting: UpDownCounter<i64>,
@@ -211,7 +215,19 @@ impl Metrics {
                 .build(),
             llm_tokens: meter
                 .u64_counter("stepwise.llm.tokens")
-                .with_description("Model tokens, by role, model and type (input, output)")
+                .with_description("Model tokens, by role, model and type (input, output, cached_input)")
+                .build(),
+            llm_cost: meter
+                .f64_counter("stepwise.llm.cost")
+                .with_description(
+                    "What model calls cost, in [llm] price_currency, by role and model (priced models only)",
+                )
+                .build(),
+            llm_unpriced: meter
+                .u64_counter("stepwise.llm.unpriced_calls")
+                .with_description(
+                    "Model calls whose model has no [[llm.prices]] entry (cost unknown), by role and model",
+                )
                 .build(),
             step_duration: latency("stepwise.step.duration", "Wall time of step attempts"),
             llm_duration: latency("stepwise.llm.duration", "Wall time of model calls"),
@@ -262,15 +278,24 @@ impl Metrics {
     }
 
     /// A model call by `role` to `model` ended (`ok` or not) after `elapsed`, using `usage`.
-    pub fn llm_call(&self, role: &str, model: &str, ok: bool, usage: Option<TokenUsage>, elapsed: Duration) {
+    pub fn llm_call(&self, role: &str, model: &str, ok: bool, usage: Option<Usage>, elapsed: Duration) {
         let role = KeyValue::new("role", role.to_owned());
         let model = KeyValue::new("model", model.to_owned());
         let outcome = KeyValue::new("outcome", if ok { "ok" } else { "error" });
         self.llm_calls.add(1, &[role.clone(), model.clone(), outcome]);
         self.llm_duration.record(elapsed.as_secs_f64(), &[role.clone(), model.clone()]);
         if let Some(u) = usage {
-            for (kind, n) in [("input", u.input_tokens), ("output", u.output_tokens)] {
+            let kinds = [
+                ("input", u.input_tokens),
+                ("output", u.output_tokens),
+                ("cached_input", u.cached_input_tokens),
+            ];
+            for (kind, n) in kinds {
                 self.llm_tokens.add(n, &[role.clone(), model.clone(), KeyValue::new("type", kind)]);
+            }
+            match u.cost.amount() {
+                Some(cost) => self.llm_cost.add(cost, &[role, model]),
+                None => self.llm_unpriced.add(1, &[role, model]),
             }
         }
     }
@@ -399,8 +424,11 @@ mod tests {
         m.step_ended("completed", Some(Duration::from_millis(700)));
         m.step_ended("skipped", None);
         m.replanned("replan");
-        let usage = TokenUsage { input_tokens: 10, output_tokens: 3 };
+        let usage = Usage::of_tokens(10, 3);
         m.llm_call("executor", "gpt \"x\"", true, Some(usage), Duration::from_millis(3));
+        let priced = Usage { cost: crate::llm::Cost::from_amount(0.25), ..Usage::of_tokens(1, 1) };
+        m.llm_call("planner", "m", true, Some(priced), Duration::from_millis(3));
+        m.llm_call("planner", "m", true, Some(priced), Duration::from_millis(3));
         let text = m.prometheus_text();
         assert!(text.contains("# TYPE stepwise_runs_total counter"), "{text}");
         assert_eq!(line_value(&text, "stepwise_runs_total{status=\"completed\"}"), Some(2.0), "{text}");
@@ -413,6 +441,13 @@ mod tests {
                 "stepwise_llm_tokens_total{model=\"gpt \\\"x\\\"\",role=\"executor\",type=\"input\"}"
             ),
             Some(10.0),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE stepwise_llm_cost_total counter"), "{text}");
+        assert_eq!(line_value(&text, "stepwise_llm_cost_total{model=\"m\",role=\"planner\"}"), Some(0.5));
+        assert_eq!(
+            line_value(&text, "stepwise_llm_unpriced_calls_total{model=\"gpt \\\"x\\\"\",role=\"executor\"}"),
+            Some(1.0),
             "{text}"
         );
         assert!(text.contains("# TYPE stepwise_step_duration_seconds histogram"));

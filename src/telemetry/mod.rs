@@ -50,6 +50,7 @@ pub use ids::{RunTraceIds, trace_id_of};
 pub use metrics::prometheus_text;
 
 use crate::config::TelemetryConfig;
+use crate::llm::price::PriceTable;
 use crate::llm::{ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel, TextSink};
 
 /// The OTel span context of `span` (invalid when tracing is off), e.g. to link to it later.
@@ -96,15 +97,18 @@ impl ContentCapture {
 /// caller's trace context, with token usage, error type and (when enabled) content recorded, and
 /// feeds the LLM metrics. The runtime wraps every role's model with it, so providers need no
 /// telemetry code of their own.
+/// It also prices each call from `prices`, so every answer's usage carries its cost.
 pub struct Traced {
     inner: SharedModel,
     content: ContentCapture,
+    prices: Arc<PriceTable>,
 }
 
 impl Traced {
-    /// Wraps `inner`; `content` says whether prompts and outputs go into the span.
-    pub fn new(inner: SharedModel, content: ContentCapture) -> Self {
-        Self { inner, content }
+    /// Wraps `inner`; `content` says whether prompts and outputs go into the span; `prices`
+    /// prices the calls.
+    pub fn new(inner: SharedModel, content: ContentCapture, prices: Arc<PriceTable>) -> Self {
+        Self { inner, content, prices }
     }
 }
 
@@ -155,6 +159,8 @@ impl Traced {
             gen_ai.response.model = tracing::field::Empty,
             gen_ai.usage.input_tokens = tracing::field::Empty,
             gen_ai.usage.output_tokens = tracing::field::Empty,
+            stepwise.usage.cached_input_tokens = tracing::field::Empty,
+            stepwise.usage.cost = tracing::field::Empty,
             stepwise.role = role.as_str(),
             stepwise.run.id = %request.context.run_id,
             stepwise.step.id = tracing::field::Empty,
@@ -172,15 +178,23 @@ impl Traced {
             self.content.record(&span, "gen_ai.input.messages", &input);
         }
         let started = Instant::now();
-        let result = crate::llm::chat_maybe_streaming(self.inner.as_ref(), request, sink)
+        let mut result = crate::llm::chat_maybe_streaming(self.inner.as_ref(), request, sink)
             .instrument(span.clone())
             .await;
+        if let Ok(r) = &mut result {
+            r.usage.cost = self.prices.cost(self.inner.provider(), model, &r.usage);
+        }
         let usage = result.as_ref().ok().map(|r| r.usage);
         metrics::global().llm_call(role.as_str(), model, result.is_ok(), usage, started.elapsed());
         match &result {
             Ok(r) => {
                 span.record("gen_ai.usage.input_tokens", r.usage.input_tokens);
                 span.record("gen_ai.usage.output_tokens", r.usage.output_tokens);
+                span.record("stepwise.usage.cached_input_tokens", r.usage.cached_input_tokens);
+                // Absent when the model has no price: unknown, not zero.
+                if let Some(cost) = r.usage.cost.amount() {
+                    span.record("stepwise.usage.cost", cost);
+                }
                 if !r.model.is_empty() {
                     span.record("gen_ai.response.model", r.model.as_str());
                 }
@@ -215,9 +229,9 @@ fn llm_error_type(e: &LlmError) -> &'static str {
     }
 }
 
-/// Wraps every role's model in [`Traced`].
-pub fn traced(models: &Models, content: ContentCapture) -> Models {
-    models.map(|_, model| -> SharedModel { Arc::new(Traced::new(model.clone(), content)) })
+/// Wraps every role's model in [`Traced`], pricing their calls from `prices`.
+pub fn traced(models: &Models, content: ContentCapture, prices: &Arc<PriceTable>) -> Models {
+    models.map(|_, model| -> SharedModel { Arc::new(Traced::new(model.clone(), content, prices.clone())) })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::actors::messages::{
 };
 use crate::actors::reply;
 use crate::run::machine::{Command, Input, ServiceRequest, StepAssignment, Transition};
-use crate::run::{LlmUsage, StepError, StepErrorKind};
+use crate::run::{StepError, StepErrorKind, Usage};
 use crate::telemetry::{self, TraceContext};
 
 impl Tracker {
@@ -59,6 +59,7 @@ impl Tracker {
             attempt,
             inputs: a.inputs,
             budget: a.budget,
+            run_spend: a.run_spend,
             verify: a.verify,
             trace: TraceContext::of(&span),
             cancel: cancel.clone(),
@@ -73,7 +74,7 @@ impl Tracker {
         let lost = move || {
             let error =
                 StepError::new(StepErrorKind::ExecutorCrashed, "the executor stopped before reporting");
-            StepReport { step, attempt, outcome: Err(error), usage: LlmUsage::default() }
+            StepReport { step, attempt, outcome: Err(error), usage: Usage::default() }
         };
         let (tx, rx) = ractor::concurrency::oneshot();
         let sent = self

@@ -139,6 +139,7 @@ impl Actor for Tracker {
             }
             Err(e) => Err(e.into()),
             Ok(()) => {
+                settle_spending(&self.shared, st);
                 self.carry_out(&me, st, transition);
                 Ok(())
             }
@@ -152,6 +153,7 @@ impl Actor for Tracker {
     ) -> Result<(), ActorProcessingErr> {
         // Whatever stopped the tracker, no step of this run may keep running unobserved.
         st.cancel.cancel();
+        self.shared.spending.forget(&st.machine.run().id);
         Ok(())
     }
 }
@@ -224,4 +226,11 @@ impl Tracker {
         }
         Ok(())
     }
+}
+
+/// Tells the money checks what the run's state now counts and which attempts still run.
+fn settle_spending(shared: &Shared, st: &TrackerState) {
+    let run = st.machine.run();
+    let running: Vec<(StepId, u32)> = st.attempts.iter().map(|(s, a)| (s.clone(), a.attempt)).collect();
+    shared.spending.settle(&run.id, run.usage.cost, &running, run.status.is_terminal());
 }

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::llm::{ChatResponse, LlmError, TokenUsage, ToolCall};
+use crate::llm::{ChatResponse, LlmError, ToolCall};
 
 /// A `message` body.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -60,14 +60,13 @@ pub(crate) struct Usage {
     pub cache_read_input_tokens: Option<u64>,
 }
 
-impl From<Usage> for TokenUsage {
+impl From<Usage> for crate::llm::Usage {
     /// Input counts every input token, cached or not (as OpenAI's `prompt_tokens` does).
     fn from(u: Usage) -> Self {
         let n = |v: Option<u64>| v.unwrap_or(0);
-        TokenUsage {
-            input_tokens: n(u.input_tokens) + n(u.cache_creation_input_tokens) + n(u.cache_read_input_tokens),
-            output_tokens: n(u.output_tokens),
-        }
+        let input = n(u.input_tokens) + n(u.cache_creation_input_tokens) + n(u.cache_read_input_tokens);
+        crate::llm::Usage::of_tokens(input, n(u.output_tokens))
+            .with_cached_input(n(u.cache_read_input_tokens))
     }
 }
 
@@ -99,7 +98,7 @@ impl TryFrom<MessageResponse> for ChatResponse {
         Ok(ChatResponse {
             content,
             tool_calls,
-            usage: m.usage.map(TokenUsage::from).unwrap_or_default(),
+            usage: m.usage.map(crate::llm::Usage::from).unwrap_or_default(),
             model: m.model.unwrap_or_default(),
         })
     }
@@ -123,7 +122,8 @@ mod tests {
         );
         let r = parse(fixture).unwrap();
         assert_eq!(r.content, "Hi! My name is Claude.");
-        assert_eq!(r.usage, TokenUsage { input_tokens: 2010, output_tokens: 12 });
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (2010, 12));
+        assert_eq!(r.usage.cached_input_tokens, 1800);
         assert_eq!(r.model, "claude-sonnet-4-5-20250929");
     }
 

@@ -192,7 +192,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::llm::{ChatResponse, TokenUsage, ToolCall};
+    use crate::llm::{ChatResponse, ToolCall};
 
     /// The recorded stream's events folded as the provider does; the first error event ends it.
     fn fold(fixture: &str, tool: Option<&str>) -> (Result<ChatResponse, String>, Vec<String>) {
@@ -229,7 +229,7 @@ mod tests {
                 arguments: json!({"location": "San Francisco, CA"}),
             }]
         );
-        assert_eq!(r.usage, TokenUsage { input_tokens: 572, output_tokens: 89 });
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (572, 89));
         assert_eq!(r.model, "claude-sonnet-4-5-20250929");
     }
 

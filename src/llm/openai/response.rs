@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::llm::{ChatResponse, LlmError, TokenUsage, ToolCall};
+use crate::llm::{ChatResponse, LlmError, ToolCall};
 
 /// A `chat.completion` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -119,12 +119,11 @@ pub(crate) struct PromptTokensDetails {
     pub cached_tokens: Option<u64>,
 }
 
-impl From<Usage> for TokenUsage {
+impl From<Usage> for crate::llm::Usage {
     fn from(u: Usage) -> Self {
-        TokenUsage {
-            input_tokens: u.prompt_tokens.unwrap_or(0),
-            output_tokens: u.completion_tokens.unwrap_or(0),
-        }
+        let cached = u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+        crate::llm::Usage::of_tokens(u.prompt_tokens.unwrap_or(0), u.completion_tokens.unwrap_or(0))
+            .with_cached_input(cached)
     }
 }
 
@@ -146,7 +145,7 @@ impl TryFrom<Completion> for ChatResponse {
         Ok(ChatResponse {
             content: message.content.map(Content::text).unwrap_or_default(),
             tool_calls: tool_calls.collect::<Result<_, _>>()?,
-            usage: c.usage.map(TokenUsage::from).unwrap_or_default(),
+            usage: c.usage.map(crate::llm::Usage::from).unwrap_or_default(),
             model: c.model.unwrap_or_default(),
         })
     }
@@ -188,7 +187,8 @@ mod tests {
         assert_eq!(completion.usage.and_then(|u| u.prompt_tokens_details?.cached_tokens), Some(1920));
         let r = parse(fixture).unwrap();
         assert_eq!(r.content, "Paris is the capital of France.");
-        assert_eq!(r.usage, TokenUsage { input_tokens: 2006, output_tokens: 300 });
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (2006, 300));
+        assert_eq!(r.usage.cached_input_tokens, 1920);
         assert_eq!((r.model.as_str(), r.tool_calls.len()), ("gpt-4o-2024-08-06", 0));
     }
 
@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(r.content, "Hello there");
         assert_eq!(r.tool_calls[0].id, "call_0");
         assert_eq!(r.tool_calls[0].arguments, json!({}));
-        assert_eq!(r.usage, TokenUsage { input_tokens: 17, output_tokens: 4 });
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (17, 4));
     }
 
     #[test]
@@ -228,7 +228,7 @@ mod tests {
         let r = parse(include_str!("testdata/completion_ollama.json")).unwrap();
         assert_eq!(r.tool_calls[0].arguments, json!({"city": "Oslo"}));
         assert_eq!(r.tool_calls[0].id, "call_x1");
-        assert_eq!((r.usage, r.model.as_str()), (TokenUsage::default(), "qwen2.5:7b"));
+        assert_eq!((r.usage.tokens(), r.model.as_str()), (0, "qwen2.5:7b"));
     }
 
     #[test]

@@ -210,7 +210,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::llm::{ChatResponse, TokenUsage, ToolCall};
+    use crate::llm::{ChatResponse, ToolCall};
 
     /// The recorded stream's events, `[DONE]` included, folded as the provider does.
     fn fold(fixture: &str, tool: Option<&str>) -> (Result<ChatResponse, LlmError>, Vec<String>) {
@@ -240,7 +240,7 @@ mod tests {
         let r = r.unwrap();
         assert_eq!(pieces, ["The", " capital", " is Paris."]);
         assert_eq!(r.content, "The capital is Paris.");
-        assert_eq!(r.usage, TokenUsage { input_tokens: 19, output_tokens: 10 });
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (19, 10));
         assert_eq!(r.model, "gpt-4o-mini-2024-07-18");
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::options::StepBudget;
 use crate::plan::{PlanError, PlanSpec, StepId, StepSpec};
-use crate::run::{EventKind, LlmUsage, ReplanDecision, RunEvent, RunStatus, StepError};
+use crate::run::{EventKind, ReplanDecision, RunEvent, RunStatus, StepError, Usage};
 
 /// A model-backed service call that failed, with what it spent before failing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,11 +16,11 @@ pub struct ServiceFailure {
     /// What went wrong, in words (it becomes the run's error).
     pub error: String,
     /// Usage of the calls that were made: a failed plan still cost tokens.
-    pub usage: LlmUsage,
+    pub usage: Usage,
 }
 
 /// What a planner, replanner or synthesizer call produced.
-pub type ServiceResult<T> = Result<(T, LlmUsage), ServiceFailure>;
+pub type ServiceResult<T> = Result<(T, Usage), ServiceFailure>;
 
 /// A dependency's result, handed to the steps that depend on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +50,7 @@ pub struct StepReport {
     /// The final answer, or why there is none.
     pub outcome: Result<String, StepError>,
     /// Model usage of the attempt (ReAct loop and verification).
-    pub usage: LlmUsage,
+    pub usage: Usage,
 }
 
 /// The model-backed services a run asks for work.
@@ -178,6 +178,8 @@ pub struct StepAssignment {
     pub inputs: Vec<StepInput>,
     /// What the attempt may spend (clipped by what the run has left).
     pub budget: StepBudget,
+    /// What the run had spent when the attempt started, and its money cap.
+    pub run_spend: crate::run::RunSpend,
     /// Check the output against `expected_outcome`.
     pub verify: bool,
     /// The plan revision the step belongs to.

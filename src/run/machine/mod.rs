@@ -31,7 +31,7 @@ pub use io::{
     StepInput, StepReport, Timer, Transition,
 };
 
-use super::{EventKind, LlmUsage, RunEvent, RunState, RunStatus, StateError, StepError};
+use super::{EventKind, RunEvent, RunState, RunStatus, StateError, StepError, Usage};
 use crate::plan::StepId;
 
 /// How often a lost service request is sent again before the run fails.
@@ -146,7 +146,7 @@ impl Step<'_> {
         self.out.commands.push(c);
     }
 
-    fn fail_run(&mut self, error: String, usage: LlmUsage) -> Result<(), StateError> {
+    fn fail_run(&mut self, error: String, usage: Usage) -> Result<(), StateError> {
         self.emit(EventKind::RunFailed { error, usage })
     }
 
@@ -215,7 +215,7 @@ impl Step<'_> {
                         "run budget exhausted: timeout after {} ms",
                         run.options.run_budget.timeout_ms
                     );
-                    self.fail_run(error, LlmUsage::default())?;
+                    self.fail_run(error, Usage::default())?;
                 }
                 None => {}
             },
@@ -261,7 +261,7 @@ impl Step<'_> {
             return Ok(());
         }
         if let Some(error) = run.run_budget_exceeded() {
-            return self.fail_run(error, LlmUsage::default());
+            return self.fail_run(error, Usage::default());
         }
         if self.m.replan_due.is_some() {
             if self.m.in_flight.is_empty() {
@@ -283,7 +283,7 @@ impl Step<'_> {
                     .map(|s| format!("{} ({:?})", s.id, s.status))
                     .collect();
                 let error = format!("no step can make progress: {}", stuck.join(", "));
-                return self.fail_run(error, LlmUsage::default());
+                return self.fail_run(error, Usage::default());
             }
         }
         Ok(())

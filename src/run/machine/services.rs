@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use super::{Command, MAX_SERVICE_LOSSES, MachineError, Service, ServiceRequest, ServiceResult, Step, Timer};
 use crate::plan::{PlanSpec, StepId, StepSpec, StepStatus, validate_steps, validate_streamed_step};
-use crate::run::{Decision, EventKind, LlmUsage, ReplanDecision, RunStatus, StateError};
+use crate::run::{Decision, EventKind, ReplanDecision, RunStatus, StateError, Usage};
 
 impl Step<'_> {
     /// A service's answer, or `None` after failing the run with its error (and what it spent).
-    fn succeeded<T>(&mut self, result: ServiceResult<T>) -> Result<Option<(T, LlmUsage)>, StateError> {
+    fn succeeded<T>(&mut self, result: ServiceResult<T>) -> Result<Option<(T, Usage)>, StateError> {
         match result {
             Ok(ok) => Ok(Some(ok)),
             Err(f) => self.fail_run(f.error, f.usage).map(|()| None),
@@ -52,7 +52,7 @@ impl Step<'_> {
                 "the {} did not answer: its request was lost {loss} times (the service kept stopping)",
                 service.as_str()
             );
-            self.fail_run(error, LlmUsage::default())?;
+            self.fail_run(error, Usage::default())?;
         } else {
             let after = resend_delay(loss);
             self.command(Command::Schedule { timer: Timer::Resend { service, loss }, after });
@@ -144,7 +144,7 @@ impl Step<'_> {
     }
 
     /// `continue`: the plan stays; its failed steps are skipped.
-    fn keep_plan(&mut self, reason: String, usage: LlmUsage) -> Result<(), StateError> {
+    fn keep_plan(&mut self, reason: String, usage: Usage) -> Result<(), StateError> {
         self.emit(EventKind::ReplanConsidered { reason: reason.clone(), usage })?;
         let failed: Vec<StepId> = (self.m.run.plan.steps.iter())
             .filter(|s| s.status == StepStatus::Failed)
@@ -159,7 +159,7 @@ impl Step<'_> {
 
     /// `replan`: a new revision replaces every step that is not completed. False when the
     /// revision is invalid and the run failed instead.
-    fn revise(&mut self, decision: ReplanDecision, usage: LlmUsage) -> Result<bool, StateError> {
+    fn revise(&mut self, decision: ReplanDecision, usage: Usage) -> Result<bool, StateError> {
         let plan = &self.m.run.plan;
         let tools: Vec<&str> = self.m.tools.iter().map(String::as_str).collect();
         // The replanner validated these already; re-check against the state as it is now.

@@ -3,7 +3,7 @@
 use super::{Command, MachineError, ReplanCause, Step, StepAssignment, StepInput, StepReport};
 use crate::options::StepBudget;
 use crate::plan::{StepId, StepStatus};
-use crate::run::{EventKind, FailureAction, LlmUsage, RunState, StateError};
+use crate::run::{EventKind, FailureAction, RunState, StateError, Usage};
 use crate::run::{on_step_failure, replan_after_success};
 
 impl Step<'_> {
@@ -37,6 +37,10 @@ impl Step<'_> {
             attempt,
             inputs,
             budget: step_budget(run),
+            run_spend: crate::run::RunSpend {
+                spent: run.usage.cost,
+                max_cost: run.options.run_budget.max_cost,
+            },
             verify: run.options.policy.verify_outcome,
             revision: run.plan.revision,
         };
@@ -107,7 +111,7 @@ impl Step<'_> {
                     self.m.replan_due = Some(ReplanCause::StepFailed(step.clone(), error));
                 }
             }
-            FailureAction::FailRun(reason) => self.fail_run(reason, LlmUsage::default())?,
+            FailureAction::FailRun(reason) => self.fail_run(reason, Usage::default())?,
         }
         Ok(())
     }

@@ -26,8 +26,8 @@ fn plan(steps: &[(&str, &[&str])]) -> PlanSpec {
     PlanSpec { goal: "g".into(), steps: steps.iter().map(|(id, deps)| step(id, deps)).collect() }
 }
 
-fn usage(tokens: u64) -> LlmUsage {
-    LlmUsage { llm_calls: 1, input_tokens: tokens, output_tokens: tokens }
+fn usage(tokens: u64) -> Usage {
+    Usage { llm_calls: 1, input_tokens: tokens, output_tokens: tokens, ..Usage::default() }
 }
 
 fn options(f: impl FnOnce(&mut Policy)) -> RunOptions {
