@@ -84,6 +84,7 @@ pub struct RuntimeBuilder {
     store: Option<Arc<dyn RunStore>>,
     prompts: Prompts,
     content: ContentCapture,
+    plan_cache: Option<crate::store::plan_cache::PlanCacheBounds>,
     #[cfg(feature = "postgres")]
     replica: Option<crate::cluster::Replica>,
 }
@@ -100,6 +101,7 @@ impl Default for RuntimeBuilder {
             store: None,
             prompts: Prompts::default(),
             content: ContentCapture::OFF,
+            plan_cache: None,
             #[cfg(feature = "postgres")]
             replica: None,
         }
@@ -201,6 +203,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Turns the plan cache on within `bounds` (`None`, the default: off). A run whose task,
+    /// tools, planner model and planner prompt match an earlier completed run's then reuses its
+    /// plan without calling the planner; the cache lives in the store.
+    pub fn plan_cache(mut self, bounds: Option<crate::store::plan_cache::PlanCacheBounds>) -> Self {
+        self.plan_cache = bounds;
+        self
+    }
+
     /// Starts the actor system on the current tokio runtime.
     pub async fn build(self) -> Result<Runtime, RuntimeError> {
         let models =
@@ -224,6 +234,7 @@ impl RuntimeBuilder {
             runs: RunTable::default(),
             services: RwLock::new(None),
             replication: std::sync::OnceLock::new(),
+            plan_cache: self.plan_cache,
         });
         let (supervisor, handle) = Actor::spawn(
             None,

@@ -256,7 +256,7 @@ fn usage() -> LlmUsage {
 }
 
 fn proposed() -> EventKind {
-    EventKind::PlanProposed { revision: 1, plan: plan(), usage: usage() }
+    EventKind::PlanProposed { revision: 1, plan: plan(), usage: usage(), cached_from: None }
 }
 
 fn started() -> EventKind {

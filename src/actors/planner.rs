@@ -4,15 +4,20 @@
 //! goes back to the model once with the error that names the step ("repair"), then fails the run.
 //! With `stream_plan`, the answer streams in and each step is sent to the tracker as soon as its
 //! text is complete, so it can start while the planner is still writing the rest.
+//!
+//! With the plan cache on (`[plan_cache]`), a run whose key (task, tools, planner model and
+//! prompt: [`PlanCacheKey`]) matches a fresh entry gets that plan back without a model call.
 
 use std::sync::Arc;
 
-use super::messages::{Input, PlanJob, PlannerMsg, ServiceResult, TrackerMsg};
+use super::messages::{Input, PlanJob, Planned, PlannerMsg, ServiceResult, TrackerMsg};
 use super::{Shared, schema, service_failure, spawn_service, structured_usage};
 use crate::llm::{
     AgentRole, CallContext, ChatRequest, Message, StructuredOutput, TextSink, structured_call_spent,
 };
 use crate::plan::{PlanSpec, StepStream};
+use crate::run::{LlmUsage, RunId};
+use crate::store::plan_cache::PlanCacheKey;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 /// The planner actor.
@@ -46,7 +51,44 @@ impl Actor for Planner {
     }
 }
 
-async fn plan(shared: &Shared, job: PlanJob) -> ServiceResult<PlanSpec> {
+async fn plan(shared: &Shared, job: PlanJob) -> ServiceResult<Planned> {
+    if let Some((plan, from)) = cached_plan(shared, &job.run_id, &job.task).await {
+        return Ok((Planned { plan, cached_from: Some(from) }, LlmUsage::default()));
+    }
+    let (plan, usage) = write_plan(shared, job).await?;
+    Ok((Planned { plan, cached_from: None }, usage))
+}
+
+/// The plan cache key of planning `task` for `run` now: its tools, the planner's model and prompt.
+pub(crate) fn cache_key(shared: &Shared, run: &RunId, task: &str) -> PlanCacheKey {
+    let model = shared.models.get(AgentRole::Planner);
+    let tools = shared.step_tool_specs(run);
+    PlanCacheKey::new(task, &tools, model.provider(), model.model_name(), &shared.prompts.planner)
+}
+
+/// A fresh cached plan for the task, still valid for today's tools, and the run it comes from.
+/// The cache only saves time: when the store cannot answer, the planner is asked.
+async fn cached_plan(shared: &Shared, run: &RunId, task: &str) -> Option<(PlanSpec, RunId)> {
+    let bounds = shared.plan_cache?;
+    let cache = shared.store.plan_cache()?;
+    let key = cache_key(shared, run, task);
+    let entry = match cache.get(&key.key).await {
+        Ok(entry) => entry?,
+        Err(e) => {
+            tracing::warn!(run = %run, error = %e, "plan cache lookup failed: planning without it");
+            return None;
+        }
+    };
+    if !bounds.is_fresh(entry.created_at, chrono::Utc::now()) {
+        return None;
+    }
+    // The key covers the tools' schemas, so this only fails for an entry written by a bug.
+    entry.plan.validate(&shared.tool_name_refs()).ok()?;
+    Some((entry.plan, entry.source_run))
+}
+
+/// Asks the planner model for a plan (repaired once if invalid).
+async fn write_plan(shared: &Shared, job: PlanJob) -> ServiceResult<PlanSpec> {
     let model = shared.models.get(AgentRole::Planner).clone();
     let tools: Vec<String> = shared
         .step_tool_specs(&job.run_id)

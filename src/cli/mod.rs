@@ -2,6 +2,7 @@
 //! command that runs tasks.
 
 pub mod bench;
+pub mod cache;
 pub mod mcp;
 pub mod progress;
 pub mod run;
@@ -44,6 +45,34 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve stepwise as an MCP server over stdio (start runs, follow and steer them).
     Mcp(McpArgs),
+    /// List or clear the plan cache (`[plan_cache]`) of the data dir's or configured store.
+    Cache(CacheArgs),
+}
+
+/// `stepwise cache`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub what: CacheCommand,
+    /// Config file (for the data dir and store URL).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory whose store to use (overrides `[runtime] data_dir`).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `stepwise cache …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Cached plans, newest first: key, age, steps, source run, planner model, task.
+    List,
+    /// Drops every cached plan.
+    Clear,
 }
 
 /// `stepwise mcp`.
@@ -361,6 +390,7 @@ pub async fn build_runtime(
         .workspace_root(cfg.workspace_root())
         .prompts(cfg.prompts()?)
         .record_content(stepwise::telemetry::ContentCapture::from_config(&cfg.telemetry))
+        .plan_cache(cfg.plan_cache.bounds())
         .build()
         .await?;
     Ok(runtime)

@@ -54,6 +54,7 @@ fn fold_of_a_happy_run() {
         revision: 1,
         plan: spec(&[("a", &[]), ("b", &["a"])]),
         usage: usage(1, 10),
+        cached_from: None,
     })
     .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
     .push(EventKind::ToolCalled {
@@ -128,7 +129,12 @@ fn fold_of_a_happy_run() {
 #[test]
 fn events_round_trip_through_json_with_a_type_tag() {
     let mut l = Log::new(RunOptions::default());
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    });
     let text = serde_json::to_string(&l.events).unwrap();
     assert!(text.contains(r#""type":"PlanProposed""#), "{text}");
     let back: Vec<RunEvent> = serde_json::from_str(&text).unwrap();
@@ -139,7 +145,12 @@ fn events_round_trip_through_json_with_a_type_tag() {
 fn seq_gaps_and_foreign_events_are_rejected() {
     let mut l = Log::new(RunOptions::default());
     let mut s = l.state();
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    });
     let mut gap = l.events[1].clone();
     gap.seq = 5;
     assert!(matches!(s.apply(&gap), Err(StateError::Sequence { expected: 2, got: 5, .. })));
@@ -154,9 +165,18 @@ fn impossible_transitions_are_rejected() {
     l.push(EventKind::StepStarted { step: "a".into(), attempt: 1 });
     assert!(RunState::from_events(&l.events).is_err(), "a step cannot start before a plan");
     let mut l = Log::new(RunOptions::default());
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) }).push(
-        EventKind::StepCompleted { step: "a".into(), attempt: 1, output: "x".into(), usage: usage(0, 0) },
-    );
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    })
+    .push(EventKind::StepCompleted {
+        step: "a".into(),
+        attempt: 1,
+        output: "x".into(),
+        usage: usage(0, 0),
+    });
     let err = RunState::from_events(&l.events).unwrap_err();
     assert!(err.to_string().contains("not running"), "{err}");
 }
@@ -166,7 +186,12 @@ fn approval_holds_the_plan_and_an_edit_replaces_it() {
     let mut opts = RunOptions::default();
     opts.policy.require_approval = true;
     let mut l = Log::new(opts);
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    });
     assert_eq!(l.state().status, RunStatus::AwaitingApproval);
     l.push(EventKind::PlanApproved { edited: Some(spec(&[("x", &[]), ("y", &["x"])])) });
     let s = l.state();
@@ -182,6 +207,7 @@ fn replan_keeps_completed_steps_and_bumps_the_revision() {
         revision: 1,
         plan: spec(&[("a", &[]), ("b", &["a"])]),
         usage: usage(1, 1),
+        cached_from: None,
     })
     .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
     .push(EventKind::StepCompleted { step: "a".into(), attempt: 1, output: "A".into(), usage: usage(1, 1) })
@@ -212,9 +238,14 @@ fn replan_keeps_completed_steps_and_bumps_the_revision() {
 #[test]
 fn a_cancelled_run_marks_running_steps_interrupted() {
     let mut l = Log::new(RunOptions::default());
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) })
-        .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
-        .push(EventKind::RunCancelled { reason: "user".into() });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    })
+    .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
+    .push(EventKind::RunCancelled { reason: "user".into() });
     let s = l.state();
     assert_eq!(s.status, RunStatus::Cancelled);
     assert_eq!(s.plan.steps[0].status, StepStatus::Failed);
@@ -283,6 +314,7 @@ fn replan_after_each_step_only_while_steps_remain_and_budget_lasts() {
         revision: 1,
         plan: spec(&[("a", &[]), ("b", &[])]),
         usage: usage(1, 1),
+        cached_from: None,
     })
     .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
     .push(EventKind::StepCompleted {
@@ -302,9 +334,14 @@ fn replan_after_each_step_only_while_steps_remain_and_budget_lasts() {
 fn a_step_failure_folds_into_its_typed_error() {
     let mut l = Log::new(RunOptions::default());
     let e = StepError::new(StepErrorKind::BudgetExhausted, "max_iterations (3) reached: a: b");
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) })
-        .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
-        .push(EventKind::StepFailed { step: "a".into(), attempt: 1, error: e.clone(), usage: usage(1, 1) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    })
+    .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
+    .push(EventKind::StepFailed { step: "a".into(), attempt: 1, error: e.clone(), usage: usage(1, 1) });
     let s = l.state();
     assert_eq!(s.last_errors.get(&StepId::from("a")), Some(&e));
     assert_eq!(s.plan.steps[0].error.as_deref(), Some(e.to_string().as_str()));
@@ -315,7 +352,12 @@ fn run_budget_names_the_limit() {
     let mut opts = RunOptions::default();
     opts.run_budget.max_tokens = 10;
     let mut l = Log::new(opts);
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 6) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 6),
+        cached_from: None,
+    });
     let why = l.state().run_budget_exceeded().unwrap();
     assert!(why.contains("12 tokens used, limit 10"), "{why}");
 }
@@ -356,6 +398,7 @@ fn fold_of_a_streamed_plan_keeps_what_ran_before_the_whole_plan() {
         revision: 1,
         plan: spec(&[("a", &[]), ("b", &["a"]), ("c", &["b"])]),
         usage: usage(1, 10),
+        cached_from: None,
     });
     let s = l.state();
     assert_eq!(s.status, RunStatus::Running);

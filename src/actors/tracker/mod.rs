@@ -9,6 +9,7 @@
 
 mod effects;
 mod observe;
+mod plan_cache;
 mod spans;
 
 use std::collections::HashMap;
@@ -139,6 +140,7 @@ impl Actor for Tracker {
             }
             Err(e) => Err(e.into()),
             Ok(()) => {
+                self.settle_plan_cache(st, &transition.events).await;
                 self.carry_out(&me, st, transition);
                 Ok(())
             }
@@ -184,6 +186,7 @@ impl Tracker {
             }
             return Err(e.into());
         }
+        self.settle_plan_cache(st, &transition.events).await;
         self.carry_out(me, st, transition);
         let _ = reply.send(Ok(()));
         Ok(())
