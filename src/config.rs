@@ -653,6 +653,22 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_cache_is_off_by_default_and_its_bounds_follow_the_section() {
+        assert_eq!(Config::default().plan_cache.bounds(), None);
+        let mut c = Config::default();
+        c.apply_env(env(&[
+            ("STEPWISE_PLAN_CACHE__ENABLED", "true"),
+            ("STEPWISE_PLAN_CACHE__TTL_SECS", "60"),
+        ]))
+        .unwrap();
+        let bounds = c.plan_cache.bounds().unwrap();
+        assert_eq!((bounds.max_entries, bounds.ttl.as_secs()), (1000, 60));
+        c.plan_cache.max_entries = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("plan_cache.max_entries"), "{e}");
+    }
+
+    #[test]
     fn shipped_role_example_parses_when_uncommented() {
         // The commented `[llm.roles.planner]` example must stay valid.
         let block: String = SHIPPED

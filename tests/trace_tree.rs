@@ -362,7 +362,8 @@ async fn a_cached_plan_has_a_plan_span_marked_cached_without_a_chat() {
         "steps": {"s1": ["ok"]},
         "synthesizer": ["done"]
     });
-    let bounds = stepwise::store::plan_cache::PlanCacheBounds { max_entries: 10, ttl: Duration::from_secs(60) };
+    let bounds =
+        stepwise::store::plan_cache::PlanCacheBounds { max_entries: 10, ttl: Duration::from_secs(60) };
     let runtime = Stepwise::builder()
         .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
         .workspace_root(tempfile::tempdir().unwrap().keep())
