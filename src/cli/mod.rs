@@ -127,6 +127,11 @@ pub struct BenchArgs {
     /// `tracing`.
     #[arg(long)]
     pub stream_plan: bool,
+    /// Scenario `makespan`: also run the task twice on one runtime with the plan cache on, and
+    /// report the first run (a miss), the second (a hit: no planner call), the gain, and the
+    /// hit's cost (the store lookup).
+    #[arg(long)]
+    pub plan_cache: bool,
     /// Scenario `serve`: the fake model server's binary, which the bench starts at `--latency-ms`
     /// (default: `examples/fake_openai_server` beside this executable).
     #[arg(long, value_name = "PATH")]
