@@ -72,18 +72,27 @@ async fn cached_plan(shared: &Shared, run: &RunId, task: &str) -> Option<(PlanSp
     let bounds = shared.plan_cache?;
     let cache = shared.store.plan_cache()?;
     let key = cache_key(shared, run, task);
+    let metrics = crate::telemetry::metrics::global();
     let entry = match cache.get(&key.key).await {
-        Ok(entry) => entry?,
+        Ok(Some(entry)) => entry,
+        Ok(None) => {
+            metrics.plan_cache_lookup("miss");
+            return None;
+        }
         Err(e) => {
+            metrics.plan_cache_lookup("error");
             tracing::warn!(run = %run, error = %e, "plan cache lookup failed: planning without it");
             return None;
         }
     };
-    if !bounds.is_fresh(entry.created_at, chrono::Utc::now()) {
+    // The key covers the tools' schemas, so validation only fails for an entry written by a bug.
+    if !bounds.is_fresh(entry.created_at, chrono::Utc::now())
+        || entry.plan.validate(&shared.tool_name_refs()).is_err()
+    {
+        metrics.plan_cache_lookup("expired");
         return None;
     }
-    // The key covers the tools' schemas, so this only fails for an entry written by a bug.
-    entry.plan.validate(&shared.tool_name_refs()).ok()?;
+    metrics.plan_cache_lookup("hit");
     Some((entry.plan, entry.source_run))
 }
 
