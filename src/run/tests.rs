@@ -423,3 +423,24 @@ fn fold_of_a_streamed_plan_keeps_what_ran_before_the_whole_plan() {
         .push(EventKind::PlanStreamed { steps: streamed[..1].to_vec() });
     assert!(RunState::from_events(&dup.events).is_err());
 }
+
+#[test]
+fn plan_proposed_reads_and_writes_as_before_unless_the_plan_was_cached() {
+    // A log written before the plan cache existed.
+    let old = r#"{"type":"PlanProposed","revision":1,"plan":{"goal":"g","steps":[]},
+        "usage":{"llm_calls":1,"input_tokens":2,"output_tokens":3}}"#;
+    let kind: EventKind = serde_json::from_str(old).unwrap();
+    assert!(matches!(&kind, EventKind::PlanProposed { cached_from: None, .. }), "{kind:?}");
+    // A planner-written plan is stored exactly as before: no new field.
+    assert!(!serde_json::to_string(&kind).unwrap().contains("cached_from"));
+    let from = RunId::new();
+    let cached = EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[]),
+        usage: LlmUsage::default(),
+        cached_from: Some(from.clone()),
+    };
+    let text = serde_json::to_string(&cached).unwrap();
+    assert!(text.contains(&format!("\"cached_from\":\"{from}\"")), "{text}");
+    assert_eq!(serde_json::from_str::<EventKind>(&text).unwrap(), cached);
+}
