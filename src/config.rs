@@ -108,6 +108,37 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Several replicas on one Postgres store: leases and the step queue.
     pub cluster: ClusterConfig,
+    /// Reuse of earlier runs' plans for the same task (off by default).
+    pub plan_cache: PlanCacheConfig,
+}
+
+/// The `[plan_cache]` section: a run whose task, tools, planner model and planner prompt match
+/// an earlier completed run's reuses its plan instead of calling the planner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanCacheConfig {
+    /// Whether runs look for (and completed runs leave) a cached plan.
+    pub enabled: bool,
+    /// Most entries kept; writing one more evicts the oldest (≥ 1).
+    pub max_entries: usize,
+    /// Seconds an entry may be reused after it was written (≥ 1).
+    pub ttl_secs: u64,
+}
+
+impl Default for PlanCacheConfig {
+    fn default() -> Self {
+        Self { enabled: false, max_entries: 1000, ttl_secs: 86_400 }
+    }
+}
+
+impl PlanCacheConfig {
+    /// The bounds a runtime keeps the cache in, or `None` when the cache is off.
+    pub fn bounds(&self) -> Option<crate::store::plan_cache::PlanCacheBounds> {
+        self.enabled.then(|| crate::store::plan_cache::PlanCacheBounds {
+            max_entries: self.max_entries,
+            ttl: std::time::Duration::from_secs(self.ttl_secs),
+        })
+    }
 }
 
 /// The `[cluster]` section: how replicas sharing a Postgres store (`server.store_url`) divide
@@ -393,7 +424,9 @@ impl Config {
         fn invalid(key: &str, message: impl Into<String>) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid { key: key.to_owned(), message: message.into() })
         }
-        let at_least_one: [(&str, u64); 16] = [
+        let at_least_one: [(&str, u64); 18] = [
+            ("plan_cache.max_entries", self.plan_cache.max_entries as u64),
+            ("plan_cache.ttl_secs", self.plan_cache.ttl_secs),
             ("executors.min_workers", self.executors.min_workers as u64),
             ("executors.max_workers", self.executors.max_workers as u64),
             ("executors.shrink_after_idle_secs", self.executors.shrink_after_idle_secs),
@@ -660,6 +693,22 @@ mod tests {
         config.budget.run.max_cost = -1.0;
         let e = config.validate().unwrap_err();
         assert!(e.to_string().contains("budget.run.max_cost"), "{e}");
+    }
+
+    #[test]
+    fn the_plan_cache_is_off_by_default_and_its_bounds_follow_the_section() {
+        assert_eq!(Config::default().plan_cache.bounds(), None);
+        let mut c = Config::default();
+        c.apply_env(env(&[
+            ("STEPWISE_PLAN_CACHE__ENABLED", "true"),
+            ("STEPWISE_PLAN_CACHE__TTL_SECS", "60"),
+        ]))
+        .unwrap();
+        let bounds = c.plan_cache.bounds().unwrap();
+        assert_eq!((bounds.max_entries, bounds.ttl.as_secs()), (1000, 60));
+        c.plan_cache.max_entries = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("plan_cache.max_entries"), "{e}");
     }
 
     #[test]

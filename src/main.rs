@@ -49,6 +49,7 @@ fn telemetry_config(cli: &Cli) -> stepwise::config::TelemetryConfig {
         Command::Serve(args) => args.model.config.as_deref(),
         Command::Mcp(args) => args.model.config.as_deref(),
         Command::Runs(args) => args.config.as_deref(),
+        Command::Cache(args) => args.config.as_deref(),
         Command::Bench(_) => None,
     };
     let mut telemetry = Config::load(path).map(|c| c.telemetry).unwrap_or_default();
@@ -64,6 +65,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => cli::serve::serve(args).await,
         Command::Mcp(args) => cli::mcp::mcp(args).await,
         Command::Runs(args) => cli::runs::runs(args).await,
+        Command::Cache(args) => cli::cache::cache(args).await,
         Command::Bench(args) => {
             let report = cli::bench::run(&args).await?;
             println!("{report}");

@@ -86,6 +86,7 @@ pub struct RuntimeBuilder {
     prompts: Prompts,
     content: ContentCapture,
     prices: Arc<PriceTable>,
+    plan_cache: Option<crate::store::plan_cache::PlanCacheBounds>,
     #[cfg(feature = "postgres")]
     replica: Option<crate::cluster::Replica>,
 }
@@ -103,6 +104,7 @@ impl Default for RuntimeBuilder {
             prompts: Prompts::default(),
             content: ContentCapture::OFF,
             prices: Arc::default(),
+            plan_cache: None,
             #[cfg(feature = "postgres")]
             replica: None,
         }
@@ -210,6 +212,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Turns the plan cache on within `bounds` (`None`, the default: off). A run whose task,
+    /// tools, planner model and planner prompt match an earlier completed run's then reuses its
+    /// plan without calling the planner; the cache lives in the store.
+    pub fn plan_cache(mut self, bounds: Option<crate::store::plan_cache::PlanCacheBounds>) -> Self {
+        self.plan_cache = bounds;
+        self
+    }
+
     /// Starts the actor system on the current tokio runtime.
     pub async fn build(self) -> Result<Runtime, RuntimeError> {
         let models =
@@ -235,6 +245,7 @@ impl RuntimeBuilder {
             runs: RunTable::default(),
             services: RwLock::new(None),
             replication: std::sync::OnceLock::new(),
+            plan_cache: self.plan_cache,
         });
         let (supervisor, handle) = Actor::spawn(
             None,

@@ -13,6 +13,7 @@ use chrono::Utc;
 use stepwise::options::RunOptions;
 use stepwise::plan::{PlanSpec, StepSpec};
 use stepwise::run::{EventKind, RunEvent, RunId, RunStatus, StepError, StepErrorKind, Usage};
+use stepwise::store::plan_cache::{PlanCacheBounds, PlanCacheEntry, PlanCacheKey};
 use stepwise::store::{ListQuery, MemoryStore, RunStore, RunSummary, StoreError};
 
 // ---------------------------------------------------------------- backends
@@ -201,6 +202,9 @@ macro_rules! all_checks {
             corrupt_row_is_reported,
             append_batch_checks_every_event,
             measure_append_figure,
+            plan_cache_round_trip_replace_and_remove,
+            plan_cache_evicts_the_expired_and_the_oldest,
+            plan_cache_concurrent_writers_keep_the_bound,
         );
     };
 }
@@ -257,7 +261,7 @@ fn usage() -> Usage {
 }
 
 fn proposed() -> EventKind {
-    EventKind::PlanProposed { revision: 1, plan: plan(), usage: usage() }
+    EventKind::PlanProposed { revision: 1, plan: plan(), usage: usage(), cached_from: None }
 }
 
 fn started() -> EventKind {
@@ -679,6 +683,88 @@ async fn sqlite_full_durability_figure() {
     assert!(runs.iter().all(|r| r.last_seq == 20));
 }
 
+// ---------------------------------------------------------------- plan cache
+
+fn cache_entry(task: &str, age_secs: i64) -> PlanCacheEntry {
+    PlanCacheEntry {
+        key: PlanCacheKey::new(task, &[], "openai", "gpt-4o", "You plan."),
+        task: task.into(),
+        plan: plan(),
+        source_run: RunId::new(),
+        created_at: Utc::now() - chrono::Duration::seconds(age_secs),
+    }
+}
+
+const ROOMY: PlanCacheBounds =
+    PlanCacheBounds { max_entries: 100, ttl: std::time::Duration::from_secs(3600) };
+
+async fn plan_cache_round_trip_replace_and_remove(mut b: Box<dyn Backend>) -> Box<dyn Backend> {
+    let store = b.store();
+    let cache = store.plan_cache().expect("every backend keeps a plan cache");
+    let first = cache_entry("Summarise the notes", 0);
+    assert_eq!(cache.get(&first.key.key).await.unwrap(), None);
+    cache.put(&first, &ROOMY).await.unwrap();
+    assert_eq!(cache.get(&first.key.key).await.unwrap().as_ref(), Some(&first));
+    // A later completed run with the same key writes it again: its entry replaces the first.
+    let again = PlanCacheEntry { source_run: RunId::new(), ..cache_entry("summarise  the NOTES", 0) };
+    assert_eq!(again.key, first.key);
+    cache.put(&again, &ROOMY).await.unwrap();
+    let other = cache_entry("Another task", 0);
+    cache.put(&other, &ROOMY).await.unwrap();
+    let listed = cache.entries().await.unwrap();
+    assert_eq!(listed, vec![other.clone(), again.clone()], "newest first, one entry per key");
+    // Removing the first writer's entries leaves the rewritten one alone.
+    assert_eq!(cache.remove_from(&first.source_run).await.unwrap(), 0);
+    drop(store);
+    if let Some(store) = b.reopen().await {
+        let cache = store.plan_cache().unwrap();
+        assert_eq!(cache.entries().await.unwrap(), listed, "the cache survives a reopen");
+    }
+    let store = b.store();
+    let cache = store.plan_cache().unwrap();
+    assert_eq!(cache.remove_from(&again.source_run).await.unwrap(), 1);
+    assert_eq!(cache.get(&again.key.key).await.unwrap(), None);
+    assert_eq!(cache.clear().await.unwrap(), 1);
+    assert!(cache.entries().await.unwrap().is_empty());
+    b
+}
+
+async fn plan_cache_evicts_the_expired_and_the_oldest(b: Box<dyn Backend>) -> Box<dyn Backend> {
+    let store = b.store();
+    let cache = store.plan_cache().unwrap();
+    let bounds = PlanCacheBounds { max_entries: 2, ttl: std::time::Duration::from_secs(60) };
+    let expired = cache_entry("expired", 120);
+    cache.put(&expired, &ROOMY).await.unwrap();
+    let (old, mid, new) = (cache_entry("old", 30), cache_entry("mid", 20), cache_entry("new", 10));
+    cache.put(&old, &bounds).await.unwrap();
+    let keys = |v: Vec<PlanCacheEntry>| v.into_iter().map(|e| e.task).collect::<Vec<_>>();
+    assert_eq!(keys(cache.entries().await.unwrap()), vec!["old"], "the expired entry went");
+    cache.put(&new, &bounds).await.unwrap();
+    cache.put(&mid, &bounds).await.unwrap();
+    assert_eq!(keys(cache.entries().await.unwrap()), vec!["new", "mid"], "the oldest went");
+    b
+}
+
+async fn plan_cache_concurrent_writers_keep_the_bound(b: Box<dyn Backend>) -> Box<dyn Backend> {
+    let store = b.store();
+    let bounds = PlanCacheBounds { max_entries: 5, ttl: std::time::Duration::from_secs(60) };
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let e = cache_entry(&format!("task {}", i % 8), 0);
+                store.plan_cache().unwrap().put(&e, &bounds).await
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    let entries = store.plan_cache().unwrap().entries().await.unwrap();
+    assert_eq!(entries.len(), 5, "{entries:?}");
+    b
+}
+
 // ---- a throughput figure ----
 
 /// What [`measure_append`] measured.
@@ -786,6 +872,7 @@ fn sample_event(run: &RunId, seq: u64) -> RunEvent {
                 }],
             },
             usage: Default::default(),
+            cached_from: None,
         },
         _ => match (seq - 3) % 4 {
             0 => EventKind::StepStarted { step, attempt: 1 },

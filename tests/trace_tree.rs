@@ -143,6 +143,10 @@ async fn a_run_is_one_trace_shaped_like_the_documented_span_tree() {
     assert_eq!(attr(run, "stepwise.run.id").as_deref(), Some(result.id.as_str()));
     assert_eq!(attr(run, "stepwise.task").as_deref(), Some("the task"));
     assert_eq!(attr(run, "stepwise.run.status").as_deref(), Some("completed"));
+    // The OpenTelemetry GenAI agent attributes, beside stepwise's own.
+    assert_eq!(attr(run, "gen_ai.operation.name").as_deref(), Some("invoke_agent"));
+    assert_eq!(attr(run, "gen_ai.agent.name").as_deref(), Some("stepwise"));
+    assert_eq!(attr(run, "gen_ai.conversation.id").as_deref(), Some(result.id.as_str()));
     let by_id: HashMap<SpanId, &SpanData> = spans.iter().map(|s| (s.span_context.span_id(), s)).collect();
     for s in &spans {
         if s.span_context.span_id() != run.span_context.span_id() {
@@ -160,6 +164,7 @@ async fn a_run_is_one_trace_shaped_like_the_documented_span_tree() {
     assert_eq!(attr(chat, "gen_ai.operation.name").as_deref(), Some("chat"));
     assert_eq!(attr(chat, "gen_ai.request.model").as_deref(), Some("test-model"));
     assert_eq!(attr(chat, "stepwise.role").as_deref(), Some("planner"));
+    assert_eq!(attr(chat, "gen_ai.provider.name").as_deref(), Some("scripted"));
     assert!(
         attr(chat, "gen_ai.usage.input_tokens").is_some()
             && attr(chat, "gen_ai.usage.output_tokens").is_some()
@@ -395,4 +400,44 @@ async fn chat_spans_carry_the_calls_cost_when_the_model_has_a_price() {
     assert_eq!(attr(planner_chat("priced"), "stepwise.usage.cached_input_tokens").as_deref(), Some("0"));
     assert_eq!(attr(planner_chat("unpriced"), "stepwise.usage.cost"), None, "unknown is not zero");
     assert!(attr(planner_chat("unpriced"), "gen_ai.usage.input_tokens").is_some());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_cached_plan_has_a_plan_span_marked_cached_without_a_chat() {
+    let capture = Capture::install();
+    let script = json!({
+        "planner": [{"json": {"goal": "g", "steps": [step("s1", &[])]}}],
+        "steps": {"s1": ["ok"]},
+        "synthesizer": ["done"]
+    });
+    let bounds =
+        stepwise::store::plan_cache::PlanCacheBounds { max_entries: 10, ttl: Duration::from_secs(60) };
+    let runtime = Stepwise::builder()
+        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
+        .workspace_root(tempfile::tempdir().unwrap().keep())
+        .plan_cache(Some(bounds))
+        .build()
+        .await
+        .unwrap();
+    let first = runtime.run("the task").await.unwrap();
+    let second = runtime.run("the task").await.unwrap();
+    assert_eq!(second.status, RunStatus::Completed, "{second:?}");
+    runtime.shutdown().await;
+    let spans = capture.spans();
+    let plan_of = |id: &str| {
+        let run = spans
+            .iter()
+            .find(|s| s.name == "stepwise.run" && attr(s, "stepwise.run.id").as_deref() == Some(id))
+            .unwrap();
+        let plan = children(&spans, run).into_iter().find(|s| s.name == "stepwise.plan").unwrap();
+        (plan, children(&spans, plan).len())
+    };
+    let (missed, chats) = plan_of(first.id.as_str());
+    assert_eq!(attr(missed, "stepwise.plan.cached").as_deref(), Some("false"));
+    assert_eq!(chats, 1, "the miss called the planner");
+    let (hit, chats) = plan_of(second.id.as_str());
+    assert_eq!(attr(hit, "stepwise.plan.cached").as_deref(), Some("true"));
+    assert_eq!(attr(hit, "stepwise.plan.cached_from").as_deref(), Some(first.id.as_str()));
+    assert_eq!(attr(hit, "stepwise.plan.steps").as_deref(), Some("1"));
+    assert_eq!(chats, 0, "no chat span under a cached plan");
 }

@@ -106,7 +106,27 @@ pub struct PlanJob {
 /// mailbox) drops its reply port, which the asking tracker sees as a lost request.
 pub enum PlannerMsg {
     /// Write a plan.
-    Plan(PlanJob, RpcReplyPort<ServiceResult<PlanSpec>>),
+    Plan(PlanJob, RpcReplyPort<ServiceResult<Planned>>),
+}
+
+/// The planner's answer: a plan, and the earlier completed run it was reused from when it came
+/// from the plan cache (no planner call was made).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// The plan.
+    pub plan: PlanSpec,
+    /// The run whose cached plan this is; none when the planner wrote it.
+    pub cached_from: Option<RunId>,
+}
+
+impl Planned {
+    /// The machine's input for this answer (or for the planner's failure).
+    pub fn input(result: ServiceResult<Planned>) -> Input {
+        match result {
+            Ok((Planned { plan, cached_from: Some(from) }, _)) => Input::PlanReused { plan, from },
+            other => Input::PlanReady(other.map(|(p, usage)| (p.plan, usage))),
+        }
+    }
 }
 
 /// A replanning request.

@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub spending: spending::RunSpending,
     /// The replicas this runtime shares runs with, when it has any (set once, at start).
     pub replication: OnceLock<Arc<dyn replication::Replication>>,
+    /// The plan cache's bounds when it is on (`[plan_cache]`).
+    pub plan_cache: Option<crate::store::plan_cache::PlanCacheBounds>,
 }
 
 impl Shared {

@@ -2,6 +2,7 @@
 //! command that runs tasks.
 
 pub mod bench;
+pub mod cache;
 pub mod mcp;
 pub mod progress;
 pub mod run;
@@ -44,6 +45,34 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve stepwise as an MCP server over stdio (start runs, follow and steer them).
     Mcp(McpArgs),
+    /// List or clear the plan cache (`[plan_cache]`) of the data dir's or configured store.
+    Cache(CacheArgs),
+}
+
+/// `stepwise cache`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub what: CacheCommand,
+    /// Config file (for the data dir and store URL).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory whose store to use (overrides `[runtime] data_dir`).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `stepwise cache …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Cached plans, newest first: key, age, steps, source run, planner model, task.
+    List,
+    /// Drops every cached plan.
+    Clear,
 }
 
 /// `stepwise mcp`.
@@ -98,6 +127,11 @@ pub struct BenchArgs {
     /// `tracing`.
     #[arg(long)]
     pub stream_plan: bool,
+    /// Scenario `makespan`: also run the task twice on one runtime with the plan cache on, and
+    /// report the first run (a miss), the second (a hit: no planner call), the gain, and the
+    /// hit's cost (the store lookup).
+    #[arg(long)]
+    pub plan_cache: bool,
     /// Scenario `serve`: the fake model server's binary, which the bench starts at `--latency-ms`
     /// (default: `examples/fake_openai_server` beside this executable).
     #[arg(long, value_name = "PATH")]
@@ -362,6 +396,7 @@ pub async fn build_runtime(
         .prompts(cfg.prompts()?)
         .record_content(stepwise::telemetry::ContentCapture::from_config(&cfg.telemetry))
         .prices(cfg.llm.price_table().context("the price table ([[llm.prices]])")?)
+        .plan_cache(cfg.plan_cache.bounds())
         .build()
         .await?;
     Ok(runtime)

@@ -113,8 +113,9 @@ impl Progress {
                 }
                 self.add_steps(steps);
             }
-            EventKind::PlanProposed { plan, revision, .. } => {
-                self.line(format!("plan (revision {revision}): {}", plan.goal));
+            EventKind::PlanProposed { plan, revision, cached_from, .. } => {
+                let cached = cached_from.as_ref().map(|r| format!(" [cached plan of run {r}]"));
+                self.line(format!("plan (revision {revision}): {}{}", plan.goal, cached.unwrap_or_default()));
                 self.add_steps(&plan.steps);
                 if self.needs_approval && self.tty {
                     // Nothing changes until the answer; the question must stay readable.

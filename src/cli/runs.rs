@@ -58,9 +58,18 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn open(args: &RunsArgs) -> anyhow::Result<std::sync::Arc<dyn stepwise::store::RunStore>> {
-    let mut cfg = stepwise::config::Config::load(args.config.as_deref())?;
-    if let Some(dir) = &args.data_dir {
-        cfg.runtime.data_dir = dir.clone();
+    open_local(args.config.as_deref(), args.data_dir.as_deref()).await
+}
+
+/// Opens the store the config names (`[server] store_url`, else the data dir's SQLite file,
+/// which must exist: a typo in `--data-dir` should not create an empty store).
+pub(crate) async fn open_local(
+    config: Option<&std::path::Path>,
+    data_dir: Option<&std::path::Path>,
+) -> anyhow::Result<std::sync::Arc<dyn stepwise::store::RunStore>> {
+    let mut cfg = stepwise::config::Config::load(config)?;
+    if let Some(dir) = data_dir {
+        cfg.runtime.data_dir = dir.to_path_buf();
     }
     if cfg.server.store_url.is_none() && !cfg.runtime.data_dir.join("stepwise.db").exists() {
         bail!(

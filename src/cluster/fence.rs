@@ -74,4 +74,9 @@ impl RunStore for FencedStore {
     async fn unfinished(&self) -> Result<Vec<RunId>, StoreError> {
         self.inner.pg.unfinished().await
     }
+
+    /// The cache holds no run's events: its writes need no lease.
+    fn plan_cache(&self) -> Option<&dyn crate::store::plan_cache::PlanCache> {
+        self.inner.pg.plan_cache()
+    }
 }

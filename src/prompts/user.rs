@@ -161,10 +161,7 @@ impl Default for UserPrompts {
 
 impl PartialEq for UserPrompts {
     fn eq(&self, other: &Self) -> bool {
-        AgentRole::ALL.iter().all(|&role| {
-            let source = |p: &Self| p.env.get_template(&file_name(role)).map(|t| t.source().to_owned()).ok();
-            source(self) == source(other)
-        })
+        AgentRole::ALL.iter().all(|&role| self.source(role) == other.source(role))
     }
 }
 
@@ -182,6 +179,11 @@ impl UserPrompts {
         }
         prompts.check()?;
         Ok(prompts)
+    }
+
+    /// The text of `role`'s template (empty if it is missing, which `load` and `default` rule out).
+    pub fn source(&self, role: AgentRole) -> String {
+        self.env.get_template(&file_name(role)).map(|t| t.source().to_owned()).unwrap_or_default()
     }
 
     /// The planner's user message.

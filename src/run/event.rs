@@ -77,6 +77,10 @@ pub enum EventKind {
         plan: PlanSpec,
         /// Planner usage.
         usage: Usage,
+        /// The completed run whose plan this is, when it came from the plan cache instead of a
+        /// planner call (absent: the planner wrote it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cached_from: Option<RunId>,
     },
     /// A person approved the plan, possibly edited.
     PlanApproved {

@@ -164,6 +164,8 @@ pub struct RunState {
     pub last_errors: BTreeMap<StepId, StepError>,
     /// The model calls waiting for an unavailable provider, oldest first.
     pub waiting_on_provider: Vec<ProviderWait>,
+    /// The run whose cached plan this run reused, if it did.
+    pub plan_cached_from: Option<RunId>,
 }
 
 impl RunState {
@@ -185,6 +187,7 @@ impl RunState {
             approved_at: None,
             last_errors: BTreeMap::new(),
             waiting_on_provider: Vec::new(),
+            plan_cached_from: None,
         }
     }
 
@@ -257,7 +260,8 @@ impl RunState {
                 }
                 self.plan.extend_streamed(steps);
             }
-            EventKind::PlanProposed { revision, plan, usage } => {
+            EventKind::PlanProposed { revision, plan, usage, cached_from } => {
+                self.plan_cached_from = cached_from.clone();
                 if self.status != RunStatus::Planning {
                     return Err(bad(format!("no plan was expected in status {}", self.status.as_str())));
                 }

@@ -54,6 +54,7 @@ fn fold_of_a_happy_run() {
         revision: 1,
         plan: spec(&[("a", &[]), ("b", &["a"])]),
         usage: usage(1, 10),
+        cached_from: None,
     })
     .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
     .push(EventKind::ToolCalled {
@@ -131,7 +132,12 @@ fn fold_of_a_happy_run() {
 #[test]
 fn events_round_trip_through_json_with_a_type_tag() {
     let mut l = Log::new(RunOptions::default());
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    });
     let text = serde_json::to_string(&l.events).unwrap();
     assert!(text.contains(r#""type":"PlanProposed""#), "{text}");
     let back: Vec<RunEvent> = serde_json::from_str(&text).unwrap();
@@ -142,7 +148,12 @@ fn events_round_trip_through_json_with_a_type_tag() {
 fn seq_gaps_and_foreign_events_are_rejected() {
     let mut l = Log::new(RunOptions::default());
     let mut s = l.state();
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    });
     let mut gap = l.events[1].clone();
     gap.seq = 5;
     assert!(matches!(s.apply(&gap), Err(StateError::Sequence { expected: 2, got: 5, .. })));
@@ -157,9 +168,18 @@ fn impossible_transitions_are_rejected() {
     l.push(EventKind::StepStarted { step: "a".into(), attempt: 1 });
     assert!(RunState::from_events(&l.events).is_err(), "a step cannot start before a plan");
     let mut l = Log::new(RunOptions::default());
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) }).push(
-        EventKind::StepCompleted { step: "a".into(), attempt: 1, output: "x".into(), usage: usage(0, 0) },
-    );
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    })
+    .push(EventKind::StepCompleted {
+        step: "a".into(),
+        attempt: 1,
+        output: "x".into(),
+        usage: usage(0, 0),
+    });
     let err = RunState::from_events(&l.events).unwrap_err();
     assert!(err.to_string().contains("not running"), "{err}");
 }
@@ -169,7 +189,12 @@ fn approval_holds_the_plan_and_an_edit_replaces_it() {
     let mut opts = RunOptions::default();
     opts.policy.require_approval = true;
     let mut l = Log::new(opts);
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    });
     assert_eq!(l.state().status, RunStatus::AwaitingApproval);
     l.push(EventKind::PlanApproved { edited: Some(spec(&[("x", &[]), ("y", &["x"])])) });
     let s = l.state();
@@ -185,6 +210,7 @@ fn replan_keeps_completed_steps_and_bumps_the_revision() {
         revision: 1,
         plan: spec(&[("a", &[]), ("b", &["a"])]),
         usage: usage(1, 1),
+        cached_from: None,
     })
     .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
     .push(EventKind::StepCompleted { step: "a".into(), attempt: 1, output: "A".into(), usage: usage(1, 1) })
@@ -215,9 +241,14 @@ fn replan_keeps_completed_steps_and_bumps_the_revision() {
 #[test]
 fn a_cancelled_run_marks_running_steps_interrupted() {
     let mut l = Log::new(RunOptions::default());
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) })
-        .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
-        .push(EventKind::RunCancelled { reason: "user".into() });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    })
+    .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
+    .push(EventKind::RunCancelled { reason: "user".into() });
     let s = l.state();
     assert_eq!(s.status, RunStatus::Cancelled);
     assert_eq!(s.plan.steps[0].status, StepStatus::Failed);
@@ -313,6 +344,7 @@ fn replan_after_each_step_only_while_steps_remain_and_budget_lasts() {
         revision: 1,
         plan: spec(&[("a", &[]), ("b", &[])]),
         usage: usage(1, 1),
+        cached_from: None,
     })
     .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
     .push(EventKind::StepCompleted {
@@ -332,9 +364,14 @@ fn replan_after_each_step_only_while_steps_remain_and_budget_lasts() {
 fn a_step_failure_folds_into_its_typed_error() {
     let mut l = Log::new(RunOptions::default());
     let e = StepError::new(StepErrorKind::BudgetExhausted, "max_iterations (3) reached: a: b");
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 1) })
-        .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
-        .push(EventKind::StepFailed { step: "a".into(), attempt: 1, error: e.clone(), usage: usage(1, 1) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 1),
+        cached_from: None,
+    })
+    .push(EventKind::StepStarted { step: "a".into(), attempt: 1 })
+    .push(EventKind::StepFailed { step: "a".into(), attempt: 1, error: e.clone(), usage: usage(1, 1) });
     let s = l.state();
     assert_eq!(s.last_errors.get(&StepId::from("a")), Some(&e));
     assert_eq!(s.plan.steps[0].error.as_deref(), Some(e.to_string().as_str()));
@@ -345,7 +382,12 @@ fn run_budget_names_the_limit() {
     let mut opts = RunOptions::default();
     opts.run_budget.max_tokens = 10;
     let mut l = Log::new(opts);
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: usage(1, 6) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: usage(1, 6),
+        cached_from: None,
+    });
     let why = l.state().run_budget_exceeded().unwrap();
     assert!(why.contains("12 tokens used, limit 10"), "{why}");
 }
@@ -356,7 +398,12 @@ fn the_run_money_budget_is_used_up_once_reached_and_not_while_the_cost_is_unknow
     opts.run_budget.max_cost = 0.5;
     let priced = |amount: f64| Usage { cost: crate::llm::Cost::from_amount(amount), ..usage(1, 1) };
     let mut l = Log::new(opts.clone());
-    l.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: priced(0.25) });
+    l.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: priced(0.25),
+        cached_from: None,
+    });
     assert_eq!(l.state().run_budget_exceeded(), None);
     l.push(EventKind::StepStarted { step: "a".into(), attempt: 1 }).push(EventKind::StepCompleted {
         step: "a".into(),
@@ -369,7 +416,12 @@ fn the_run_money_budget_is_used_up_once_reached_and_not_while_the_cost_is_unknow
 
     let mut unknown = Log::new(opts);
     let unpriced = Usage { cost: crate::llm::Cost::UNKNOWN, ..usage(1, 1) };
-    unknown.push(EventKind::PlanProposed { revision: 1, plan: spec(&[("a", &[])]), usage: priced(1.0) });
+    unknown.push(EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[("a", &[])]),
+        usage: priced(1.0),
+        cached_from: None,
+    });
     unknown.push(EventKind::StepStarted { step: "a".into(), attempt: 1 }).push(EventKind::StepCompleted {
         step: "a".into(),
         attempt: 1,
@@ -416,6 +468,7 @@ fn fold_of_a_streamed_plan_keeps_what_ran_before_the_whole_plan() {
         revision: 1,
         plan: spec(&[("a", &[]), ("b", &["a"]), ("c", &["b"])]),
         usage: usage(1, 10),
+        cached_from: None,
     });
     let s = l.state();
     assert_eq!(s.status, RunStatus::Running);
@@ -439,4 +492,25 @@ fn fold_of_a_streamed_plan_keeps_what_ran_before_the_whole_plan() {
     dup.push(EventKind::PlanStreamed { steps: streamed[..1].to_vec() })
         .push(EventKind::PlanStreamed { steps: streamed[..1].to_vec() });
     assert!(RunState::from_events(&dup.events).is_err());
+}
+
+#[test]
+fn plan_proposed_reads_and_writes_as_before_unless_the_plan_was_cached() {
+    // A log written before the plan cache existed.
+    let old = r#"{"type":"PlanProposed","revision":1,"plan":{"goal":"g","steps":[]},
+        "usage":{"llm_calls":1,"input_tokens":2,"output_tokens":3}}"#;
+    let kind: EventKind = serde_json::from_str(old).unwrap();
+    assert!(matches!(&kind, EventKind::PlanProposed { cached_from: None, .. }), "{kind:?}");
+    // A planner-written plan is stored exactly as before: no new field.
+    assert!(!serde_json::to_string(&kind).unwrap().contains("cached_from"));
+    let from = RunId::new();
+    let cached = EventKind::PlanProposed {
+        revision: 1,
+        plan: spec(&[]),
+        usage: Usage::default(),
+        cached_from: Some(from.clone()),
+    };
+    let text = serde_json::to_string(&cached).unwrap();
+    assert!(text.contains(&format!("\"cached_from\":\"{from}\"")), "{text}");
+    assert_eq!(serde_json::from_str::<EventKind>(&text).unwrap(), cached);
 }

@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::run::{EventKind, RunEvent, RunId, RunStatus};
 
+pub mod plan_cache;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
+
+use plan_cache::{PlanCache, PlanCacheBounds, PlanCacheEntry};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -158,12 +161,19 @@ pub trait RunStore: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// The store's plan cache, if it keeps one (memory, SQLite and Postgres do; a store that
+    /// does not simply never lets a run reuse a plan).
+    fn plan_cache(&self) -> Option<&dyn PlanCache> {
+        None
+    }
 }
 
 /// Events in memory: fast, and gone when the process exits.
 #[derive(Default)]
 pub struct MemoryStore {
     runs: Mutex<HashMap<RunId, MemoryRun>>,
+    plans: Mutex<HashMap<String, PlanCacheEntry>>,
 }
 
 struct MemoryRun {
@@ -181,6 +191,11 @@ impl MemoryStore {
         // A panic while holding this lock cannot leave a half-applied append (push is last), so
         // a poisoned lock is still consistent.
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn plans(&self) -> std::sync::MutexGuard<'_, HashMap<String, PlanCacheEntry>> {
+        // Every change to the map is one call on it: a poisoned lock is still consistent.
+        self.plans.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -237,6 +252,48 @@ impl RunStore for MemoryStore {
             runs.values().filter(|r| !r.summary.status.is_terminal()).map(|r| r.summary.id.clone()).collect();
         ids.sort();
         Ok(ids)
+    }
+
+    fn plan_cache(&self) -> Option<&dyn PlanCache> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl PlanCache for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<PlanCacheEntry>, StoreError> {
+        Ok(self.plans().get(key).cloned())
+    }
+
+    async fn put(&self, entry: &PlanCacheEntry, bounds: &PlanCacheBounds) -> Result<(), StoreError> {
+        let mut plans = self.plans();
+        plans.insert(entry.key.key.clone(), entry.clone());
+        let stamps: Vec<(String, DateTime<Utc>)> =
+            plans.values().map(|e| (e.key.key.clone(), e.created_at)).collect();
+        for key in bounds.evictions(&stamps, Utc::now()) {
+            plans.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn remove_from(&self, source: &RunId) -> Result<u64, StoreError> {
+        let mut plans = self.plans();
+        let before = plans.len();
+        plans.retain(|_, e| &e.source_run != source);
+        Ok((before - plans.len()) as u64)
+    }
+
+    async fn entries(&self) -> Result<Vec<PlanCacheEntry>, StoreError> {
+        let mut out: Vec<PlanCacheEntry> = self.plans().values().cloned().collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.key.key.cmp(&a.key.key)));
+        Ok(out)
+    }
+
+    async fn clear(&self) -> Result<u64, StoreError> {
+        let mut plans = self.plans();
+        let n = plans.len() as u64;
+        plans.clear();
+        Ok(n)
     }
 }
 

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
+use super::plan_cache::{
+    EntryRow, PlanCache, PlanCacheBounds, PlanCacheEntry, entry_columns, entry_from_row, entry_to_row,
+};
 use super::{
     ListQuery, RunStore, RunSummary, StatusChange, StoreError, backend, check_append, seq_to_sql, sql_events,
     sql_list, sql_unfinished, summary_from_row, time_to_sql,
@@ -409,4 +412,90 @@ impl RunStore for PostgresStore {
     async fn unfinished(&self) -> Result<Vec<RunId>, StoreError> {
         sql_unfinished(&self.pool).await
     }
+
+    fn plan_cache(&self) -> Option<&dyn PlanCache> {
+        Some(self)
+    }
 }
+
+/// Replicas share the cache. A write holds a transaction-scoped advisory lock, so concurrent
+/// writers' evictions take turns (no deadlock between their deletes, and the bound holds); reads
+/// and removals are single statements.
+#[async_trait::async_trait]
+impl PlanCache for PostgresStore {
+    async fn get(&self, key: &str) -> Result<Option<PlanCacheEntry>, StoreError> {
+        let sql = concat!("SELECT ", entry_columns!(), " FROM plan_cache WHERE key = $1");
+        let row: Option<EntryRow> =
+            sqlx::query_as(sql).bind(key).fetch_optional(&self.pool).await.map_err(backend)?;
+        row.map(entry_from_row).transpose()
+    }
+
+    async fn put(&self, entry: &PlanCacheEntry, bounds: &PlanCacheBounds) -> Result<(), StoreError> {
+        let r = entry_to_row(entry)?;
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PLAN_CACHE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let upsert = concat!(
+            "INSERT INTO plan_cache (",
+            entry_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (key) DO UPDATE SET model = excluded.model, task = excluded.task, \
+             plan = excluded.plan, source_run = excluded.source_run, created_at = excluded.created_at"
+        );
+        sqlx::query(upsert)
+            .bind(r.0)
+            .bind(r.1)
+            .bind(r.2)
+            .bind(r.3)
+            .bind(r.4)
+            .bind(r.5)
+            .bind(r.6)
+            .bind(r.7)
+            .bind(r.8)
+            .bind(r.9)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let cutoff = time_to_sql(&bounds.cutoff(chrono::Utc::now()));
+        sqlx::query("DELETE FROM plan_cache WHERE created_at <= $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(
+            "DELETE FROM plan_cache WHERE key NOT IN \
+             (SELECT key FROM plan_cache ORDER BY created_at DESC, key DESC LIMIT $1)",
+        )
+        .bind(i64::try_from(bounds.max_entries).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn remove_from(&self, source: &RunId) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM plan_cache WHERE source_run = $1")
+            .bind(source.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn entries(&self) -> Result<Vec<PlanCacheEntry>, StoreError> {
+        let sql = concat!("SELECT ", entry_columns!(), " FROM plan_cache ORDER BY created_at DESC, key DESC");
+        let rows: Vec<EntryRow> = sqlx::query_as(sql).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.into_iter().map(entry_from_row).collect()
+    }
+
+    async fn clear(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM plan_cache").execute(&self.pool).await.map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// The advisory lock key of plan cache writes (any fixed number no other lock uses).
+const PLAN_CACHE_LOCK: i64 = 0x5374_6570_5043; // "StepPC"

@@ -27,6 +27,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
+use super::plan_cache::{
+    EntryRow, PlanCache, PlanCacheBounds, PlanCacheEntry, entry_columns, entry_from_row, entry_to_row,
+};
 use super::{
     ListQuery, RunStore, RunSummary, StoreError, SummaryRow, backend, check_append, seq_to_sql, sql_events,
     sql_list, sql_unfinished, summary_from_row, time_to_sql,
@@ -324,6 +327,83 @@ impl RunStore for SqliteStore {
 
     async fn unfinished(&self) -> Result<Vec<RunId>, StoreError> {
         sql_unfinished(&self.pool).await
+    }
+
+    fn plan_cache(&self) -> Option<&dyn PlanCache> {
+        Some(self)
+    }
+}
+
+/// Cache writes go through the writer's connection, so they queue behind appends instead of
+/// meeting SQLite's write lock.
+#[async_trait::async_trait]
+impl PlanCache for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<PlanCacheEntry>, StoreError> {
+        let sql = concat!("SELECT ", entry_columns!(), " FROM plan_cache WHERE key = ?");
+        let row: Option<EntryRow> =
+            sqlx::query_as(sql).bind(key).fetch_optional(&self.pool).await.map_err(backend)?;
+        row.map(entry_from_row).transpose()
+    }
+
+    async fn put(&self, entry: &PlanCacheEntry, bounds: &PlanCacheBounds) -> Result<(), StoreError> {
+        let r = entry_to_row(entry)?;
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let upsert = concat!(
+            "INSERT INTO plan_cache (",
+            entry_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET model = excluded.model, task = excluded.task, \
+             plan = excluded.plan, source_run = excluded.source_run, created_at = excluded.created_at"
+        );
+        sqlx::query(upsert)
+            .bind(r.0)
+            .bind(r.1)
+            .bind(r.2)
+            .bind(r.3)
+            .bind(r.4)
+            .bind(r.5)
+            .bind(r.6)
+            .bind(r.7)
+            .bind(r.8)
+            .bind(r.9)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let cutoff = time_to_sql(&bounds.cutoff(chrono::Utc::now()));
+        sqlx::query("DELETE FROM plan_cache WHERE created_at <= ?")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(
+            "DELETE FROM plan_cache WHERE key NOT IN \
+             (SELECT key FROM plan_cache ORDER BY created_at DESC, key DESC LIMIT ?)",
+        )
+        .bind(i64::try_from(bounds.max_entries).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn remove_from(&self, source: &RunId) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM plan_cache WHERE source_run = ?")
+            .bind(source.as_str())
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn entries(&self) -> Result<Vec<PlanCacheEntry>, StoreError> {
+        let sql = concat!("SELECT ", entry_columns!(), " FROM plan_cache ORDER BY created_at DESC, key DESC");
+        let rows: Vec<EntryRow> = sqlx::query_as(sql).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.into_iter().map(entry_from_row).collect()
+    }
+
+    async fn clear(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM plan_cache").execute(&self.writer).await.map_err(backend)?;
+        Ok(done.rows_affected())
     }
 }
 

@@ -6,6 +6,7 @@
 //! | `stepwise.runs`          | `stepwise_runs_total`              | `status`                   |
 //! | `stepwise.steps`         | `stepwise_steps_total`             | `status`                   |
 //! | `stepwise.replans`       | `stepwise_replans_total`           | `decision`                 |
+//! | `stepwise.plan_cache.lookups` | `stepwise_plan_cache_lookups_total` | `outcome`             |
 //! | `stepwise.llm.calls`     | `stepwise_llm_calls_total`         | `role`, `model`, `outcome` |
 //! | `stepwise.llm.tokens`    | `stepwise_llm_tokens_total`        | `role`, `model`, `type`    |
 //! | `stepwise.llm.cost`      | `stepwise_llm_cost_total`          | `role`, `model`            |
@@ -144,6 +145,7 @@ pub struct Metrics {
     runs: Counter<u64>,
     steps: Counter<u64>,
     replans: Counter<u64>,
+    plan_cache_lookups: Counter<u64>,
     llm_calls: Counter<u64>,
     llm_tokens: Counter<u64>,
     llm_cost: Counter<f64>,
@@ -209,6 +211,10 @@ impl Metrics {
                 .u64_counter("stepwise.replans")
                 .with_description("Replanner decisions, by decision")
                 .build(),
+            plan_cache_lookups: meter
+                .u64_counter("stepwise.plan_cache.lookups")
+                .with_description("Plan cache lookups, by outcome (hit, miss, expired, error)")
+                .build(),
             llm_calls: meter
                 .u64_counter("stepwise.llm.calls")
                 .with_description("Model calls, by role, model and outcome")
@@ -265,6 +271,12 @@ impl Metrics {
         if let Some(elapsed) = elapsed {
             self.step_duration.record(elapsed.as_secs_f64(), &attrs);
         }
+    }
+
+    /// A run looked for a cached plan: `hit`, `miss`, `expired` (found, too old) or `error`
+    /// (the store did not answer; the planner was asked).
+    pub fn plan_cache_lookup(&self, outcome: &str) {
+        self.plan_cache_lookups.add(1, &[KeyValue::new("outcome", outcome.to_owned())]);
     }
 
     /// The replanner decided `decision` (`continue`, `replan`, `finish`, `abort`).
@@ -424,6 +436,7 @@ mod tests {
         m.step_ended("completed", Some(Duration::from_millis(700)));
         m.step_ended("skipped", None);
         m.replanned("replan");
+        m.plan_cache_lookup("hit");
         let usage = Usage::of_tokens(10, 3);
         m.llm_call("executor", "gpt \"x\"", true, Some(usage), Duration::from_millis(3));
         let priced = Usage { cost: crate::llm::Cost::from_amount(0.25), ..Usage::of_tokens(1, 1) };
@@ -435,6 +448,7 @@ mod tests {
         assert_eq!(line_value(&text, "stepwise_runs_total{status=\"failed\"}"), Some(1.0));
         assert_eq!(line_value(&text, "stepwise_steps_total{status=\"skipped\"}"), Some(1.0));
         assert_eq!(line_value(&text, "stepwise_replans_total{decision=\"replan\"}"), Some(1.0));
+        assert_eq!(line_value(&text, "stepwise_plan_cache_lookups_total{outcome=\"hit\"}"), Some(1.0));
         assert_eq!(
             line_value(
                 &text,

@@ -11,8 +11,8 @@ use ractor::ActorRef;
 
 use super::{Attempt, Tracker, TrackerState, spans};
 use crate::actors::messages::{
-    EventSink, ExecutorMsg, PlanJob, PlannerMsg, ReplanJob, ReplannerMsg, StepInput, StepJob, StepReport,
-    SynthesisJob, SynthesizerMsg, TrackerMsg,
+    EventSink, ExecutorMsg, PlanJob, Planned, PlannerMsg, ReplanJob, ReplannerMsg, StepInput, StepJob,
+    StepReport, SynthesisJob, SynthesizerMsg, TrackerMsg,
 };
 use crate::actors::reply;
 use crate::run::machine::{Command, Input, ServiceRequest, StepAssignment, Transition};
@@ -107,7 +107,7 @@ impl Tracker {
         let sent = self.shared.services().is_some_and(|s| match request {
             ServiceRequest::Plan { stream } => {
                 let job = PlanJob { run_id, task, trace, stream_to: stream.then(|| me.clone()) };
-                let deliver = |r| TrackerMsg::Input(Input::PlanReady(r));
+                let deliver = |r| TrackerMsg::Input(Planned::input(r));
                 reply::request(me, &s.planner, |r| PlannerMsg::Plan(job, r), deliver, lost)
             }
             ServiceRequest::Replan { failed } => {

@@ -9,6 +9,7 @@
 
 mod effects;
 mod observe;
+mod plan_cache;
 mod spans;
 
 use std::collections::HashMap;
@@ -140,6 +141,7 @@ impl Actor for Tracker {
             Err(e) => Err(e.into()),
             Ok(()) => {
                 settle_spending(&self.shared, st);
+                self.settle_plan_cache(st, &transition.events).await;
                 self.carry_out(&me, st, transition);
                 Ok(())
             }
@@ -186,6 +188,7 @@ impl Tracker {
             }
             return Err(e.into());
         }
+        self.settle_plan_cache(st, &transition.events).await;
         self.carry_out(me, st, transition);
         let _ = reply.send(Ok(()));
         Ok(())

@@ -46,6 +46,7 @@ pub(super) fn event(st: &mut TrackerState, kind: &EventKind) {
 pub(super) fn answer(st: &mut TrackerState, input: &Input) {
     let (service, failed, error_type) = match input {
         Input::PlanReady(r) => (Service::Planner, r.is_err(), "planning_failed"),
+        Input::PlanReused { .. } => (Service::Planner, false, ""),
         Input::ReplanReady(r) => (Service::Replanner, r.is_err(), "replanning_failed"),
         Input::SynthesisReady(r) => (Service::Synthesizer, r.is_err(), "synthesis_failed"),
         _ => return,
@@ -60,6 +61,12 @@ pub(super) fn answer(st: &mut TrackerState, input: &Input) {
     match input {
         Input::PlanReady(Ok((plan, _))) => {
             span.record("stepwise.plan.steps", plan.steps.len());
+            span.record("stepwise.plan.cached", false);
+        }
+        Input::PlanReused { plan, from } => {
+            span.record("stepwise.plan.steps", plan.steps.len());
+            span.record("stepwise.plan.cached", true);
+            span.record("stepwise.plan.cached_from", from.as_str());
         }
         Input::ReplanReady(Ok((d, _))) => {
             let decided = decision_name(d.decision);

@@ -8,6 +8,9 @@ use crate::run::RunState;
 use crate::run::machine::{ServiceRequest, StepAssignment};
 use crate::telemetry;
 
+/// `gen_ai.agent.name` of every run's span.
+pub(crate) const AGENT_NAME: &str = "stepwise";
+
 /// The run's root span: every run is its own trace, whatever span is current where the
 /// tracker starts.
 ///
@@ -22,6 +25,9 @@ pub(super) fn run(run: &RunState) -> tracing::Span {
             stepwise.task = %run.task,
             stepwise.run.status = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = AGENT_NAME,
+            gen_ai.conversation.id = %run.id,
         );
         let _started = span.context();
         span
@@ -42,6 +48,8 @@ pub(super) fn service(
             stepwise.plan.revision = 1u32,
             stepwise.plan.steps = tracing::field::Empty,
             stepwise.plan.streamed_steps = tracing::field::Empty,
+            stepwise.plan.cached = tracing::field::Empty,
+            stepwise.plan.cached_from = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         ),

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use stepwise::run::RunStatus;
 
 use stepwise::actors::pool::PoolBounds;
+use stepwise::store::plan_cache::PlanCacheBounds;
 
 use super::{Setup, pool_report};
 
@@ -50,7 +51,12 @@ async fn one_run(
 /// and one synthesis call, each at the model latency. With an external model the task carries the
 /// plan shape (`depth=D width=W`, which the fake server follows) and `--latency-ms` must state the
 /// server's latency, since the bound depends on it.
-pub(super) async fn run(setup: &Setup, depth: usize, width: usize) -> anyhow::Result<Value> {
+pub(super) async fn run(
+    setup: &Setup,
+    depth: usize,
+    width: usize,
+    plan_cache: bool,
+) -> anyhow::Result<Value> {
     let latency_ms = setup.latency_ms().ok_or_else(|| {
         anyhow::anyhow!(
             "makespan --provider {} needs --latency-ms: the server's per-call latency, which the \
@@ -59,6 +65,7 @@ pub(super) async fn run(setup: &Setup, depth: usize, width: usize) -> anyhow::Re
         )
     })?;
     let script = layered_script(depth, width);
+    let script_for_cache = script.clone();
     let task = format!("makespan depth={depth} width={width}");
     let stream = setup.stream_plan;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -88,5 +95,53 @@ pub(super) async fn run(setup: &Setup, depth: usize, width: usize) -> anyhow::Re
         report["makespan_without_streaming_ms"] = json!(whole);
         report["streaming_gain_ms"] = json!(whole - measured);
     }
+    if plan_cache {
+        report["plan_cache"] = cached_pair(setup, script_for_cache, &task, stream).await?;
+        let runs = report["completed_runs"].as_u64().unwrap_or(0);
+        report["completed_runs"] = json!(runs + 2);
+    }
     Ok(report)
+}
+
+/// Lookups timed for the hit's cost.
+const LOOKUPS: u32 = 200;
+
+/// The task twice on one runtime with the plan cache on: the first run plans (a miss) and leaves
+/// its plan, the second reuses it. The gain should be about one planner call (one model latency);
+/// the hit's cost is the store lookup that replaced it, timed alone over [`LOOKUPS`] calls.
+async fn cached_pair(setup: &Setup, script: Value, task: &str, stream: bool) -> anyhow::Result<Value> {
+    let bounds = PlanCacheBounds { max_entries: 1000, ttl: Duration::from_secs(3600) };
+    let (runtime, _store) = setup.runtime_cached(script, setup.pool, stream, bounds).await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut walls = Vec::with_capacity(2);
+    let mut ids = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let t0 = Instant::now();
+        let result = runtime.run(task).await?;
+        walls.push(ms(t0.elapsed()));
+        anyhow::ensure!(
+            result.status == RunStatus::Completed,
+            "bench run did not complete: {:?}",
+            result.error
+        );
+        ids.push(result.id);
+    }
+    let store = runtime.store().clone();
+    let cache = store.plan_cache().ok_or_else(|| anyhow::anyhow!("the bench store keeps no plan cache"))?;
+    let entry = cache.entries().await?.into_iter().next();
+    let entry = entry.ok_or_else(|| anyhow::anyhow!("the first run left no cached plan"))?;
+    anyhow::ensure!(entry.source_run == ids[0], "the cached plan is not the first run's");
+    let t0 = Instant::now();
+    for _ in 0..LOOKUPS {
+        cache.get(&entry.key.key).await?;
+    }
+    let lookup = ms(t0.elapsed()) / f64::from(LOOKUPS);
+    runtime.shutdown().await;
+    Ok(json!({
+        "miss_makespan_ms": walls[0],
+        "hit_makespan_ms": walls[1],
+        "gain_ms": walls[0] - walls[1],
+        "hit_lookup_ms": lookup,
+        "hit_run": ids[1],
+    }))
 }

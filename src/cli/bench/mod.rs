@@ -58,11 +58,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         "--fake-server, --model-url and --serve-exe are for the serve and replicas scenarios"
     );
     anyhow::ensure!(args.store_url.is_none(), "--store-url is for the replicas scenario");
+    anyhow::ensure!(
+        !args.plan_cache || matches!(args.scenario, BenchScenario::Makespan),
+        "--plan-cache is for the makespan scenario"
+    );
     let steps = args.steps.unwrap_or(DEFAULT_STEPS);
     let setup = Setup::new(args)?;
     let report = match args.scenario {
         BenchScenario::Overhead => overhead::run(&setup, args.runs, steps).await,
-        BenchScenario::Makespan => makespan::run(&setup, args.depth, args.width).await,
+        BenchScenario::Makespan => makespan::run(&setup, args.depth, args.width, args.plan_cache).await,
         BenchScenario::Concurrency => concurrency::run(&setup, args.runs).await,
         BenchScenario::Http => http::run(&setup, args.runs, Duration::from_secs(args.load_secs)).await,
         BenchScenario::Tracing => {
@@ -227,6 +231,17 @@ impl Setup {
         self.runtime_streaming(script, latency, pool, self.stream_plan).await
     }
 
+    /// [`Setup::runtime_streaming`] with the plan cache on within `bounds`.
+    async fn runtime_cached(
+        &self,
+        script: Value,
+        pool: PoolBounds,
+        stream_plan: bool,
+        bounds: stepwise::store::plan_cache::PlanCacheBounds,
+    ) -> anyhow::Result<(Runtime, StoreGuard)> {
+        self.build(script, self.latency, pool, stream_plan, Some(bounds)).await
+    }
+
     /// [`Setup::runtime`] with `stream_plan` chosen by the scenario (to compare both ways).
     async fn runtime_streaming(
         &self,
@@ -234,6 +249,17 @@ impl Setup {
         latency: Duration,
         pool: PoolBounds,
         stream_plan: bool,
+    ) -> anyhow::Result<(Runtime, StoreGuard)> {
+        self.build(script, latency, pool, stream_plan, None).await
+    }
+
+    async fn build(
+        &self,
+        script: Value,
+        latency: Duration,
+        pool: PoolBounds,
+        stream_plan: bool,
+        plan_cache: Option<stepwise::store::plan_cache::PlanCacheBounds>,
     ) -> anyhow::Result<(Runtime, StoreGuard)> {
         let models = match &self.external {
             Some((m, _)) => m.clone(),
@@ -246,7 +272,8 @@ impl Setup {
             .models(models)
             .options(options)
             .executors(pool.min, pool.max)
-            .llm_concurrency(4096);
+            .llm_concurrency(4096)
+            .plan_cache(plan_cache);
         if let Some(store) = &guard.store {
             builder = builder.store(store.clone());
         }

@@ -131,6 +131,13 @@ pub enum Input {
     PlanStreamed(Vec<StepSpec>),
     /// The planner answered.
     PlanReady(ServiceResult<PlanSpec>),
+    /// The planner found the plan of `from`, an earlier completed run, in the plan cache.
+    PlanReused {
+        /// The cached plan.
+        plan: PlanSpec,
+        /// The run it comes from.
+        from: crate::run::RunId,
+    },
     /// The replanner answered.
     ReplanReady(ServiceResult<ReplanDecision>),
     /// The synthesizer answered.

@@ -107,7 +107,8 @@ impl RunMachine {
         match input {
             Input::Start => t.start()?,
             Input::PlanStreamed(steps) => t.plan_streamed(steps)?,
-            Input::PlanReady(result) => t.plan_ready(result)?,
+            Input::PlanReady(result) => t.plan_ready(result, None)?,
+            Input::PlanReused { plan, from } => t.plan_ready(Ok((plan, Usage::default())), Some(from))?,
             Input::ReplanReady(result) => t.replan_ready(result)?,
             Input::SynthesisReady(result) => t.synthesis_ready(result)?,
             Input::ServiceLost(service) => t.service_lost(service)?,

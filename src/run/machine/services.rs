@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Command, MAX_SERVICE_LOSSES, MachineError, Service, ServiceRequest, ServiceResult, Step, Timer};
 use crate::plan::{PlanSpec, StepId, StepSpec, StepStatus, validate_steps, validate_streamed_step};
-use crate::run::{Decision, EventKind, ReplanDecision, RunStatus, StateError, Usage};
+use crate::run::{Decision, EventKind, ReplanDecision, RunId, RunStatus, StateError, Usage};
 
 impl Step<'_> {
     /// A service's answer, or `None` after failing the run with its error (and what it spent).
@@ -95,12 +95,17 @@ impl Step<'_> {
         Ok(())
     }
 
-    pub(super) fn plan_ready(&mut self, result: ServiceResult<PlanSpec>) -> Result<(), MachineError> {
+    /// Adopts the planner's plan, or (`cached_from`) the one it reused from the plan cache.
+    pub(super) fn plan_ready(
+        &mut self,
+        result: ServiceResult<PlanSpec>,
+        cached_from: Option<RunId>,
+    ) -> Result<(), MachineError> {
         if self.answered(Service::Planner).is_none() || self.m.run.status != RunStatus::Planning {
             return Ok(());
         }
         let Some((plan, usage)) = self.succeeded(result)? else { return Ok(()) };
-        self.emit(EventKind::PlanProposed { revision: 1, plan, usage })?;
+        self.emit(EventKind::PlanProposed { revision: 1, plan, usage, cached_from })?;
         // A streamed step that the whole plan left out (a repair rewrote it) stops.
         let plan = &self.m.run.plan;
         let dropped: Vec<(StepId, u32)> = (self.m.in_flight.iter())

@@ -120,6 +120,25 @@ fn a_happy_run_plans_runs_in_dependency_order_and_synthesises() {
 }
 
 #[test]
+fn a_reused_plan_is_proposed_with_its_source_and_no_usage_and_still_awaits_approval() {
+    let (mut m, head) = machine(options(|p| p.require_approval = true));
+    go(&mut m, Input::Start);
+    let from = RunId::new();
+    let t = go(&mut m, Input::PlanReused { plan: plan(&[("a", &[])]), from: from.clone() });
+    assert_eq!(names(&t), ["PlanProposed"]);
+    let EventKind::PlanProposed { cached_from, usage: spent, .. } = &t.events[0].kind else { panic!() };
+    assert_eq!((cached_from.as_ref(), spent.llm_calls), (Some(&from), 0));
+    assert_eq!(m.run().status, RunStatus::AwaitingApproval);
+    assert_eq!(m.run().plan_cached_from.as_ref(), Some(&from));
+    assert!(started(&t).is_empty(), "nothing starts before approval");
+    // The stored log folds to the same state (a resumed run knows it reused a plan).
+    let again = RunState::from_events(head.iter().chain(&t.events)).unwrap();
+    assert_eq!(again.unwrap().plan_cached_from, Some(from));
+    // A second answer to the same request changes nothing.
+    assert_eq!(go(&mut m, Input::PlanReady(Ok((plan(&[("x", &[])]), usage(1))))), Transition::default());
+}
+
+#[test]
 fn a_late_or_stale_report_changes_nothing() {
     let (mut m, _) = running(RunOptions::default(), plan(&[("a", &[])]));
     assert_eq!(go(&mut m, ok("a", 2)), Transition::default(), "not the attempt in flight");
