@@ -18,7 +18,7 @@ use crate::store::StoreError;
 use crate::telemetry::TraceContext;
 
 pub use crate::run::machine::{
-    Input, Refusal, Service, ServiceFailure, ServiceResult, StepInput, StepReport, Timer,
+    Input, Refusal, Service, ServiceFailure, ServiceResult, StepEnd, StepInput, StepReport, StepResume, Timer,
 };
 
 /// One step attempt for an executor.
@@ -40,6 +40,12 @@ pub struct StepJob {
     pub budget: StepBudget,
     /// Check the output against `expected_outcome` with the verifier model.
     pub verify: bool,
+    /// Tools whose calls wait for a person's approval: the attempt pauses on them.
+    #[serde(default)]
+    pub approve_tools: Vec<String>,
+    /// For a paused attempt carrying on: where, and the answers to its pending calls.
+    #[serde(default)]
+    pub resume: Option<StepResume>,
     /// The step span's context.
     pub trace: TraceContext,
     /// Fired on cancel; tools see it through their context.
@@ -204,6 +210,8 @@ mod tests {
             inputs: vec![StepInput { id: "s0".into(), description: "x".into(), output: Some("y".into()) }],
             budget: StepBudget::default(),
             verify: true,
+            approve_tools: vec![],
+            resume: None,
             trace: TraceContext::default(),
             cancel: CancellationToken::new(),
             events: EventSink::None,

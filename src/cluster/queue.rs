@@ -354,6 +354,8 @@ mod tests {
             inputs: vec![],
             budget: StepBudget::default(),
             verify: false,
+            approve_tools: vec![],
+            resume: None,
             trace: TraceContext::default(),
             cancel: Default::default(),
             events: Default::default(),

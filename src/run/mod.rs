@@ -10,6 +10,7 @@
 //! - `policy`: what a failure or a success leads to.
 //! - [`machine`]: the run as a state machine: an input in, events and commands out.
 
+pub mod approval;
 mod event;
 pub mod machine;
 mod policy;
@@ -22,6 +23,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use approval::{PendingApproval, PendingCall, PausedStep, StepCheckpoint, ToolDecision};
 pub use event::{Decision, EventKind, ReplanDecision, RunEvent, StepVerdict};
 pub use policy::{FailureAction, on_step_failure, replan_after_success};
 pub use state::{PlanRevision, ProviderWait, RunResult, RunState, RunStatus, StateError};

@@ -60,6 +60,8 @@ impl Tracker {
             inputs: a.inputs,
             budget: a.budget,
             verify: a.verify,
+            approve_tools: a.approve_tools,
+            resume: a.resume,
             trace: TraceContext::of(&span),
             cancel: cancel.clone(),
             events: EventSink::Tracker(me.clone()),
