@@ -179,6 +179,8 @@ pub enum TrackerMsg {
     Reject(String, RpcReplyPort<Result<(), ControlError>>),
     /// Cancel the run.
     Cancel(String, RpcReplyPort<Result<(), ControlError>>),
+    /// Answer a tool call waiting for approval (approval id, answer).
+    ResolveToolCall(String, crate::run::ToolDecision, RpcReplyPort<Result<(), ControlError>>),
     /// The run's current result.
     Snapshot(RpcReplyPort<RunResult>),
 }

@@ -23,6 +23,7 @@
 //!   original URL. On shutdown, open streams end (the client reconnects elsewhere with
 //!   `Last-Event-ID`), so a graceful shutdown never waits on a run awaiting approval.
 
+mod approvals;
 mod auth;
 mod body;
 mod error;
@@ -155,6 +156,8 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/runs/{id}/approve", post(routes::approve))
         .route("/v1/runs/{id}/reject", post(routes::reject))
         .route("/v1/runs/{id}/cancel", post(routes::cancel))
+        .route("/v1/runs/{id}/approvals", get(approvals::list_approvals))
+        .route("/v1/runs/{id}/approvals/{approval_id}", post(approvals::resolve_approval))
         .route("/v1/tools", get(routes::tools))
         .route("/metrics", get(routes::metrics))
         .route("/ui/config.json", get(ui::config))

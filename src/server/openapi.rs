@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::routes;
+use super::{approvals, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,7 +19,12 @@ use super::routes;
     paths(
         routes::submit, routes::list, routes::get_run, routes::events, routes::approve, routes::reject,
         routes::cancel, routes::healthz, routes::readyz, routes::tools, routes::metrics, routes::openapi,
+        approvals::list_approvals, approvals::resolve_approval,
     ),
+    components(schemas(
+        approvals::ApprovalList, approvals::ApprovalView, approvals::ApprovalAnswer,
+        approvals::ApprovalResolution,
+    )),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

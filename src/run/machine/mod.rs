@@ -13,6 +13,8 @@
 //! (after a crash) begins with none of these; [`Input::Start`] re-dispatches what was running
 //! and re-decides what was not decided yet, so the run carries on from where its log ends.
 
+#[cfg(test)]
+mod approval_tests;
 mod approvals;
 mod io;
 mod outage;
