@@ -350,7 +350,9 @@ impl Runtime {
     fn check_approve_tools(&self, options: &RunOptions) -> Result<(), RuntimeError> {
         let known = self.shared.tools.names();
         match options.policy.approve_tools.iter().find(|t| !known.contains(t)) {
-            Some(name) => Err(RuntimeError::UnknownApproveTool { name: name.clone(), available: known.join(", ") }),
+            Some(name) => {
+                Err(RuntimeError::UnknownApproveTool { name: name.clone(), available: known.join(", ") })
+            }
             None => Ok(()),
         }
     }
@@ -517,7 +519,11 @@ impl RunHandle {
     /// Answers one tool call waiting for approval: approve it, run it with edited arguments
     /// (checked against the tool's schema), or reject it with a reason the model sees. Refused
     /// ([`Refusal`]) for an unknown id, one answered already, or arguments that do not fit.
-    pub async fn resolve_tool_call(&self, approval_id: &str, decision: ToolDecision) -> Result<(), ControlError> {
+    pub async fn resolve_tool_call(
+        &self,
+        approval_id: &str,
+        decision: ToolDecision,
+    ) -> Result<(), ControlError> {
         self.control(ControlRequest::ResolveToolCall { approval_id: approval_id.to_owned(), decision }).await
     }
 

@@ -186,10 +186,14 @@ async fn over_http_edits_are_checked_against_the_schema_and_answers_count_once()
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = r.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("/target"), "names the field: {body:#}");
-    let r = post(&a1, json!({"decision": "edit", "arguments": {"target": "x", "force": true}})).await.unwrap();
+    let r =
+        post(&a1, json!({"decision": "edit", "arguments": {"target": "x", "force": true}})).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(deployed.lock().unwrap().is_empty(), "nothing ran");
-    assert_eq!(post("no-such-id", json!({"decision": "approve"})).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        post("no-such-id", json!({"decision": "approve"})).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
     let r = post(&a2, json!({"decision": "reject", "reason": " "})).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "a blank reason");
 
@@ -206,9 +210,8 @@ async fn over_http_edits_are_checked_against_the_schema_and_answers_count_once()
     assert_eq!(*deployed.lock().unwrap(), ["staging"], "the edited call ran once with the edit");
     let unknown_run = client.get(format!("{base}/v1/runs/nope/approvals")).send().await.unwrap();
     assert_eq!(unknown_run.status(), StatusCode::NOT_FOUND);
-    let events: Vec<String> = (rt_events(&handle).await.into_iter())
-        .filter(|k| k.starts_with("ToolApproval"))
-        .collect();
+    let events: Vec<String> =
+        (rt_events(&handle).await.into_iter()).filter(|k| k.starts_with("ToolApproval")).collect();
     assert_eq!(events.len(), 4, "{events:?}");
 }
 
@@ -219,8 +222,13 @@ async fn rt_events(handle: &RunHandle) -> Vec<String> {
 
 #[test]
 fn decisions_have_the_documented_json_shape() {
-    let edit: ToolDecision = serde_json::from_value(json!({"decision": "edit", "arguments": {"a": 1}})).unwrap();
+    let edit: ToolDecision =
+        serde_json::from_value(json!({"decision": "edit", "arguments": {"a": 1}})).unwrap();
     assert_eq!(edit, ToolDecision::Edit { arguments: json!({"a": 1}) });
-    let e = EventKind::ToolApprovalResolved { approval_id: "x".into(), step: "s1".into(), decision: ToolDecision::TimedOut };
+    let e = EventKind::ToolApprovalResolved {
+        approval_id: "x".into(),
+        step: "s1".into(),
+        decision: ToolDecision::TimedOut,
+    };
     assert_eq!(serde_json::to_value(&e).unwrap()["decision"], "timed_out");
 }

@@ -20,10 +20,14 @@ use super::Shared;
 use super::messages::{ExecutorMsg, StepEnd, StepJob, StepReport, StepResume};
 use super::outage::{BudgetElapsed, TrackerWatch, WaitClock, within_budget};
 use super::pool::PoolGauges;
-use crate::llm::{AgentRole, CallContext, ChatRequest, ChatResponse, Message, StructuredOutput, ToolCall, ToolSpec};
+use crate::llm::{
+    AgentRole, CallContext, ChatRequest, ChatResponse, Message, StructuredOutput, ToolCall, ToolSpec,
+};
 use crate::options::StepBudget;
 use crate::plan::strip_code_fence;
-use crate::run::{EventKind, LlmUsage, PendingCall, StepCheckpoint, StepError, StepErrorKind, StepVerdict, ToolDecision};
+use crate::run::{
+    EventKind, LlmUsage, PendingCall, StepCheckpoint, StepError, StepErrorKind, StepVerdict, ToolDecision,
+};
 use crate::text::clip;
 use crate::tools::{ToolContext, ToolError};
 use serde_json::Value;
@@ -231,7 +235,11 @@ impl<'a> Turns<'a> {
     }
 
     /// One model call, counted against the token budget.
-    async fn model_turn(&self, messages: &[Message], usage: &mut LlmUsage) -> Result<ChatResponse, StepError> {
+    async fn model_turn(
+        &self,
+        messages: &[Message],
+        usage: &mut LlmUsage,
+    ) -> Result<ChatResponse, StepError> {
         let model = self.shared.models.get(AgentRole::Executor);
         let request = ChatRequest {
             context: self.context.clone(),
@@ -245,14 +253,21 @@ impl<'a> Turns<'a> {
         usage.add_call(response.usage);
         let max = self.job.budget.max_tokens;
         if max > 0 && usage.tokens() > max {
-            return Err(exhausted(format!("max_tokens: {} tokens used, the step may use {max}", usage.tokens())));
+            return Err(exhausted(format!(
+                "max_tokens: {} tokens used, the step may use {max}",
+                usage.tokens()
+            )));
         }
         Ok(response)
     }
 
     /// Runs a turn's tool calls in order, except those that wait for a person: those are
     /// returned (the attempt pauses on them once the others have run).
-    async fn run_calls(&self, conv: &mut Conversation, calls: Vec<ToolCall>) -> Result<Vec<PendingCall>, StepError> {
+    async fn run_calls(
+        &self,
+        conv: &mut Conversation,
+        calls: Vec<ToolCall>,
+    ) -> Result<Vec<PendingCall>, StepError> {
         let mut pending = Vec::new();
         for call in calls {
             let call_index = conv.take_call(&self.job.budget)?;
@@ -288,16 +303,25 @@ impl<'a> Turns<'a> {
 
     /// Runs one tool call with its events: the observation for the model, or the error that
     /// ends the attempt (a panic, a cancel).
-    async fn run_call(&self, call_id: &str, tool: &str, arguments: Value, call_index: u32) -> Result<String, StepError> {
+    async fn run_call(
+        &self,
+        call_id: &str,
+        tool: &str,
+        arguments: Value,
+        call_index: u32,
+    ) -> Result<String, StepError> {
         let (job, step, attempt) = (self.job, self.job.step.id.clone(), self.job.attempt);
         let call_id = call_id.to_owned();
-        notify(job, EventKind::ToolCalled {
-            step: step.clone(),
-            attempt,
-            call_id: call_id.clone(),
-            tool: tool.to_owned(),
-            arguments: arguments.clone(),
-        });
+        notify(
+            job,
+            EventKind::ToolCalled {
+                step: step.clone(),
+                attempt,
+                call_id: call_id.clone(),
+                tool: tool.to_owned(),
+                arguments: arguments.clone(),
+            },
+        );
         let result = self.invoke(&call_id, tool, arguments, call_index).await;
         let (ok, output) = match &result {
             Ok(out) => (true, clip(out, MAX_OBSERVATION)),
@@ -316,7 +340,13 @@ impl<'a> Turns<'a> {
     }
 
     /// Calls the tool under its span, recording arguments, result or error type.
-    async fn invoke(&self, call_id: &str, tool: &str, arguments: Value, call_index: u32) -> Result<String, ToolError> {
+    async fn invoke(
+        &self,
+        call_id: &str,
+        tool: &str,
+        arguments: Value,
+        call_index: u32,
+    ) -> Result<String, ToolError> {
         let (shared, job) = (self.shared, self.job);
         let ctx = ToolContext {
             run_id: job.run_id.0.clone(),
@@ -328,7 +358,8 @@ impl<'a> Turns<'a> {
         };
         let span = super::tool_span(tool, call_id, &job.trace);
         shared.content.record(&span, "gen_ai.tool.call.arguments", &arguments.to_string());
-        let result = call_tool(shared, self.scope.as_deref(), tool, arguments, ctx).instrument(span.clone()).await;
+        let result =
+            call_tool(shared, self.scope.as_deref(), tool, arguments, ctx).instrument(span.clone()).await;
         match &result {
             Ok(out) => shared.content.record(&span, "gen_ai.tool.call.result", out),
             Err(e) => {

@@ -65,7 +65,9 @@ impl ToolDecision {
         match self {
             ToolDecision::Approve | ToolDecision::Edit { .. } => None,
             ToolDecision::Reject { reason } => Some(format!("error: a person rejected this call: {reason}")),
-            ToolDecision::TimedOut => Some("error: this call was not approved in time; it did not run".into()),
+            ToolDecision::TimedOut => {
+                Some("error: this call was not approved in time; it did not run".into())
+            }
         }
     }
 }

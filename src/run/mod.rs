@@ -23,7 +23,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use approval::{PendingApproval, PendingCall, PausedStep, StepCheckpoint, ToolDecision};
+pub use approval::{PausedStep, PendingApproval, PendingCall, StepCheckpoint, ToolDecision};
 pub use event::{Decision, EventKind, ReplanDecision, RunEvent, StepVerdict};
 pub use policy::{FailureAction, on_step_failure, replan_after_success};
 pub use state::{PlanRevision, ProviderWait, RunResult, RunState, RunStatus, StateError};

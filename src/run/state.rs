@@ -471,14 +471,16 @@ impl RunState {
     pub fn pending_approvals(&self) -> Vec<PendingApproval> {
         let mut pending: Vec<PendingApproval> = (self.paused.iter())
             .flat_map(|(step, p)| {
-                (p.calls.iter()).filter(|c| !p.answers.contains_key(&c.approval_id)).map(|c| PendingApproval {
-                    approval_id: c.approval_id.clone(),
-                    step: step.clone(),
-                    attempt: p.attempt,
-                    call_id: c.call_id.clone(),
-                    tool: c.tool.clone(),
-                    arguments: c.arguments.clone(),
-                    requested_at: p.since,
+                (p.calls.iter()).filter(|c| !p.answers.contains_key(&c.approval_id)).map(|c| {
+                    PendingApproval {
+                        approval_id: c.approval_id.clone(),
+                        step: step.clone(),
+                        attempt: p.attempt,
+                        call_id: c.call_id.clone(),
+                        tool: c.tool.clone(),
+                        arguments: c.arguments.clone(),
+                        requested_at: p.since,
+                    }
                 })
             })
             .collect();

@@ -126,7 +126,9 @@ impl ServerError {
             ControlError::Refused(
                 Refusal::NotAwaitingApproval(_) | Refusal::AlreadyEnded(_) | Refusal::AlreadyResolved(_),
             ) => ServerError::Conflict(format!("run {id}: {e}")),
-            ControlError::Refused(Refusal::UnknownApproval(_)) => ServerError::NotFound(format!("run {id}: {e}")),
+            ControlError::Refused(Refusal::UnknownApproval(_)) => {
+                ServerError::NotFound(format!("run {id}: {e}"))
+            }
             ControlError::Refused(Refusal::InvalidArguments { .. }) => {
                 ServerError::Unprocessable(format!("arguments: {e}"))
             }

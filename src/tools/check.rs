@@ -64,7 +64,8 @@ impl Checker<'_> {
         match value {
             Value::Object(map) => self.check_object(schema, map, at),
             Value::Array(items) => match schema.get("items") {
-                Some(item) => (items.iter().enumerate()).try_for_each(|(i, v)| self.check(item, v, &format!("{at}/{i}"))),
+                Some(item) => (items.iter().enumerate())
+                    .try_for_each(|(i, v)| self.check(item, v, &format!("{at}/{i}"))),
                 None => Ok(()),
             },
             _ => Ok(()),
@@ -91,7 +92,8 @@ impl Checker<'_> {
             match props.and_then(|p| p.get(key)) {
                 Some(s) => self.check(s, v, &here)?,
                 None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                    let known: Vec<&str> = props.into_iter().flat_map(|p| p.keys()).map(String::as_str).collect();
+                    let known: Vec<&str> =
+                        props.into_iter().flat_map(|p| p.keys()).map(String::as_str).collect();
                     let message = format!("unknown field (expected one of: {})", known.join(", "));
                     return Err(ArgumentError { field: pointer(&here), message });
                 }
@@ -200,7 +202,10 @@ mod tests {
         assert_eq!(err(json!({"path": "a", "mode": "delete"})).field, "/mode");
         assert_eq!(err(json!({"path": "a", "mode": "append", "extra": 1})).field, "/extra");
         assert_eq!(err(json!({"path": "a", "mode": "append", "count": "3"})).field, "/count");
-        assert_eq!(err(json!({"path": "a", "mode": "append", "inner": {"lines": [1]}})).field, "/inner/lines/0");
+        assert_eq!(
+            err(json!({"path": "a", "mode": "append", "inner": {"lines": [1]}})).field,
+            "/inner/lines/0"
+        );
         assert_eq!(err(json!(["not", "an", "object"])).field, "/");
     }
 }

@@ -25,8 +25,8 @@ use super::{RunChannels, Shared};
 use crate::plan::StepId;
 use crate::run::machine::{Input, MachineError, RunMachine};
 use crate::run::{RunEvent, RunId, RunState, ToolDecision};
-use crate::tools::check::check_arguments;
 use crate::store::StoreError;
+use crate::tools::check::check_arguments;
 
 /// The tracker actor (stateless; its state is [`TrackerState`]).
 pub struct Tracker {
@@ -208,7 +208,12 @@ impl Tracker {
 
     /// Refuses edited arguments that do not match the tool's schema, naming the field: nothing
     /// is recorded and nothing runs. Unknown or answered approvals are the machine's to refuse.
-    fn check_edit(&self, st: &TrackerState, approval_id: &str, decision: &ToolDecision) -> Result<(), Refusal> {
+    fn check_edit(
+        &self,
+        st: &TrackerState,
+        approval_id: &str,
+        decision: &ToolDecision,
+    ) -> Result<(), Refusal> {
         let ToolDecision::Edit { arguments } = decision else { return Ok(()) };
         let Some((_, paused)) = st.machine.run().paused_step_of(approval_id) else { return Ok(()) };
         let Some(call) = paused.calls.iter().find(|c| c.approval_id == approval_id) else { return Ok(()) };

@@ -101,7 +101,12 @@ pub(super) fn step(
 
 /// The wait of a tool call for its approval, under the step's span (the run's after a restart);
 /// it ends with the answer.
-pub(super) fn approval(parent: &tracing::Span, approval_id: &str, tool: &str, call_id: &str) -> tracing::Span {
+pub(super) fn approval(
+    parent: &tracing::Span,
+    approval_id: &str,
+    tool: &str,
+    call_id: &str,
+) -> tracing::Span {
     tracing::info_span!(
         parent: parent,
         "stepwise.approval",

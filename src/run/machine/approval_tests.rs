@@ -94,7 +94,8 @@ fn a_paused_step_waits_while_the_others_go_on_and_resumes_once_all_its_calls_are
     let ids: Vec<String> = m.run().pending_approvals().into_iter().map(|p| p.approval_id).collect();
     assert_eq!(ids, ["x1", "x2", "y1"]);
     // c completes meanwhile: the run neither synthesises nor calls itself stuck.
-    let done = StepReport { step: "c".into(), attempt: 1, outcome: Ok("c done".into()), usage: LlmUsage::default() };
+    let done =
+        StepReport { step: "c".into(), attempt: 1, outcome: Ok("c done".into()), usage: LlmUsage::default() };
     let t = m.handle(Input::StepFinished(done), now).unwrap();
     assert_eq!(t.commands, vec![], "two steps still wait for people");
     // One of a's two calls answered: a does not resume yet. b's only one: b resumes.
@@ -122,9 +123,14 @@ fn answers_are_refused_for_unknown_ids_and_a_second_time() {
     assert_eq!(refused(&mut m, "nope"), Refusal::UnknownApproval("nope".into()));
     m.handle(answer("x1", ToolDecision::Approve), now).unwrap();
     assert_eq!(refused(&mut m, "x1"), Refusal::AlreadyResolved("x1".into()));
-    let ok = StepReport { step: "a".into(), attempt: 1, outcome: Ok("a done".into()), usage: LlmUsage::default() };
+    let ok =
+        StepReport { step: "a".into(), attempt: 1, outcome: Ok("a done".into()), usage: LlmUsage::default() };
     m.handle(Input::StepFinished(ok), now).unwrap();
-    assert_eq!(refused(&mut m, "x1"), Refusal::AlreadyResolved("x1".into()), "still known once the step is done");
+    assert_eq!(
+        refused(&mut m, "x1"),
+        Refusal::AlreadyResolved("x1".into()),
+        "still known once the step is done"
+    );
 }
 
 #[test]
@@ -142,7 +148,8 @@ fn an_unanswered_call_times_out_as_a_rejection_and_the_step_resumes() {
     let t = m.handle(Input::Timeout(Timer::ToolApprovals), t0 + Span::seconds(60)).unwrap();
     assert_eq!(resumes(&t), [("a".into(), 1, vec![("x1".into(), "timed_out")])]);
     assert!(
-        t.commands.contains(&Command::Schedule { timer: Timer::ToolApprovals, after: Duration::from_secs(20) }),
+        t.commands
+            .contains(&Command::Schedule { timer: Timer::ToolApprovals, after: Duration::from_secs(20) }),
         "set again for b's deadline: {:?}",
         t.commands
     );
@@ -165,7 +172,10 @@ fn after_a_restart_a_paused_step_is_not_run_again_and_its_wait_goes_on() {
         })
         .collect();
     assert_eq!(started, ["b"], "b was interrupted and runs again; a waits for its person");
-    assert!(t.commands.contains(&Command::Schedule { timer: Timer::ToolApprovals, after: Duration::from_secs(500) }));
+    assert!(
+        t.commands
+            .contains(&Command::Schedule { timer: Timer::ToolApprovals, after: Duration::from_secs(500) })
+    );
     assert_eq!(again.run().pending_approvals()[0].approval_id, "x1");
     let t = again.handle(answer("x1", ToolDecision::Approve), t0 + Span::seconds(101)).unwrap();
     assert_eq!(resumes(&t), [("a".into(), 1, vec![("x1".into(), "approved")])]);

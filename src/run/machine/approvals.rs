@@ -47,7 +47,12 @@ impl Step<'_> {
     }
 
     /// Records an answer; the step resumes once it has them all.
-    fn answer(&mut self, step: StepId, approval_id: String, decision: ToolDecision) -> Result<(), StateError> {
+    fn answer(
+        &mut self,
+        step: StepId,
+        approval_id: String,
+        decision: ToolDecision,
+    ) -> Result<(), StateError> {
         self.emit(EventKind::ToolApprovalResolved { approval_id, step: step.clone(), decision })?;
         if self.m.run.paused.get(&step).is_some_and(|p| p.answered()) {
             self.resume_paused(&step);

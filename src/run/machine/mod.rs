@@ -30,8 +30,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use io::{
-    Command, Input, Refusal, Service, ServiceFailure, ServiceRequest, ServiceResult, StepAssignment,
-    StepEnd, StepInput, StepReport, StepResume, Timer, Transition,
+    Command, Input, Refusal, Service, ServiceFailure, ServiceRequest, ServiceResult, StepAssignment, StepEnd,
+    StepInput, StepReport, StepResume, Timer, Transition,
 };
 
 use super::{EventKind, LlmUsage, RunEvent, RunState, RunStatus, StateError, StepError};

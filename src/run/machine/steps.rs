@@ -90,7 +90,9 @@ impl Step<'_> {
         self.m.in_flight.remove(&report.step);
         let StepReport { step, attempt, outcome, usage } = report;
         match outcome {
-            Ok(StepEnd::Paused { calls, checkpoint }) => self.step_paused(step, attempt, calls, checkpoint)?,
+            Ok(StepEnd::Paused { calls, checkpoint }) => {
+                self.step_paused(step, attempt, calls, checkpoint)?
+            }
             Ok(StepEnd::Answer(output)) => {
                 self.emit(EventKind::StepCompleted { step, attempt, output, usage })?;
                 let run = &self.m.run;
