@@ -45,7 +45,7 @@ pub struct StepJob {
     pub approve_tools: Vec<String>,
     /// For a paused attempt carrying on: where, and the answers to its pending calls.
     #[serde(default)]
-    pub resume: Option<StepResume>,
+    pub resume: Option<Box<StepResume>>,
     /// The step span's context.
     pub trace: TraceContext,
     /// Fired on cancel; tools see it through their context.

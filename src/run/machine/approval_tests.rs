@@ -69,7 +69,10 @@ fn answer(approval_id: &str, decision: ToolDecision) -> Input {
     Input::ResolveToolCall { approval_id: approval_id.into(), decision }
 }
 
-fn resumes(t: &Transition) -> Vec<(String, u32, Vec<(String, &'static str)>)> {
+/// A resumed attempt: step, attempt, and each call's approval id with its outcome.
+type Resumed = (String, u32, Vec<(String, &'static str)>);
+
+fn resumes(t: &Transition) -> Vec<Resumed> {
     (t.commands.iter())
         .filter_map(|c| match c {
             Command::StartStep(a) => a.resume.as_ref().map(|r| {

@@ -65,7 +65,7 @@ impl Step<'_> {
         let Some(p) = self.m.run.paused.get(step) else { return };
         let Some(calls) = p.resolved_calls() else { return };
         let (attempt, checkpoint) = (p.attempt, p.checkpoint.clone());
-        self.start_attempt(step, attempt, Some(StepResume { checkpoint, calls }));
+        self.start_attempt(step, attempt, Some(Box::new(StepResume { checkpoint, calls })));
     }
 
     /// The approval timer went off: every call past its deadline is answered `timed_out`, and

@@ -225,7 +225,7 @@ pub struct StepAssignment {
     /// Tools whose calls wait for a person's approval (`policy.approve_tools`).
     pub approve_tools: Vec<String>,
     /// For an attempt that paused: where it resumes, and each pending call with its answer.
-    pub resume: Option<StepResume>,
+    pub resume: Option<Box<StepResume>>,
 }
 
 /// A paused attempt to carry on: its checkpoint, and what to do with each call it paused on.

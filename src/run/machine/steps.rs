@@ -37,7 +37,7 @@ impl Step<'_> {
 
     /// Hands `attempt` of `step` to an executor: a new attempt, or (with `resume`) a paused one
     /// carrying on.
-    pub(super) fn start_attempt(&mut self, step: &StepId, attempt: u32, resume: Option<StepResume>) {
+    pub(super) fn start_attempt(&mut self, step: &StepId, attempt: u32, resume: Option<Box<StepResume>>) {
         let run = &self.m.run;
         let Some(s) = run.plan.step(step) else { return };
         let inputs = s.depends_on.iter().filter_map(|d| run.plan.step(d)).map(StepInput::of).collect();
