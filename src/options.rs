@@ -55,6 +55,9 @@ pub struct Policy {
     /// runtime has.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub approve_tools: Vec<String>,
+    /// Also wait for approval before each call of a tool that says it is destructive (an MCP
+    /// tool annotated `destructiveHint: true`).
+    pub approve_destructive: bool,
     /// How long a call of an `approve_tools` tool waits for its answer before it counts as
     /// rejected (`timed_out`, which the model sees), in seconds (0: forever). The wait does not
     /// count against the step's wall-clock budget.
@@ -76,6 +79,7 @@ impl Default for Policy {
             require_approval: false,
             approval_timeout_secs: 0,
             approve_tools: Vec::new(),
+            approve_destructive: false,
             tool_approval_timeout_secs: 3600,
             stream_plan: false,
         }

@@ -232,3 +232,68 @@ fn decisions_have_the_documented_json_shape() {
     };
     assert_eq!(serde_json::to_value(&e).unwrap()["decision"], "timed_out");
 }
+
+/// A tool that says it is destructive, as an MCP server's `destructiveHint: true` does.
+struct Wipe;
+
+#[async_trait::async_trait]
+impl stepwise::tools::Tool for Wipe {
+    fn name(&self) -> &str {
+        "wipe"
+    }
+    fn description(&self) -> &str {
+        "Wipes"
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {}})
+    }
+    fn hints(&self) -> stepwise::tools::ToolHints {
+        stepwise::tools::ToolHints { destructive: Some(true), ..Default::default() }
+    }
+    async fn call(
+        &self,
+        _: Value,
+        _: &stepwise::tools::ToolContext,
+    ) -> Result<String, stepwise::tools::ToolError> {
+        Ok("wiped".into())
+    }
+}
+
+#[tokio::test]
+async fn approve_destructive_pauses_only_on_tools_that_say_they_are_destructive() {
+    let call = |id: &str, tool: &str| json!({"tool_calls": [{"id": id, "name": tool, "arguments": {}}]});
+    let script = json!({
+        "planner": [{"json": {"goal": "g", "steps": [step("s1"), step("s2")]}}],
+        "steps": {"s1": [call("w", "wipe"), "wiped it"], "s2": [call("d", "deploy"), "s2 done"]},
+        "synthesizer": ["done"]
+    });
+    let mut options = RunOptions::default();
+    options.policy.approve_destructive = true;
+    let deployed = Arc::new(Mutex::new(vec![]));
+    let recorded = deployed.clone();
+    let rt = Stepwise::builder()
+        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
+        .options(options)
+        .workspace_root(tempfile::tempdir().unwrap().keep())
+        .tool(Wipe)
+        .tool(typed_tool("deploy", "Deploys", move |_: serde_json::Map<String, Value>, _ctx| {
+            let recorded = recorded.clone();
+            async move {
+                recorded.lock().unwrap().push("ran".to_owned());
+                Ok("ok".to_owned())
+            }
+        }))
+        .build()
+        .await
+        .unwrap();
+    let handle = rt.submit("t").await.unwrap();
+    let calls = pending(&handle, 1).await;
+    assert_eq!(calls[0].tool, "wipe");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deployed.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "deploy is not destructive and runs without a person");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.resolve_tool_call(&calls[0].approval_id, ToolDecision::Approve).await.unwrap();
+    assert_eq!(handle.result().await.unwrap().status, RunStatus::Completed);
+}

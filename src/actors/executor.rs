@@ -271,7 +271,7 @@ impl<'a> Turns<'a> {
         let mut pending = Vec::new();
         for call in calls {
             let call_index = conv.take_call(&self.job.budget)?;
-            if self.job.approve_tools.contains(&call.name) {
+            if self.needs_approval(&call.name) {
                 let approval_id = uuid::Uuid::now_v7().to_string();
                 let ToolCall { id: call_id, name: tool, arguments } = call;
                 pending.push(PendingCall { approval_id, call_id, tool, arguments, call_index });
@@ -281,6 +281,16 @@ impl<'a> Turns<'a> {
             conv.messages.push(Message::tool(call.id, observation));
         }
         Ok(pending)
+    }
+
+    /// Whether a call of `tool` waits for a person: the run names it, or asks for every tool
+    /// that says it is destructive and this one does.
+    fn needs_approval(&self, tool: &str) -> bool {
+        let job = self.job;
+        job.approve_tools.iter().any(|t| t == tool)
+            || (job.approve_destructive
+                && (self.shared.tools.get_in(tool, self.scope.as_deref()))
+                    .is_ok_and(|t| t.hints().destructive == Some(true)))
     }
 
     /// Carries on a paused attempt: each approved (or edited) call runs, each rejected or timed

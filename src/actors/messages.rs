@@ -43,6 +43,9 @@ pub struct StepJob {
     /// Tools whose calls wait for a person's approval: the attempt pauses on them.
     #[serde(default)]
     pub approve_tools: Vec<String>,
+    /// Calls of tools that say they are destructive wait too.
+    #[serde(default)]
+    pub approve_destructive: bool,
     /// For a paused attempt carrying on: where, and the answers to its pending calls.
     #[serde(default)]
     pub resume: Option<Box<StepResume>>,
@@ -213,6 +216,7 @@ mod tests {
             budget: StepBudget::default(),
             verify: true,
             approve_tools: vec![],
+            approve_destructive: false,
             resume: None,
             trace: TraceContext::default(),
             cancel: CancellationToken::new(),

@@ -355,6 +355,7 @@ mod tests {
             budget: StepBudget::default(),
             verify: false,
             approve_tools: vec![],
+            approve_destructive: false,
             resume: None,
             trace: TraceContext::default(),
             cancel: Default::default(),

@@ -67,6 +67,7 @@ impl Tracker {
             budget: a.budget,
             verify: a.verify,
             approve_tools: a.approve_tools,
+            approve_destructive: a.approve_destructive,
             resume: a.resume,
             trace: TraceContext::of(&span),
             cancel: cancel.clone(),

@@ -224,6 +224,8 @@ pub struct StepAssignment {
     pub revision: u32,
     /// Tools whose calls wait for a person's approval (`policy.approve_tools`).
     pub approve_tools: Vec<String>,
+    /// Calls of tools that say they are destructive wait too (`policy.approve_destructive`).
+    pub approve_destructive: bool,
     /// For an attempt that paused: where it resumes, and each pending call with its answer.
     pub resume: Option<Box<StepResume>>,
 }

@@ -49,6 +49,7 @@ impl Step<'_> {
             verify: run.options.policy.verify_outcome,
             revision: run.plan.revision,
             approve_tools: run.options.policy.approve_tools.clone(),
+            approve_destructive: run.options.policy.approve_destructive,
             resume,
         };
         self.m.in_flight.insert(step.clone(), attempt);
