@@ -274,6 +274,9 @@ impl RunState {
                     return Err(bad(format!("no plan was expected in status {}", self.status.as_str())));
                 }
                 self.plan.adopt(plan.clone(), *revision);
+                // A streamed step that paused and that the whole plan left out waits no more.
+                let live = &self.plan;
+                self.paused.retain(|step, _| live.step(step).is_some());
                 self.revisions.push(PlanRevision {
                     revision: *revision,
                     reason: None,

@@ -218,3 +218,25 @@ fn approval_events_round_trip_through_json() {
     assert_eq!(resolved["decision"], "edit");
     assert_eq!(resolved["arguments"]["target"], "prod");
 }
+
+#[test]
+fn a_streamed_step_paused_then_left_out_of_the_whole_plan_waits_no_more() {
+    let now = Utc::now();
+    let mut o = options(0);
+    o.policy.stream_plan = true;
+    let submitted = RunEvent {
+        run_id: RunId::new(),
+        seq: 1,
+        at: now,
+        kind: EventKind::RunSubmitted { task: "t".into(), options: o },
+    };
+    let run = RunState::from_events([&submitted]).unwrap().unwrap();
+    let mut m = RunMachine::new(run, Arc::from(vec!["deploy".to_owned()]));
+    m.handle(Input::Start, now).unwrap();
+    m.handle(Input::PlanStreamed(plan(&["a"]).steps), now).unwrap();
+    m.handle(paused("a", vec![call("x1", "c1", 0)]), now).unwrap();
+    assert_eq!(m.run().pending_approvals().len(), 1);
+    let t = m.handle(Input::PlanReady(Ok((plan(&["b"]), LlmUsage::default()))), now).unwrap();
+    assert!(m.run().pending_approvals().is_empty(), "a is not in the plan any more");
+    assert!(t.commands.iter().any(|c| matches!(c, Command::StartStep(a) if a.step.id.as_str() == "b")));
+}
