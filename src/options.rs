@@ -50,6 +50,18 @@ pub struct Policy {
     pub require_approval: bool,
     /// How long a plan waits for approval before the run is cancelled, in seconds (0: forever).
     pub approval_timeout_secs: u64,
+    /// Tools whose every call waits for a person's approval (approve, edit the arguments, or
+    /// reject) before it runs; the rest of the run goes on meanwhile. Names must be tools the
+    /// runtime has.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approve_tools: Vec<String>,
+    /// Also wait for approval before each call of a tool that says it is destructive (an MCP
+    /// tool annotated `destructiveHint: true`).
+    pub approve_destructive: bool,
+    /// How long a call of an `approve_tools` tool waits for its answer before it counts as
+    /// rejected (`timed_out`, which the model sees), in seconds (0: forever). The wait does not
+    /// count against the step's wall-clock budget.
+    pub tool_approval_timeout_secs: u64,
     /// Stream the plan from the model and start each step as soon as it is parsed and its
     /// dependencies are met, before the rest of the plan has arrived (LLMCompiler-style). Not
     /// used with `require_approval`, which needs the whole plan first.
@@ -66,6 +78,9 @@ impl Default for Policy {
             verify_outcome: false,
             require_approval: false,
             approval_timeout_secs: 0,
+            approve_tools: Vec::new(),
+            approve_destructive: false,
+            tool_approval_timeout_secs: 3600,
             stream_plan: false,
         }
     }

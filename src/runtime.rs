@@ -22,7 +22,7 @@ use crate::llm::{Models, SharedModel};
 use crate::options::RunOptions;
 use crate::plan::PlanSpec;
 use crate::prompts::Prompts;
-use crate::run::{EventKind, RunEvent, RunId, RunResult, RunState};
+use crate::run::{EventKind, PendingApproval, RunEvent, RunId, RunResult, RunState, ToolDecision};
 use crate::store::{MemoryStore, RunStore, StoreError};
 use crate::telemetry::ContentCapture;
 use crate::tools::{Tool, ToolRegistry};
@@ -49,6 +49,14 @@ pub enum RuntimeError {
         name: String,
         /// The configured servers' names.
         configured: String,
+    },
+    /// The run's options ask for approval of a tool the runtime does not have.
+    #[error("policy.approve_tools: unknown tool {name:?} (available: {available})")]
+    UnknownApproveTool {
+        /// The name given.
+        name: String,
+        /// The tools there are.
+        available: String,
     },
     /// No such run.
     #[error("unknown run {0}")]
@@ -300,6 +308,7 @@ impl Runtime {
     /// Starts `task` with `options`. The run is committed to the store before this returns.
     pub async fn submit_with(&self, task: &str, options: RunOptions) -> Result<RunHandle, RuntimeError> {
         self.check_mcp_servers(&options)?;
+        self.check_approve_tools(&options)?;
         let id = RunId::new();
         let mcp_servers = options.mcp_servers.clone();
         let event = RunEvent {
@@ -356,6 +365,18 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Refuses options asking for approval of a tool that does not exist (a typo would
+    /// otherwise let every call of the real tool run unapproved).
+    fn check_approve_tools(&self, options: &RunOptions) -> Result<(), RuntimeError> {
+        let known = self.shared.tools.names();
+        match options.policy.approve_tools.iter().find(|t| !known.contains(t)) {
+            Some(name) => {
+                Err(RuntimeError::UnknownApproveTool { name: name.clone(), available: known.join(", ") })
+            }
+            None => Ok(()),
+        }
     }
 
     /// The state of each tool source (MCP server), for readiness checks.
@@ -510,6 +531,22 @@ impl RunHandle {
     /// Rejects the plan of a run awaiting approval (the run ends cancelled).
     pub async fn reject(&self, reason: &str) -> Result<(), ControlError> {
         self.control(ControlRequest::Reject { reason: reason.to_owned() }).await
+    }
+
+    /// The tool calls of the run waiting for a person's approval, oldest first.
+    pub async fn pending_approvals(&self) -> Result<Vec<PendingApproval>, RuntimeError> {
+        Ok(self.snapshot().await?.pending_approvals)
+    }
+
+    /// Answers one tool call waiting for approval: approve it, run it with edited arguments
+    /// (checked against the tool's schema), or reject it with a reason the model sees. Refused
+    /// ([`Refusal`]) for an unknown id, one answered already, or arguments that do not fit.
+    pub async fn resolve_tool_call(
+        &self,
+        approval_id: &str,
+        decision: ToolDecision,
+    ) -> Result<(), ControlError> {
+        self.control(ControlRequest::ResolveToolCall { approval_id: approval_id.to_owned(), decision }).await
     }
 
     /// The run's events with `seq > after`: the stored history, then live events as they happen,

@@ -129,3 +129,30 @@ fn logs_to_a_pipe_carry_no_colour_codes_and_json_logs_are_one_object_a_line() {
     assert!(logs.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()), "{logs:?}");
     assert!(!stderr.contains(" DEBUG "), "text lines beside the JSON ones: {stderr}");
 }
+
+#[test]
+fn each_call_of_a_tool_needing_approval_is_asked_on_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let write = |path: &str| json!({"tool_calls": [{"name": "write_file", "arguments": {"path": path, "content": "x"}}]});
+    let script = json!({
+        "planner": [{"json": {"goal": "g", "steps": [
+            {"id": "s1", "description": "write a", "expected_outcome": "", "tool": "write_file", "depends_on": []},
+            {"id": "s2", "description": "write b", "expected_outcome": "", "tool": "write_file", "depends_on": ["s1"]}
+        ]}}],
+        "steps": {"s1": [write("a.txt"), "wrote a"], "s2": [write("b.txt"), "b was refused"]},
+        "synthesizer": ["the answer"]
+    });
+    std::fs::write(dir.join("script.json"), script.to_string()).unwrap();
+    let args =
+        ["run", "write two files", "--script", "script.json", "--approve-tool", "write_file", "--json"];
+    let out = stepwise(dir, &args, "y\nnot this one\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("wants to call write_file").count(), 2, "{stderr}");
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["status"], "completed");
+    let workspace = dir.join("data/workspaces").join(result["id"].as_str().unwrap());
+    assert!(workspace.join("a.txt").exists(), "the approved call ran");
+    assert!(!workspace.join("b.txt").exists(), "the rejected one did not");
+}

@@ -744,6 +744,8 @@ async fn openapi_lists_every_route_with_its_methods_and_statuses() {
         ("/v1/tools", "get", &["200", "401"]),
         ("/metrics", "get", &["200", "401", "404"]),
         ("/openapi.json", "get", &["200"]),
+        ("/v1/runs/{id}/approvals", "get", &["200", "401", "404"]),
+        ("/v1/runs/{id}/approvals/{approval_id}", "post", &["200", "404", "409", "422"]),
     ];
     for (path, method, statuses) in expected {
         let op = &doc["paths"][path][method];
@@ -752,7 +754,7 @@ async fn openapi_lists_every_route_with_its_methods_and_statuses() {
             assert!(op["responses"][st].is_object(), "{method} {path} lacks {st}");
         }
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 11);
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 13);
     for name in ["RunResult", "RunEvent", "RunSummary", "PlanSpec", "RunOptions", "Error", "SubmitRequest"] {
         assert!(doc["components"]["schemas"][name].is_object(), "schema {name}");
     }

@@ -47,6 +47,13 @@ pub fn print_event(event: &RunEvent) {
         EventKind::ToolReturned { step, ok, output, .. } => {
             format!("    {step}: {} {}", if *ok { "<- ok:" } else { "<- FAILED:" }, short(output, 90))
         }
+        EventKind::ToolApprovalRequested { step, calls, .. } => {
+            let tools: Vec<&str> = calls.iter().map(|c| c.tool.as_str()).collect();
+            format!("? {step} waits for approval of {}", tools.join(", "))
+        }
+        EventKind::ToolApprovalResolved { step, decision, .. } => {
+            format!("? {step}: tool call {}", decision.outcome())
+        }
         EventKind::StepCompleted { step, output, .. } => format!("+ {step} completed: {}", short(output, 90)),
         EventKind::StepFailed { step, error, .. } => {
             format!("x {step} failed: {}", short(&error.to_string(), 110))

@@ -18,7 +18,7 @@ use crate::store::StoreError;
 use crate::telemetry::TraceContext;
 
 pub use crate::run::machine::{
-    Input, Refusal, Service, ServiceFailure, ServiceResult, StepInput, StepReport, Timer,
+    Input, Refusal, Service, ServiceFailure, ServiceResult, StepEnd, StepInput, StepReport, StepResume, Timer,
 };
 
 /// One step attempt for an executor.
@@ -43,6 +43,15 @@ pub struct StepJob {
     pub run_spend: crate::run::RunSpend,
     /// Check the output against `expected_outcome` with the verifier model.
     pub verify: bool,
+    /// Tools whose calls wait for a person's approval: the attempt pauses on them.
+    #[serde(default)]
+    pub approve_tools: Vec<String>,
+    /// Calls of tools that say they are destructive wait too.
+    #[serde(default)]
+    pub approve_destructive: bool,
+    /// For a paused attempt carrying on: where, and the answers to its pending calls.
+    #[serde(default)]
+    pub resume: Option<Box<StepResume>>,
     /// The step span's context.
     pub trace: TraceContext,
     /// Fired on cancel; tools see it through their context.
@@ -196,6 +205,8 @@ pub enum TrackerMsg {
     Reject(String, RpcReplyPort<Result<(), ControlError>>),
     /// Cancel the run.
     Cancel(String, RpcReplyPort<Result<(), ControlError>>),
+    /// Answer a tool call waiting for approval (approval id, answer).
+    ResolveToolCall(String, crate::run::ToolDecision, RpcReplyPort<Result<(), ControlError>>),
     /// The run's current result.
     Snapshot(RpcReplyPort<RunResult>),
 }
@@ -228,6 +239,9 @@ mod tests {
             budget: StepBudget::default(),
             run_spend: Default::default(),
             verify: true,
+            approve_tools: vec![],
+            approve_destructive: false,
+            resume: None,
             trace: TraceContext::default(),
             cancel: CancellationToken::new(),
             events: EventSink::None,

@@ -36,7 +36,7 @@ pub(crate) trait Replication: Send + Sync + 'static {
     fn halt(&self);
 }
 
-/// Approve, reject or cancel, as data that can travel to another replica.
+/// Approve, reject, cancel or answer a tool call, as data that can travel to another replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum ControlRequest {
@@ -55,6 +55,13 @@ pub(crate) enum ControlRequest {
         /// Why.
         reason: String,
     },
+    /// Answer a tool call waiting for approval.
+    ResolveToolCall {
+        /// The approval.
+        approval_id: String,
+        /// The answer.
+        decision: crate::run::ToolDecision,
+    },
 }
 
 impl ControlRequest {
@@ -64,6 +71,9 @@ impl ControlRequest {
             ControlRequest::Approve { edited } => TrackerMsg::Approve(edited, reply),
             ControlRequest::Reject { reason } => TrackerMsg::Reject(reason, reply),
             ControlRequest::Cancel { reason } => TrackerMsg::Cancel(reason, reply),
+            ControlRequest::ResolveToolCall { approval_id, decision } => {
+                TrackerMsg::ResolveToolCall(approval_id, decision, reply)
+            }
         }
     }
 }

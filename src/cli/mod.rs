@@ -233,9 +233,15 @@ pub struct RunArgs {
     /// Print the RunResult as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Show the plan and ask on the terminal before any step runs.
+    /// Show the plan and ask on the terminal before any step runs. Calls of the tools that
+    /// need approval (`[policy] approve_tools`, `--approve-tool`) are asked about one by one
+    /// as they come, with or without this flag.
     #[arg(long)]
     pub approve: bool,
+    /// Ask on the terminal before each call of this tool (repeatable; adds to
+    /// `[policy] approve_tools`).
+    #[arg(long = "approve-tool", value_name = "TOOL")]
+    pub approve_tools: Vec<String>,
     /// Shared model flags.
     #[command(flatten)]
     pub model: ModelArgs,

@@ -141,6 +141,13 @@ impl Progress {
                 self.step(step.as_str(), format!("calling {tool}"), false)
             }
             EventKind::ToolReturned { .. } => {}
+            EventKind::ToolApprovalRequested { step, calls, .. } => {
+                let tools: Vec<&str> = calls.iter().map(|c| c.tool.as_str()).collect();
+                self.step(step.as_str(), format!("waiting for approval of {}", tools.join(", ")), false)
+            }
+            EventKind::ToolApprovalResolved { step, decision, .. } => {
+                self.step(step.as_str(), format!("tool call {}", decision.outcome()), false)
+            }
             EventKind::StepCompleted { step, output, .. } => {
                 self.done += 1;
                 self.step(step.as_str(), format!("✓ {}", one_line(output, 80)), true);

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use futures::StreamExt;
 use stepwise::RunHandle;
-use stepwise::run::{EventKind, RunStatus};
+use stepwise::actors::messages::ControlError;
+use stepwise::run::{EventKind, PendingCall, RunStatus, ToolDecision};
+use stepwise::text::clip;
 
 use super::{Backing, RunArgs, build_runtime, load_config};
 
@@ -24,6 +26,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut options = cfg.run_options();
     if args.approve {
         options.policy.require_approval = true;
+    }
+    for tool in &args.approve_tools {
+        if !options.policy.approve_tools.contains(tool) {
+            options.policy.approve_tools.push(tool.clone());
+        }
     }
     let handle = runtime.submit_with(&args.task, options).await?;
     let mut progress = super::progress::Progress::new();
@@ -46,6 +53,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         if args.approve && matches!(event.kind, EventKind::PlanProposed { .. }) {
             ask_approval(&handle).await?;
         }
+        if let EventKind::ToolApprovalRequested { step, calls, .. } = &event.kind {
+            for call in calls {
+                ask_tool_call(&handle, step.as_str(), call).await?;
+            }
+        }
     }
     let result = handle.result().await?;
     if args.json {
@@ -67,15 +79,43 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(if result.status == RunStatus::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Asks on the terminal whether to run the proposed plan.
-async fn ask_approval(handle: &RunHandle) -> anyhow::Result<()> {
-    let answer = tokio::task::spawn_blocking(|| {
-        eprint!("Run this plan? [y/N] ");
+/// Asks on the terminal whether to run one tool call; anything but yes rejects it, with what
+/// was typed as the reason the model sees.
+async fn ask_tool_call(handle: &RunHandle, step: &str, call: &PendingCall) -> anyhow::Result<()> {
+    let question = format!(
+        "Step {step} wants to call {} with {}\nRun it? [y/N, or a reason to reject] ",
+        call.tool,
+        clip(&call.arguments.to_string(), 500)
+    );
+    let answer = read_answer(question).await?;
+    let decision = match answer.trim() {
+        "y" | "Y" | "yes" => ToolDecision::Approve,
+        "" | "n" | "N" | "no" => ToolDecision::Reject { reason: "rejected on the terminal".into() },
+        reason => ToolDecision::Reject { reason: reason.to_owned() },
+    };
+    match handle.resolve_tool_call(&call.approval_id, decision).await {
+        // Timed out or the run ended meanwhile: the events say what happened.
+        Err(ControlError::Refused(refusal)) => eprintln!("not recorded: {refusal}"),
+        other => other?,
+    }
+    Ok(())
+}
+
+/// Prints `question` on stderr and reads one line from the terminal.
+async fn read_answer(question: String) -> anyhow::Result<String> {
+    let answer = tokio::task::spawn_blocking(move || {
+        eprint!("{question}");
         let _ = std::io::stderr().flush();
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).map(|_| line)
     })
     .await??;
+    Ok(answer)
+}
+
+/// Asks on the terminal whether to run the proposed plan.
+async fn ask_approval(handle: &RunHandle) -> anyhow::Result<()> {
+    let answer = read_answer("Run this plan? [y/N] ".into()).await?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         handle.approve(None).await?;
     } else {

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::approval::{PendingCall, StepCheckpoint, ToolDecision};
 use super::{RunId, StepError, Usage};
 use crate::llm::AgentRole;
 use crate::options::RunOptions;
@@ -121,6 +122,28 @@ pub enum EventKind {
         /// The observation (truncated).
         output: String,
     },
+    /// A step attempt paused: tool calls of `policy.approve_tools` wait for a person. The rest of
+    /// the run goes on; the attempt resumes from `checkpoint` once every call is answered.
+    ToolApprovalRequested {
+        /// Step.
+        step: StepId,
+        /// Attempt.
+        attempt: u32,
+        /// The calls waiting, each with its own approval id.
+        calls: Vec<PendingCall>,
+        /// Where the attempt resumes.
+        checkpoint: StepCheckpoint,
+    },
+    /// A pending tool call was answered (or its wait timed out).
+    ToolApprovalResolved {
+        /// The approval.
+        approval_id: String,
+        /// Its step.
+        step: StepId,
+        /// The answer.
+        #[serde(flatten)]
+        decision: ToolDecision,
+    },
     /// A step attempt succeeded.
     StepCompleted {
         /// Step.
@@ -234,6 +257,8 @@ impl EventKind {
             EventKind::StepStarted { .. } => "StepStarted",
             EventKind::ToolCalled { .. } => "ToolCalled",
             EventKind::ToolReturned { .. } => "ToolReturned",
+            EventKind::ToolApprovalRequested { .. } => "ToolApprovalRequested",
+            EventKind::ToolApprovalResolved { .. } => "ToolApprovalResolved",
             EventKind::StepCompleted { .. } => "StepCompleted",
             EventKind::StepFailed { .. } => "StepFailed",
             EventKind::StepSkipped { .. } => "StepSkipped",

@@ -10,6 +10,7 @@
 //! - `policy`: what a failure or a success leads to.
 //! - [`machine`]: the run as a state machine: an input in, events and commands out.
 
+pub mod approval;
 pub mod budget;
 mod event;
 pub mod machine;
@@ -24,6 +25,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::llm::{Cost, Usage};
+pub use approval::{PausedStep, PendingApproval, PendingCall, StepCheckpoint, ToolDecision};
 pub use budget::RunSpend;
 pub use event::{Decision, EventKind, ReplanDecision, RunEvent, StepVerdict};
 pub use policy::{FailureAction, on_step_failure, replan_after_success};

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::approval::{PausedStep, PendingApproval};
 use super::{EventKind, RunEvent, RunId, StepError, Usage};
 use crate::llm::AgentRole;
 use crate::options::RunOptions;
@@ -114,6 +115,9 @@ pub struct RunResult {
     /// The model calls of the run waiting for an unavailable provider (absent: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_on_provider: Vec<ProviderWait>,
+    /// The tool calls waiting for a person's approval, oldest first (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_approvals: Vec<PendingApproval>,
 }
 
 /// An event that does not fit the state it is applied to: a bug or a corrupted log.
@@ -166,6 +170,11 @@ pub struct RunState {
     pub waiting_on_provider: Vec<ProviderWait>,
     /// The run whose cached plan this run reused, if it did.
     pub plan_cached_from: Option<RunId>,
+    /// Steps whose attempt is paused on tool calls waiting for approval (the step stays
+    /// `running`); kept until the resumed attempt ends or pauses again.
+    pub paused: BTreeMap<StepId, PausedStep>,
+    /// Every approval id answered so far (a second answer is refused as such).
+    pub answered_approvals: std::collections::BTreeSet<String>,
 }
 
 impl RunState {
@@ -188,6 +197,8 @@ impl RunState {
             last_errors: BTreeMap::new(),
             waiting_on_provider: Vec::new(),
             plan_cached_from: None,
+            paused: BTreeMap::new(),
+            answered_approvals: Default::default(),
         }
     }
 
@@ -245,6 +256,7 @@ impl RunState {
             return Err(bad(format!("the run already ended ({})", self.status.as_str())));
         }
         self.clear_answered_waits(&e.kind);
+        self.clear_paused(&e.kind);
         match &e.kind {
             EventKind::RunSubmitted { .. } => {
                 if e.seq != 1 {
@@ -266,6 +278,9 @@ impl RunState {
                     return Err(bad(format!("no plan was expected in status {}", self.status.as_str())));
                 }
                 self.plan.adopt(plan.clone(), *revision);
+                // A streamed step that paused and that the whole plan left out waits no more.
+                let live = &self.plan;
+                self.paused.retain(|step, _| live.step(step).is_some());
                 self.revisions.push(PlanRevision {
                     revision: *revision,
                     reason: None,
@@ -311,6 +326,34 @@ impl RunState {
             }
             EventKind::ToolReturned { step, .. } => {
                 self.running_step(step, &bad)?;
+            }
+            EventKind::ToolApprovalRequested { step, attempt, calls, checkpoint } => {
+                let s = self.running_step(step, &bad)?;
+                if s.attempts != *attempt {
+                    return Err(bad(format!("step {step} is on attempt {}, not {attempt}", s.attempts)));
+                }
+                if calls.is_empty() {
+                    return Err(bad(format!("step {step} paused without a pending call")));
+                }
+                let paused = PausedStep {
+                    attempt: *attempt,
+                    checkpoint: checkpoint.clone(),
+                    calls: calls.clone(),
+                    answers: BTreeMap::new(),
+                    since: e.at,
+                };
+                self.paused.insert(step.clone(), paused);
+            }
+            EventKind::ToolApprovalResolved { approval_id, step, decision } => {
+                self.running_step(step, &bad)?;
+                let p = self.paused.get_mut(step).ok_or_else(|| bad(format!("step {step} is not paused")))?;
+                if !p.calls.iter().any(|c| &c.approval_id == approval_id) {
+                    return Err(bad(format!("step {step} has no pending call {approval_id}")));
+                }
+                if p.answers.insert(approval_id.clone(), decision.clone()).is_some() {
+                    return Err(bad(format!("approval {approval_id} was already answered")));
+                }
+                self.answered_approvals.insert(approval_id.clone());
             }
             EventKind::StepCompleted { step, attempt, output, usage } => {
                 let s = self.running_step(step, &bad)?;
@@ -416,6 +459,47 @@ impl RunState {
         self.waiting_on_provider.retain(|w| !over(w));
     }
 
+    /// Forgets a paused attempt once `kind` shows it is over: it ended, a new attempt started,
+    /// or it paused again (which records a new pause); the run ending ends them all.
+    fn clear_paused(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::StepStarted { step, .. }
+            | EventKind::StepCompleted { step, .. }
+            | EventKind::StepFailed { step, .. }
+            | EventKind::StepSkipped { step, .. } => {
+                self.paused.remove(step);
+            }
+            k if k.is_terminal() => self.paused.clear(),
+            _ => {}
+        }
+    }
+
+    /// The tool calls waiting for an answer, oldest first.
+    pub fn pending_approvals(&self) -> Vec<PendingApproval> {
+        let mut pending: Vec<PendingApproval> = (self.paused.iter())
+            .flat_map(|(step, p)| {
+                (p.calls.iter()).filter(|c| !p.answers.contains_key(&c.approval_id)).map(|c| {
+                    PendingApproval {
+                        approval_id: c.approval_id.clone(),
+                        step: step.clone(),
+                        attempt: p.attempt,
+                        call_id: c.call_id.clone(),
+                        tool: c.tool.clone(),
+                        arguments: c.arguments.clone(),
+                        requested_at: p.since,
+                    }
+                })
+            })
+            .collect();
+        pending.sort_by(|a, b| (a.requested_at, &a.approval_id).cmp(&(b.requested_at, &b.approval_id)));
+        pending
+    }
+
+    /// The paused step that `approval_id` belongs to, if any.
+    pub fn paused_step_of(&self, approval_id: &str) -> Option<(&StepId, &PausedStep)> {
+        self.paused.iter().find(|(_, p)| p.calls.iter().any(|c| c.approval_id == approval_id))
+    }
+
     fn finish(&mut self, status: RunStatus, at: DateTime<Utc>) {
         self.status = status;
         self.finished_at = Some(at);
@@ -471,6 +555,7 @@ impl RunState {
             created_at: self.created_at,
             finished_at: self.finished_at,
             waiting_on_provider: self.waiting_on_provider.clone(),
+            pending_approvals: self.pending_approvals(),
         }
     }
 

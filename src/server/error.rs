@@ -124,8 +124,14 @@ impl ServerError {
     /// Maps a refused control (approve / reject / cancel). `NotActive` is resolved by the caller.
     pub(crate) fn from_control(id: &RunId, e: ControlError) -> Self {
         match e {
-            ControlError::Refused(Refusal::NotAwaitingApproval(_) | Refusal::AlreadyEnded(_)) => {
-                ServerError::Conflict(format!("run {id}: {e}"))
+            ControlError::Refused(
+                Refusal::NotAwaitingApproval(_) | Refusal::AlreadyEnded(_) | Refusal::AlreadyResolved(_),
+            ) => ServerError::Conflict(format!("run {id}: {e}")),
+            ControlError::Refused(Refusal::UnknownApproval(_)) => {
+                ServerError::NotFound(format!("run {id}: {e}"))
+            }
+            ControlError::Refused(Refusal::InvalidArguments { .. }) => {
+                ServerError::Unprocessable(format!("arguments: {e}"))
             }
             ControlError::Refused(Refusal::InvalidPlan(_)) => {
                 ServerError::Unprocessable(format!("plan: {e}"))

@@ -47,6 +47,7 @@
 //!    and `cargo test --test openapi_schemathesis`.
 
 mod api;
+mod approvals;
 mod auth;
 mod body;
 mod error;
@@ -177,6 +178,8 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/runs/{id}/approve", post(routes::approve))
         .route("/v1/runs/{id}/reject", post(routes::reject))
         .route("/v1/runs/{id}/cancel", post(routes::cancel))
+        .route("/v1/runs/{id}/approvals", get(approvals::list_approvals))
+        .route("/v1/runs/{id}/approvals/{approval_id}", post(approvals::resolve_approval))
         .route("/v1/tools", get(routes::tools))
         .route("/metrics", get(routes::metrics))
         .route("/ui/config.json", get(ui::config))

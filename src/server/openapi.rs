@@ -17,7 +17,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, schema::Ref, schema::Schema};
 
-use super::{api, routes};
+use super::{api, approvals, routes};
 
 /// Makes each library type a `utoipa::ToSchema` whose schema is a `$ref` to the component named
 /// by its `JsonSchema`, and lists them for [`build`] to fill those components.
@@ -67,9 +67,17 @@ schemars_components!(
     paths(
         routes::submit, routes::list, routes::get_run, routes::events, routes::approve, routes::reject,
         routes::cancel, routes::healthz, routes::readyz, routes::tools, routes::metrics, routes::openapi,
+        approvals::list_approvals, approvals::resolve_approval,
     ),
     // Not reached from a body annotation: the events stream's `data`.
-    components(schemas(crate::run::RunEvent, api::ErrorBody)),
+    components(schemas(
+        crate::run::RunEvent,
+        api::ErrorBody,
+        approvals::ApprovalList,
+        approvals::ApprovalView,
+        approvals::ApprovalAnswer,
+        approvals::ApprovalResolution,
+    )),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

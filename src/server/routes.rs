@@ -70,7 +70,8 @@ pub(crate) async fn submit(
         return Err(ServerError::TooManyRuns { live, limit: state.queue_limit });
     }
     let handle = state.runtime.submit_with(task, options).await.map_err(|e| match e {
-        e @ crate::runtime::RuntimeError::UnknownMcpServer { .. } => {
+        e @ (crate::runtime::RuntimeError::UnknownMcpServer { .. }
+        | crate::runtime::RuntimeError::UnknownApproveTool { .. }) => {
             ServerError::Unprocessable(e.to_string())
         }
         e => ServerError::Unavailable(format!("could not accept the run: {e}")),

@@ -4,6 +4,7 @@
 //! to the run's workspace and to what the config allows. Embedders add their own
 //! with [`ToolRegistry::register`] or, for typed arguments, [`typed_tool`].
 
+pub mod check;
 pub mod command;
 pub mod config;
 pub mod fs;

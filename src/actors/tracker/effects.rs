@@ -47,7 +47,13 @@ impl Tracker {
     /// Starts a step attempt on the executor pool, or queues it for every replica's executors.
     fn start_step(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState, a: StepAssignment) {
         let run = st.machine.run();
-        let span = spans::step(&st.span, run, &a, st.replan_links.get(&a.step.id));
+        // A resumed attempt carries on under the span (and clock) it paused in, when this
+        // tracker started it; after a restart it gets a new one.
+        let paused = st.attempts.get(&a.step.id).filter(|p| a.resume.is_some() && p.attempt == a.attempt);
+        let (span, started) = match paused {
+            Some(p) => (p.span.clone(), p.started),
+            None => (spans::step(&st.span, run, &a, st.replan_links.get(&a.step.id)), Instant::now()),
+        };
         let cancel = st.cancel.child_token();
         let (step, attempt) = (a.step.id.clone(), a.attempt);
         let key = format!("{}/{step}/{attempt}", run.id);
@@ -61,11 +67,14 @@ impl Tracker {
             budget: a.budget,
             run_spend: a.run_spend,
             verify: a.verify,
+            approve_tools: a.approve_tools,
+            approve_destructive: a.approve_destructive,
+            resume: a.resume,
             trace: TraceContext::of(&span),
             cancel: cancel.clone(),
             events: EventSink::Tracker(me.clone()),
         };
-        st.attempts.insert(step.clone(), Attempt { attempt, span, started: Instant::now(), cancel });
+        st.attempts.insert(step.clone(), Attempt { attempt, span, started, cancel });
         if let Some(replicas) = self.shared.replication() {
             // Any replica's executors may run it; the report comes back through the database.
             replicas.enqueue(job);
@@ -131,6 +140,9 @@ impl Tracker {
     /// Stops in-flight work, closes the spans, publishes the result and stops the actor.
     fn finish(&self, me: &ActorRef<TrackerMsg>, st: &mut TrackerState) {
         st.cancel.cancel();
+        for (_, span) in st.approval_spans.drain() {
+            span.record("stepwise.approval.outcome", "abandoned");
+        }
         for (_, a) in st.attempts.drain() {
             stop(a);
         }

@@ -21,12 +21,13 @@ use opentelemetry::trace::SpanContext;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::messages::{ControlError, TrackerMsg};
+use super::messages::{ControlError, Refusal, TrackerMsg};
 use super::{RunChannels, Shared};
 use crate::plan::StepId;
 use crate::run::machine::{Input, MachineError, RunMachine};
-use crate::run::{RunEvent, RunId, RunState};
+use crate::run::{RunEvent, RunId, RunState, ToolDecision};
 use crate::store::StoreError;
+use crate::tools::check::check_arguments;
 
 /// The tracker actor (stateless; its state is [`TrackerState`]).
 pub struct Tracker {
@@ -58,6 +59,8 @@ pub struct TrackerState {
     failed_spans: HashMap<StepId, SpanContext>,
     /// Steps of the latest revision and the failed attempt that caused it: their spans link to it.
     replan_links: HashMap<StepId, SpanContext>,
+    /// The wait of each tool call pending approval, by approval id.
+    approval_spans: HashMap<String, tracing::Span>,
 }
 
 /// How long to wait before trying the store again after `failures` failures in a row: 100 ms,
@@ -96,9 +99,14 @@ impl Actor for Tracker {
         let events = self.shared.store.events(&run_id, 0).await?;
         let run = RunState::from_events(&events)?.ok_or_else(|| TrackerError::Missing(run_id.clone()))?;
         let cancel = CancellationToken::new();
+        let span = spans::run(&run);
+        // Waits that began before a restart go on under the new driver's run span.
+        let approval_spans = (run.pending_approvals().into_iter())
+            .map(|p| (p.approval_id.clone(), spans::approval(&span, &p.approval_id, &p.tool, &p.call_id)))
+            .collect();
         Ok(TrackerState {
             channels: self.shared.runs.channels(&run_id),
-            span: spans::run(&run),
+            span,
             machine: RunMachine::new(run, self.shared.tool_names.clone()),
             _stop_on_drop: cancel.clone().drop_guard(),
             cancel,
@@ -106,6 +114,7 @@ impl Actor for Tracker {
             service_span: None,
             failed_spans: HashMap::new(),
             replan_links: HashMap::new(),
+            approval_spans,
         })
     }
 
@@ -125,6 +134,14 @@ impl Actor for Tracker {
             }
             TrackerMsg::Cancel(reason, reply) => {
                 return self.control(&me, st, Input::Cancel(reason), reply).await;
+            }
+            TrackerMsg::ResolveToolCall(approval_id, decision, reply) => {
+                if let Err(refusal) = self.check_edit(st, &approval_id, &decision) {
+                    let _ = reply.send(Err(refusal.into()));
+                    return Ok(());
+                }
+                let input = Input::ResolveToolCall { approval_id, decision };
+                return self.control(&me, st, input, reply).await;
             }
             TrackerMsg::Snapshot(reply) => {
                 let _ = reply.send(st.machine.run().result());
@@ -161,7 +178,7 @@ impl Actor for Tracker {
 }
 
 impl Tracker {
-    /// Approve, reject or cancel: a refusal is the reply; a store failure is the reply too, and
+    /// Approve, reject, cancel or answer a tool call: a refusal is the reply; a store failure is the reply too, and
     /// then stops the tracker, whose state is ahead of the store.
     async fn control(
         &self,
@@ -192,6 +209,26 @@ impl Tracker {
         self.carry_out(me, st, transition);
         let _ = reply.send(Ok(()));
         Ok(())
+    }
+
+    /// Refuses edited arguments that do not match the tool's schema, naming the field: nothing
+    /// is recorded and nothing runs. Unknown or answered approvals are the machine's to refuse.
+    fn check_edit(
+        &self,
+        st: &TrackerState,
+        approval_id: &str,
+        decision: &ToolDecision,
+    ) -> Result<(), Refusal> {
+        let ToolDecision::Edit { arguments } = decision else { return Ok(()) };
+        let Some((_, paused)) = st.machine.run().paused_step_of(approval_id) else { return Ok(()) };
+        let Some(call) = paused.calls.iter().find(|c| c.approval_id == approval_id) else { return Ok(()) };
+        let invalid = |field: String, message: String| Refusal::InvalidArguments {
+            tool: call.tool.clone(),
+            field,
+            message,
+        };
+        let tool = self.shared.tools.lookup(&call.tool).map_err(|e| invalid("/".into(), e.to_string()))?;
+        check_arguments(&tool.parameters(), arguments).map_err(|e| invalid(e.field, e.message))
     }
 
     /// Stores a transition's events (one batch), then publishes them and records what they

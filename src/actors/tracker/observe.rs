@@ -26,6 +26,18 @@ pub(super) fn event(st: &mut TrackerState, kind: &EventKind) {
             }
         }
         EventKind::StepSkipped { .. } => metrics.step_ended("skipped", None),
+        EventKind::ToolApprovalRequested { step, calls, .. } => {
+            let parent = st.attempts.get(step).map_or(&st.span, |a| &a.span);
+            for c in calls {
+                let span = spans::approval(parent, &c.approval_id, &c.tool, &c.call_id);
+                st.approval_spans.insert(c.approval_id.clone(), span);
+            }
+        }
+        EventKind::ToolApprovalResolved { approval_id, decision, .. } => {
+            if let Some(span) = st.approval_spans.remove(approval_id) {
+                span.record("stepwise.approval.outcome", decision.outcome());
+            }
+        }
         EventKind::PlanStreamed { .. } => {
             if let Some(span) = &st.service_span {
                 span.record("stepwise.plan.streamed_steps", st.machine.run().plan.steps.len());

@@ -107,6 +107,25 @@ pub(super) fn step(
     span
 }
 
+/// The wait of a tool call for its approval, under the step's span (the run's after a restart);
+/// it ends with the answer.
+pub(super) fn approval(
+    parent: &tracing::Span,
+    approval_id: &str,
+    tool: &str,
+    call_id: &str,
+) -> tracing::Span {
+    tracing::info_span!(
+        parent: parent,
+        "stepwise.approval",
+        otel.name = %format_args!("stepwise.approval {tool}"),
+        stepwise.approval.id = %approval_id,
+        gen_ai.tool.name = %tool,
+        gen_ai.tool.call.id = %call_id,
+        stepwise.approval.outcome = tracing::field::Empty,
+    )
+}
+
 /// Marks a span as failed with `error_type` (`stepwise.step.status` too when it is a step's).
 pub(super) fn failed(span: &tracing::Span, status: &str, error_type: &str) {
     span.record("stepwise.step.status", status);

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::options::StepBudget;
 use crate::plan::{PlanError, PlanSpec, StepId, StepSpec};
-use crate::run::{EventKind, ReplanDecision, RunEvent, RunStatus, StepError, Usage};
+use crate::run::{
+    EventKind, PendingCall, ReplanDecision, RunEvent, RunStatus, StepCheckpoint, StepError, ToolDecision,
+    Usage,
+};
 
 /// A model-backed service call that failed, with what it spent before failing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +43,33 @@ impl StepInput {
     }
 }
 
+/// How a step attempt that did not fail ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepEnd {
+    /// The step's final answer.
+    Answer(String),
+    /// The attempt paused: these calls wait for a person; it resumes from the checkpoint.
+    Paused {
+        /// The calls waiting.
+        calls: Vec<PendingCall>,
+        /// Where to resume.
+        checkpoint: StepCheckpoint,
+    },
+}
+
+impl From<String> for StepEnd {
+    fn from(answer: String) -> Self {
+        StepEnd::Answer(answer)
+    }
+}
+
+impl From<&str> for StepEnd {
+    fn from(answer: &str) -> Self {
+        StepEnd::Answer(answer.to_owned())
+    }
+}
+
 /// How a step attempt ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
@@ -47,8 +77,8 @@ pub struct StepReport {
     pub step: StepId,
     /// Attempt.
     pub attempt: u32,
-    /// The final answer, or why there is none.
-    pub outcome: Result<String, StepError>,
+    /// The final answer or a pause, or why there is neither.
+    pub outcome: Result<StepEnd, StepError>,
     /// Model usage of the attempt (ReAct loop and verification).
     pub usage: Usage,
 }
@@ -112,6 +142,9 @@ pub enum Timer {
     Run,
     /// How long a plan may wait for approval (`policy.approval_timeout_secs`).
     Approval,
+    /// The earliest deadline of the tool calls waiting for approval
+    /// (`policy.tool_approval_timeout_secs`): calls past theirs are answered `timed_out`.
+    ToolApprovals,
     /// Send a lost request again (after its `loss`-th loss), giving the supervisor time to
     /// replace the service; ignored if the run no longer waits for that very request.
     Resend {
@@ -158,6 +191,13 @@ pub enum Input {
     Reject(String),
     /// Cancel the run.
     Cancel(String),
+    /// A person answered a tool call waiting for approval.
+    ResolveToolCall {
+        /// The approval.
+        approval_id: String,
+        /// The answer (`timed_out` is the machine's own).
+        decision: ToolDecision,
+    },
     /// A timer the machine scheduled went off.
     Timeout(Timer),
 }
@@ -191,6 +231,21 @@ pub struct StepAssignment {
     pub verify: bool,
     /// The plan revision the step belongs to.
     pub revision: u32,
+    /// Tools whose calls wait for a person's approval (`policy.approve_tools`).
+    pub approve_tools: Vec<String>,
+    /// Calls of tools that say they are destructive wait too (`policy.approve_destructive`).
+    pub approve_destructive: bool,
+    /// For an attempt that paused: where it resumes, and each pending call with its answer.
+    pub resume: Option<Box<StepResume>>,
+}
+
+/// A paused attempt to carry on: its checkpoint, and what to do with each call it paused on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResume {
+    /// Where to resume.
+    pub checkpoint: StepCheckpoint,
+    /// Each pending call and its answer, in the model's order.
+    pub calls: Vec<(PendingCall, ToolDecision)>,
 }
 
 /// An effect for the driver to carry out, after the transition's events are stored.
@@ -241,4 +296,20 @@ pub enum Refusal {
     /// The edited plan is invalid.
     #[error("edited plan is invalid: {0}")]
     InvalidPlan(PlanError),
+    /// No tool call of the run waits under this approval id.
+    #[error("no tool call waits for approval {0}")]
+    UnknownApproval(String),
+    /// The tool call was answered already.
+    #[error("approval {0} was already answered")]
+    AlreadyResolved(String),
+    /// Edited arguments that do not match the tool's schema.
+    #[error("edited arguments of {tool} are invalid: {field}: {message}")]
+    InvalidArguments {
+        /// The tool.
+        tool: String,
+        /// The argument at fault (a JSON pointer-like path, `/` for the whole object).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }

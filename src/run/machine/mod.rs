@@ -13,6 +13,9 @@
 //! (after a crash) begins with none of these; [`Input::Start`] re-dispatches what was running
 //! and re-decides what was not decided yet, so the run carries on from where its log ends.
 
+#[cfg(test)]
+mod approval_tests;
+mod approvals;
 mod io;
 mod outage;
 mod services;
@@ -27,8 +30,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use io::{
-    Command, Input, Refusal, Service, ServiceFailure, ServiceRequest, ServiceResult, StepAssignment,
-    StepInput, StepReport, Timer, Transition,
+    Command, Input, Refusal, Service, ServiceFailure, ServiceRequest, ServiceResult, StepAssignment, StepEnd,
+    StepInput, StepReport, StepResume, Timer, Transition,
 };
 
 use super::{EventKind, RunEvent, RunState, RunStatus, StateError, StepError, Usage};
@@ -67,6 +70,8 @@ pub struct RunMachine {
     /// The service request outstanding, and how often it was lost so far.
     waiting: Option<(ServiceRequest, u32)>,
     replan_due: Option<ReplanCause>,
+    /// The deadline the tool-approval timer is set for, if one is set.
+    approval_timer: Option<DateTime<Utc>>,
 }
 
 /// Builds one transition: applies each event to the state as it is made, so the decisions that
@@ -80,7 +85,7 @@ struct Step<'a> {
 impl RunMachine {
     /// A machine over a run's folded state; `tools` are the names plans may use.
     pub fn new(run: RunState, tools: Arc<[String]>) -> Self {
-        Self { run, tools, in_flight: BTreeMap::new(), waiting: None, replan_due: None }
+        Self { run, tools, in_flight: BTreeMap::new(), waiting: None, replan_due: None, approval_timer: None }
     }
 
     /// The run's state (the fold of every event so far).
@@ -118,6 +123,7 @@ impl RunMachine {
             Input::Approve(edited) => t.approve(edited)?,
             Input::Reject(reason) => t.reject(reason)?,
             Input::Cancel(reason) => t.cancel(reason)?,
+            Input::ResolveToolCall { approval_id, decision } => t.resolve_tool_call(approval_id, decision)?,
             Input::Timeout(timer) => t.timeout(timer)?,
         }
         let mut out = t.out;
@@ -125,6 +131,7 @@ impl RunMachine {
             self.in_flight.clear();
             self.waiting = None;
             self.replan_due = None;
+            self.approval_timer = None;
             // Whatever the transition started before the run ended, `Finish` stops.
             out.commands.clear();
             out.commands.push(Command::Finish);
@@ -221,6 +228,7 @@ impl Step<'_> {
                 None => {}
             },
             Timer::Resend { service, loss } => self.resend(service, loss),
+            Timer::ToolApprovals => self.tool_approvals_due()?,
             Timer::Approval => {}
         }
         Ok(())
@@ -265,7 +273,8 @@ impl Step<'_> {
             return self.fail_run(error, Usage::default());
         }
         if self.m.replan_due.is_some() {
-            if self.m.in_flight.is_empty() {
+            // A replan replaces the steps not completed: paused ones are waited for too.
+            if self.m.in_flight.is_empty() && self.m.run.paused.is_empty() {
                 let failed = match self.m.replan_due.take() {
                     Some(ReplanCause::StepFailed(step, error)) => Some((step, error)),
                     _ => None,
@@ -275,7 +284,7 @@ impl Step<'_> {
             return Ok(());
         }
         self.dispatch_ready()?;
-        if self.m.in_flight.is_empty() {
+        if self.m.in_flight.is_empty() && self.m.run.paused.is_empty() {
             if self.m.run.plan.all_resolved() {
                 self.ask(ServiceRequest::Synthesize);
             } else {

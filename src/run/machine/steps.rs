@@ -1,6 +1,8 @@
 //! Transitions of step attempts: dispatch, results, the failure policy, tool events.
 
-use super::{Command, MachineError, ReplanCause, Step, StepAssignment, StepInput, StepReport};
+use super::{
+    Command, MachineError, ReplanCause, Step, StepAssignment, StepEnd, StepInput, StepReport, StepResume,
+};
 use crate::options::StepBudget;
 use crate::plan::{StepId, StepStatus};
 use crate::run::{EventKind, FailureAction, RunState, StateError, Usage};
@@ -29,8 +31,15 @@ impl Step<'_> {
         let Some(s) = self.m.run.plan.step(step) else { return Ok(()) };
         let attempt = s.attempts + 1;
         self.emit(EventKind::StepStarted { step: step.clone(), attempt })?;
+        self.start_attempt(step, attempt, None);
+        Ok(())
+    }
+
+    /// Hands `attempt` of `step` to an executor: a new attempt, or (with `resume`) a paused one
+    /// carrying on.
+    pub(super) fn start_attempt(&mut self, step: &StepId, attempt: u32, resume: Option<Box<StepResume>>) {
         let run = &self.m.run;
-        let Some(s) = run.plan.step(step) else { return Ok(()) };
+        let Some(s) = run.plan.step(step) else { return };
         let inputs = s.depends_on.iter().filter_map(|d| run.plan.step(d)).map(StepInput::of).collect();
         let assignment = StepAssignment {
             step: s.spec(),
@@ -43,21 +52,32 @@ impl Step<'_> {
             },
             verify: run.options.policy.verify_outcome,
             revision: run.plan.revision,
+            approve_tools: run.options.policy.approve_tools.clone(),
+            approve_destructive: run.options.policy.approve_destructive,
+            resume,
         };
         self.m.in_flight.insert(step.clone(), attempt);
         self.command(Command::StartStep(assignment));
-        Ok(())
     }
 
-    /// After a restart: runs again the steps that were running (at-least-once), decides the
-    /// failures that were not decided yet, and moves on.
+    /// After a restart: runs again the steps that were running (at-least-once), resumes the
+    /// paused ones whose calls were all answered (the others wait on), decides the failures
+    /// that were not decided yet, and moves on.
     pub(super) fn resume_steps(&mut self) -> Result<(), StateError> {
-        let plan = &self.m.run.plan;
-        let interrupted: Vec<StepId> =
-            plan.steps.iter().filter(|s| s.status == StepStatus::Running).map(|s| s.id.clone()).collect();
+        let run = &self.m.run;
+        let interrupted: Vec<StepId> = (run.plan.steps.iter())
+            .filter(|s| s.status == StepStatus::Running && !run.paused.contains_key(&s.id))
+            .map(|s| s.id.clone())
+            .collect();
         for step in interrupted {
             self.dispatch(&step)?;
         }
+        let answered: Vec<StepId> =
+            (self.m.run.paused.iter()).filter(|(_, p)| p.answered()).map(|(s, _)| s.clone()).collect();
+        for step in answered {
+            self.resume_paused(&step);
+        }
+        self.arm_tool_approval_timeout();
         let plan = &self.m.run.plan;
         let failed: Vec<StepId> =
             plan.steps.iter().filter(|s| s.status == StepStatus::Failed).map(|s| s.id.clone()).collect();
@@ -75,7 +95,10 @@ impl Step<'_> {
         self.m.in_flight.remove(&report.step);
         let StepReport { step, attempt, outcome, usage } = report;
         match outcome {
-            Ok(output) => {
+            Ok(StepEnd::Paused { calls, checkpoint }) => {
+                self.step_paused(step, attempt, calls, checkpoint)?
+            }
+            Ok(StepEnd::Answer(output)) => {
                 self.emit(EventKind::StepCompleted { step, attempt, output, usage })?;
                 let run = &self.m.run;
                 if self.m.replan_due.is_none() && replan_after_success(&run.options.policy, run) {

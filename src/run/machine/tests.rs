@@ -66,7 +66,7 @@ fn ok(step: &str, attempt: u32) -> Input {
     Input::StepFinished(StepReport {
         step: step.into(),
         attempt,
-        outcome: Ok(format!("{step} done")),
+        outcome: Ok(format!("{step} done").into()),
         usage: usage(1),
     })
 }

@@ -60,6 +60,8 @@ export class RunModel {
     this.finishedAt = null;
     this.lastSeq = 0;
     this.lastAt = null;
+    // Tool calls waiting for a person, by approval id, in the order they came.
+    this.pendingCalls = new Map();
   }
 
   get terminal() {
@@ -203,8 +205,15 @@ export class RunModel {
         addUsage(this.usage, e.usage);
         break;
       }
+      case 'ToolApprovalRequested':
+        for (const c of e.calls) this.pendingCalls.set(c.approval_id, { ...c, step: e.step, at: e.at });
+        break;
+      case 'ToolApprovalResolved':
+        this.pendingCalls.delete(e.approval_id);
+        break;
       default:
         if (TERMINAL[e.type]) {
+          this.pendingCalls.clear();
           this.status = TERMINAL[e.type];
           this.finishedAt = e.at;
           if (e.type === 'RunCompleted') this.finalOutput = e.final_output;

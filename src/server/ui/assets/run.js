@@ -32,6 +32,7 @@ export function runView(main, runId, { config, onError }) {
 
   const header = h('section', { class: 'card run-head' });
   const approval = h('section', { class: 'card approval', id: 'approval', hidden: true });
+  const toolApprovals = h('div', { id: 'tool-approvals' });
   const editorSlot = h('div');
   const dagBox = h('div', { class: 'dag-box', id: 'dag' });
   const detail = h('aside', { class: 'card detail', id: 'detail' });
@@ -45,6 +46,7 @@ export function runView(main, runId, { config, onError }) {
     header,
     notice,
     approval,
+    toolApprovals,
     editorSlot,
     h('div', { class: 'split' }, [
       h('section', { class: 'card plan' }, [
@@ -131,6 +133,36 @@ export function runView(main, runId, { config, onError }) {
         h('button', { id: 'reject', class: 'danger', type: 'button', text: 'Reject', onclick: () => control('reject', reason.value.trim() ? { reason: reason.value.trim() } : {}).catch(() => {}) }),
       ]),
     );
+  }
+
+  // One card per tool call waiting for a person. Drawn when the set of calls changes only, so a
+  // reason being typed survives the live refreshes.
+  let drawnCalls = '';
+  function renderToolApprovals() {
+    const calls = [...model.pendingCalls.values()];
+    const ids = calls.map((c) => c.approval_id).join(',');
+    if (ids === drawnCalls) return;
+    drawnCalls = ids;
+    mount(toolApprovals, ...calls.map(toolApprovalCard));
+  }
+
+  function toolApprovalCard(c) {
+    const path = `approvals/${encodeURIComponent(c.approval_id)}`;
+    const reason = h('input', { class: 'tool-reject-reason', placeholder: 'Reason (the model sees it)' });
+    const answer = (body) => control(path, body).catch(() => {});
+    return h('section', { class: 'card approval tool-approval', 'data-approval-id': c.approval_id }, [
+      h('div', { class: 'head-row' }, [
+        h('div', {}, [
+          h('h2', { text: `Step ${c.step} wants to call ${c.tool}` }),
+          h('p', { class: 'muted', text: 'The step waits for your answer; the rest of the run goes on.' }),
+        ]),
+        h('span', { class: 'spacer' }),
+        h('button', { class: 'primary approve-call', type: 'button', text: 'Approve', onclick: () => answer({ decision: 'approve' }) }),
+        reason,
+        h('button', { class: 'danger reject-call', type: 'button', text: 'Reject', onclick: () => answer({ decision: 'reject', reason: reason.value.trim() || 'rejected on the web page' }) }),
+      ]),
+      pre(c.arguments),
+    ]);
   }
 
   function startEditing() {
@@ -231,6 +263,7 @@ export function runView(main, runId, { config, onError }) {
     frame = 0;
     renderHeader();
     renderApproval();
+    renderToolApprovals();
     const nodes = model.plan.map((r) => ({ id: r.id, description: r.spec.description, tool: r.spec.tool, depends_on: r.spec.depends_on, status: r.status, attempts: r.attempts.length }));
     mount(dagBox, nodes.length ? renderDag(nodes, { selected, onSelect: select }) : h('p', { class: 'muted', text: model.status === 'planning' ? 'The planner is writing the plan…' : 'No plan.' }));
     renderDetail();
