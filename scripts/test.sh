@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need that cargo does not bring
-# (each `scripts/deps/*.sh`, idempotent: a second run only checks), then runs every test target.
+# (each `scripts/deps/*.sh`, idempotent: a second run only checks), then runs every test target
+# and the documentation's examples (`--all-targets` leaves doctests out).
 # A test whose external part is missing fails naming the script that installs it; it never skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,4 +10,5 @@ for deps in scripts/deps/*.sh; do
     echo "test.sh: $deps" >&2
     bash "$deps"
 done
-exec cargo test --all-targets "$@"
+cargo test --all-targets "$@"
+cargo test --doc "$@"

@@ -85,6 +85,17 @@ pub enum ConfigError {
 }
 
 /// The whole configuration (`config/stepwise.toml`); every section and key is optional.
+///
+/// ```
+/// use stepwise::Config;
+///
+/// let config = Config::from_toml_str("[policy]\nmax_retries = 3\n", "example")?;
+/// config.validate()?;
+/// assert_eq!(config.policy.max_retries, 3);
+/// let typo = Config::from_toml_str("[policy]\nmax_retires = 3\n", "example").unwrap_err();
+/// assert!(typo.to_string().contains("max_retires"));
+/// # Ok::<(), stepwise::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -275,8 +286,8 @@ impl Default for RuntimeConfig {
 
 /// The `[executors]` section: the executor pool keeps `min_workers`, grows with the steps ready
 /// to run up to `max_workers`, and shrinks back once it has had more workers than steps for
-/// `shrink_after_idle_secs`. Steps mostly wait on remote models, so the defaults (4 to 512, see
-/// [`crate::actors::pool`]) let hundreds of steps be in flight.
+/// `shrink_after_idle_secs`. Steps mostly wait on remote models, so the defaults (4 to 512) let
+/// hundreds of steps be in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorsConfig {
@@ -607,7 +618,9 @@ fn override_path(var: &str) -> Result<Option<Vec<String>>, ConfigError> {
 
 /// Sets `path` in `table` to `value`, creating sections on the way.
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = path.split_last().expect("override paths have at least two segments");
+    let Some((last, parents)) = path.split_last() else {
+        return Err("an empty key".into());
+    };
     let mut current = table;
     for (i, segment) in parents.iter().enumerate() {
         let entry = current.entry(segment.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));

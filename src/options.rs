@@ -146,6 +146,23 @@ fn money_cap<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 /// Everything that shapes one run; recorded in its first event so a restart resumes it as it was.
+///
+/// Defaults come from [`RuntimeBuilder::options`](crate::RuntimeBuilder::options) (the binary:
+/// `[policy]` and `[budget]`); [`Runtime::submit_with`](crate::Runtime::submit_with) (HTTP: the
+/// submission's body) overrides them per run:
+///
+/// ```
+/// use stepwise::{FailurePolicy, RunOptions};
+///
+/// let mut options = RunOptions::default();
+/// options.policy.on_step_failure = FailurePolicy::Retry;
+/// options.policy.max_retries = 2;
+/// options.policy.approve_tools = vec!["run_command".into()]; // each call waits for a person
+/// options.step_budget.max_tool_calls = 8;
+/// options.run_budget.max_tokens = 200_000;
+/// let json = serde_json::to_value(&options).unwrap();
+/// assert_eq!(json["policy"]["max_retries"], 2);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunOptions {

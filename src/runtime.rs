@@ -83,6 +83,37 @@ impl Stepwise {
 pub const DEFAULT_LLM_CONCURRENCY: usize = 2048;
 
 /// Configures and starts a [`Runtime`].
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use stepwise::{RunOptions, SqliteStore, Stepwise, typed_tool};
+/// # let script = serde_json::json!({
+/// #     "planner": [{"json": {"goal": "g", "steps": [{"id": "s1", "description": "d",
+/// #         "expected_outcome": "e", "tool": null, "depends_on": []}]}}],
+/// #     "steps": {"s1": ["done"]}, "synthesizer": ["final"]});
+/// # let model = Arc::new(stepwise::llm::scripted::ScriptedModel::from_json(script)?);
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct Ticket { title: String }
+///
+/// let dir = tempfile::tempdir()?;
+/// let mut options = RunOptions::default();
+/// options.step_budget.max_iterations = 4;
+/// options.run_budget.max_cost = 0.50; // in the price table's currency
+/// let runtime = Stepwise::builder()
+///     .model(model)
+///     .tool(typed_tool("open_ticket", "Opens a ticket", |t: Ticket, _ctx| async move {
+///         Ok(format!("opened {}", t.title))
+///     }))
+///     .store(Arc::new(SqliteStore::open_path(&dir.path().join("runs.db")).await?))
+///     .options(options)
+///     .executors(2, 64)
+///     .build()
+///     .await?;
+/// # assert_eq!(runtime.run("t").await?.final_output.as_deref(), Some("final"));
+/// # runtime.shutdown().await;
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
 pub struct RuntimeBuilder {
     models: Option<Models>,
     tools: ToolRegistry,
@@ -152,7 +183,7 @@ impl RuntimeBuilder {
 
     /// Bounds of the executor pool: it keeps `min` workers (at least 1) and grows with the steps
     /// ready to run up to `max` (raised to `min` if lower), the most steps running at once across
-    /// all runs. Defaults: 4 and 512 (see [`crate::actors::pool::DEFAULT_MAX_EXECUTORS`]).
+    /// all runs. Defaults: 4 and 512 (see [`PoolBounds`](crate::PoolBounds)).
     pub fn executors(mut self, min: usize, max: usize) -> Self {
         self.executor_bounds = PoolBounds::new(min, max, self.executor_bounds.shrink_after);
         self
@@ -439,6 +470,32 @@ impl Drop for Runtime {
 }
 
 /// A handle on one run: its events, its result, and control.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use futures::StreamExt;
+/// use stepwise::{EventKind, RunOptions, RunStatus, Stepwise};
+/// # let script = serde_json::json!({
+/// #     "planner": [{"json": {"goal": "g", "steps": [{"id": "s1", "description": "d",
+/// #         "expected_outcome": "e", "tool": null, "depends_on": []}]}}],
+/// #     "steps": {"s1": ["done"]}, "synthesizer": ["final"]});
+/// # let model = Arc::new(stepwise::llm::scripted::ScriptedModel::from_json(script)?);
+/// let runtime = Stepwise::builder().model(model).build().await?;
+/// let mut options = RunOptions::default();
+/// options.policy.require_approval = true; // the plan waits for a person
+/// let handle = runtime.submit_with("Ship the release", options).await?;
+/// let mut events = handle.events();
+/// while let Some(event) = events.next().await {
+///     if let EventKind::PlanProposed { plan, .. } = event?.kind {
+///         println!("{} steps proposed", plan.steps.len());
+///         handle.approve(None).await?; // or `Some(edited_plan)`, or `reject(reason)`
+///         break;
+///     }
+/// }
+/// assert_eq!(handle.result().await?.status, RunStatus::Completed);
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct RunHandle {
     id: RunId,
@@ -540,7 +597,7 @@ impl RunHandle {
 
     /// Answers one tool call waiting for approval: approve it, run it with edited arguments
     /// (checked against the tool's schema), or reject it with a reason the model sees. Refused
-    /// ([`Refusal`]) for an unknown id, one answered already, or arguments that do not fit.
+    /// ([`Refusal`](crate::run::Refusal)) for an unknown id, one answered already, or arguments that do not fit.
     pub async fn resolve_tool_call(
         &self,
         approval_id: &str,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use stepwise::actors::pool::ExecutorLoad;
+use stepwise::ExecutorLoad;
 use stepwise::llm::scripted::ScriptedModel;
 use stepwise::llm::{AgentRole, ChatModel, ChatRequest, ChatResponse, LlmError};
 use stepwise::options::{FailurePolicy, RunOptions};

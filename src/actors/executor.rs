@@ -35,10 +35,10 @@ use serde_json::Value;
 const MAX_OBSERVATION: usize = 16 * 1024;
 
 /// The job key: one per step attempt, for the factory's bookkeeping.
-pub type JobKey = String;
+pub(crate) type JobKey = String;
 
 /// A worker of the executor pool.
-pub struct ExecutorWorker {
+pub(crate) struct ExecutorWorker {
     pub(crate) shared: Arc<Shared>,
     /// The pool's counters: this worker is busy while it runs a step.
     pub(crate) gauges: Arc<PoolGauges>,

@@ -17,13 +17,13 @@ use crate::run::{ReplanDecision, RunId, RunResult};
 use crate::store::StoreError;
 use crate::telemetry::TraceContext;
 
-pub use crate::run::machine::{
-    Input, Refusal, Service, ServiceFailure, ServiceResult, StepEnd, StepInput, StepReport, StepResume, Timer,
+pub(crate) use crate::run::machine::{
+    Input, Refusal, Service, ServiceFailure, ServiceResult, StepEnd, StepInput, StepReport, StepResume,
 };
 
 /// One step attempt for an executor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepJob {
+pub(crate) struct StepJob {
     /// The run.
     pub run_id: RunId,
     /// The run's task.
@@ -64,20 +64,21 @@ pub struct StepJob {
 
 /// Where a running step's events go: its tool calls, and its waits for an unavailable provider.
 #[derive(Debug, Clone, Default)]
-pub enum EventSink {
+pub(crate) enum EventSink {
     /// Nowhere (tests, benches).
     #[default]
     None,
     /// The run's tracker, in this process.
     Tracker(ActorRef<TrackerMsg>),
     /// A channel to whoever forwards them to the run's owner (a step claimed from the queue).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Channel(tokio::sync::mpsc::UnboundedSender<crate::run::EventKind>),
 }
 
 impl EventSink {
     /// Sends one event. A receiver that is gone (the run ended, the claim was lost) no longer
     /// records events: nothing to do.
-    pub fn send(&self, kind: crate::run::EventKind) {
+    pub(crate) fn send(&self, kind: crate::run::EventKind) {
         match self {
             EventSink::None => {}
             EventSink::Tracker(t) => {
@@ -91,14 +92,14 @@ impl EventSink {
 }
 
 /// Messages to the executor pool (a ractor factory).
-pub enum ExecutorMsg {
+pub(crate) enum ExecutorMsg {
     /// Run one step attempt and reply with its report.
     Run(Box<StepJob>, RpcReplyPort<StepReport>),
 }
 
 /// A planning request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PlanJob {
+pub(crate) struct PlanJob {
     /// The run.
     pub run_id: RunId,
     /// The task to plan.
@@ -113,7 +114,7 @@ pub struct PlanJob {
 
 /// Messages to the planner. A request dropped unanswered (the actor died with it in its
 /// mailbox) drops its reply port, which the asking tracker sees as a lost request.
-pub enum PlannerMsg {
+pub(crate) enum PlannerMsg {
     /// Write a plan.
     Plan(PlanJob, RpcReplyPort<ServiceResult<Planned>>),
 }
@@ -121,7 +122,7 @@ pub enum PlannerMsg {
 /// The planner's answer: a plan, and the earlier completed run it was reused from when it came
 /// from the plan cache (no planner call was made).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Planned {
+pub(crate) struct Planned {
     /// The plan.
     pub plan: PlanSpec,
     /// The run whose cached plan this is; none when the planner wrote it.
@@ -130,7 +131,7 @@ pub struct Planned {
 
 impl Planned {
     /// The machine's input for this answer (or for the planner's failure).
-    pub fn input(result: ServiceResult<Planned>) -> Input {
+    pub(crate) fn input(result: ServiceResult<Planned>) -> Input {
         match result {
             Ok((Planned { plan, cached_from: Some(from) }, _)) => Input::PlanReused { plan, from },
             other => Input::PlanReady(other.map(|(p, usage)| (p.plan, usage))),
@@ -140,7 +141,7 @@ impl Planned {
 
 /// A replanning request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplanJob {
+pub(crate) struct ReplanJob {
     /// The run.
     pub run_id: RunId,
     /// The task.
@@ -154,14 +155,14 @@ pub struct ReplanJob {
 }
 
 /// Messages to the replanner.
-pub enum ReplannerMsg {
+pub(crate) enum ReplannerMsg {
     /// Decide how to go on.
     Replan(ReplanJob, RpcReplyPort<ServiceResult<ReplanDecision>>),
 }
 
 /// A synthesis request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SynthesisJob {
+pub(crate) struct SynthesisJob {
     /// The run.
     pub run_id: RunId,
     /// The task.
@@ -175,7 +176,7 @@ pub struct SynthesisJob {
 }
 
 /// Messages to the synthesizer.
-pub enum SynthesizerMsg {
+pub(crate) enum SynthesizerMsg {
     /// Merge the results into the answer.
     Synthesize(SynthesisJob, RpcReplyPort<ServiceResult<String>>),
 }
@@ -195,7 +196,7 @@ pub enum ControlError {
 }
 
 /// Messages to a run's tracker.
-pub enum TrackerMsg {
+pub(crate) enum TrackerMsg {
     /// Something that happened to the run, for its state machine: start, a service's answer, a
     /// step's report or tool event, a lost request, a timer.
     Input(Input),
@@ -212,7 +213,7 @@ pub enum TrackerMsg {
 }
 
 /// Messages to the supervisor.
-pub enum SupervisorMsg {
+pub(crate) enum SupervisorMsg {
     /// Spawn (or re-spawn) the tracker of a stored run.
     StartRun(RunId, RpcReplyPort<Result<ActorRef<TrackerMsg>, String>>),
 }

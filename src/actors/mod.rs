@@ -7,20 +7,20 @@
 //! are a ractor factory that grows with the steps ready to run, between configured bounds
 //! ([`pool`]): its maximum is the runtime's step concurrency.
 
-pub mod executor;
-pub mod messages;
+pub(crate) mod executor;
+pub(crate) mod messages;
 pub(crate) mod outage;
-pub mod planner;
-pub mod pool;
-pub mod replanner;
+pub(crate) mod planner;
+pub(crate) mod pool;
+pub(crate) mod replanner;
 pub(crate) mod replication;
 pub(crate) mod reply;
 pub(crate) mod spending;
-pub mod supervisor;
-pub mod synthesizer;
+pub(crate) mod supervisor;
+pub(crate) mod synthesizer;
 #[cfg(test)]
 mod tests;
-pub mod tracker;
+pub(crate) mod tracker;
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -92,18 +92,18 @@ impl Shared {
     }
 
     /// The run's workspace directory (created on first use by the tools).
-    pub fn workspace(&self, run: &RunId) -> PathBuf {
+    pub(crate) fn workspace(&self, run: &RunId) -> PathBuf {
         self.workspace_root.join(run.as_str())
     }
 
     /// The current service references (refreshed by the supervisor when it restarts one).
-    pub fn services(&self) -> Option<Services> {
+    pub(crate) fn services(&self) -> Option<Services> {
         self.services.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The tools a step of `run` is offered: the fixed tools, and the tools the run's MCP servers
     /// list now (a server's list may change while the run goes on).
-    pub fn step_tool_specs(&self, run: &RunId) -> Vec<crate::llm::ToolSpec> {
+    pub(crate) fn step_tool_specs(&self, run: &RunId) -> Vec<crate::llm::ToolSpec> {
         let scope = self.runs.mcp_servers(run);
         let mut specs = self.tool_specs.clone();
         specs.extend(self.tools.source_specs(scope.as_deref()));
@@ -111,12 +111,12 @@ impl Shared {
     }
 
     /// The replicas this runtime shares runs with, if any.
-    pub fn replication(&self) -> Option<&Arc<dyn replication::Replication>> {
+    pub(crate) fn replication(&self) -> Option<&Arc<dyn replication::Replication>> {
         self.replication.get()
     }
 
     /// Tool names, for plan validation.
-    pub fn tool_name_refs(&self) -> Vec<&str> {
+    pub(crate) fn tool_name_refs(&self) -> Vec<&str> {
         self.tool_names.iter().map(String::as_str).collect()
     }
 }
@@ -143,13 +143,13 @@ pub(crate) struct RunChannels {
 }
 
 impl RunChannels {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (result, _) = watch::channel(None);
         Self { events: Arc::default(), result, tracker: None, mcp_servers: None }
     }
 
     /// Hands a committed event to the live subscribers, if there are any.
-    pub fn publish(&self, event: RunEvent) {
+    pub(crate) fn publish(&self, event: RunEvent) {
         if let Some(events) = self.events.get() {
             // No receiver left is fine: the store has the event.
             let _ = events.send(event);
@@ -158,7 +158,7 @@ impl RunChannels {
 
     /// A receiver of the events published from now on. Subscribe before reading the stored
     /// history: an event missing from the history read is then published after this.
-    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
         self.events.get_or_init(|| broadcast::channel(EVENT_CHANNEL_CAPACITY).0).subscribe()
     }
 }
@@ -173,37 +173,37 @@ impl RunTable {
     }
 
     /// The run's channels, created if the run is not live yet.
-    pub fn channels(&self, run: &RunId) -> RunChannels {
+    pub(crate) fn channels(&self, run: &RunId) -> RunChannels {
         self.lock().entry(run.clone()).or_insert_with(RunChannels::new).clone()
     }
 
     /// The run's channels if it is live.
-    pub fn get(&self, run: &RunId) -> Option<RunChannels> {
+    pub(crate) fn get(&self, run: &RunId) -> Option<RunChannels> {
         self.lock().get(run).cloned()
     }
 
     /// Records the tracker serving the run.
-    pub fn set_tracker(&self, run: &RunId, tracker: ActorRef<TrackerMsg>) {
+    pub(crate) fn set_tracker(&self, run: &RunId, tracker: ActorRef<TrackerMsg>) {
         if let Some(c) = self.lock().get_mut(run) {
             c.tracker = Some(tracker);
         }
     }
 
     /// Records which MCP servers the run may use (from its options), before its tracker starts.
-    pub fn set_mcp_servers(&self, run: &RunId, servers: Option<&[String]>) {
+    pub(crate) fn set_mcp_servers(&self, run: &RunId, servers: Option<&[String]>) {
         let mut runs = self.lock();
         let channels = runs.entry(run.clone()).or_insert_with(RunChannels::new);
         channels.mcp_servers = servers.map(Arc::from);
     }
 
     /// The MCP servers the run may use; `None`: all (or the run is not live).
-    pub fn mcp_servers(&self, run: &RunId) -> Option<Arc<[String]>> {
+    pub(crate) fn mcp_servers(&self, run: &RunId) -> Option<Arc<[String]>> {
         self.lock().get(run).and_then(|c| c.mcp_servers.clone())
     }
 
     /// Forgets the run if `tracker` still serves it (a stopped tracker must not remove the entry
     /// of the tracker that replaced it).
-    pub fn remove_tracker(&self, run: &RunId, tracker: &ActorRef<TrackerMsg>) {
+    pub(crate) fn remove_tracker(&self, run: &RunId, tracker: &ActorRef<TrackerMsg>) {
         let mut runs = self.lock();
         if runs.get(run).and_then(|c| c.tracker.as_ref()).is_some_and(|t| t.get_id() == tracker.get_id()) {
             runs.remove(run);
@@ -211,17 +211,17 @@ impl RunTable {
     }
 
     /// Forgets a finished run (its result stays in the store and in existing handles).
-    pub fn remove(&self, run: &RunId) {
+    pub(crate) fn remove(&self, run: &RunId) {
         self.lock().remove(run);
     }
 
     /// Number of live runs.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
     /// Ids of the live runs.
-    pub fn ids(&self) -> Vec<RunId> {
+    pub(crate) fn ids(&self) -> Vec<RunId> {
         self.lock().keys().cloned().collect()
     }
 }

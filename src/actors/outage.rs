@@ -33,12 +33,12 @@ impl WaitClock {
     }
 
     /// A wait started at `now` (a wait already going on goes on).
-    pub fn start(&self, now: Instant) {
+    pub(crate) fn start(&self, now: Instant) {
         self.lock().since.get_or_insert(now);
     }
 
     /// The wait going on ended at `now`.
-    pub fn stop(&self, now: Instant) {
+    pub(crate) fn stop(&self, now: Instant) {
         let mut w = self.lock();
         if let Some(since) = w.since.take() {
             w.total += now.saturating_duration_since(since);
@@ -46,14 +46,14 @@ impl WaitClock {
     }
 
     /// Time spent waiting up to `now`, the wait going on included.
-    pub fn waited(&self, now: Instant) -> Duration {
+    pub(crate) fn waited(&self, now: Instant) -> Duration {
         let w = *self.lock();
         w.total + w.since.map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
     }
 
     /// When a budget of `budget` started at `start` runs out, as seen at `now`: waiting moves
     /// the end later by as long as it lasts.
-    pub fn deadline(&self, start: Instant, budget: Duration, now: Instant) -> Instant {
+    pub(crate) fn deadline(&self, start: Instant, budget: Duration, now: Instant) -> Instant {
         start + budget + self.waited(now)
     }
 }
@@ -96,18 +96,24 @@ pub(crate) struct TrackerWatch {
 impl TrackerWatch {
     /// For a planner, replanner or synthesizer call of `run`: the events go to the run's live
     /// tracker.
-    pub fn service(shared: &Shared, run: &RunId, role: AgentRole) -> Self {
+    pub(crate) fn service(shared: &Shared, run: &RunId, role: AgentRole) -> Self {
         let sink = shared.runs.get(run).and_then(|c| c.tracker).map_or(EventSink::None, EventSink::Tracker);
         Self { sink, role, step: None, attempt: None, clock: None }
     }
 
     /// For an executor or verifier call of a step attempt, whose budget `clock` keeps.
-    pub fn step(sink: EventSink, role: AgentRole, step: StepId, attempt: u32, clock: Arc<WaitClock>) -> Self {
+    pub(crate) fn step(
+        sink: EventSink,
+        role: AgentRole,
+        step: StepId,
+        attempt: u32,
+        clock: Arc<WaitClock>,
+    ) -> Self {
         Self { sink, role, step: Some(step), attempt: Some(attempt), clock: Some(clock) }
     }
 
     /// Runs `fut` with this watch told of its provider waits.
-    pub async fn watch<F: Future>(self, fut: F) -> F::Output {
+    pub(crate) async fn watch<F: Future>(self, fut: F) -> F::Output {
         observed(Arc::new(self), fut).await
     }
 

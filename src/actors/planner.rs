@@ -20,7 +20,7 @@ use crate::store::plan_cache::PlanCacheKey;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 /// The planner actor.
-pub struct Planner {
+pub(crate) struct Planner {
     pub(crate) shared: Arc<Shared>,
 }
 

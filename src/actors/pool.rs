@@ -24,26 +24,26 @@ use super::messages::ExecutorMsg;
 
 /// Default lower bound of the pool: a handful of workers kept warm so a lone run never waits
 /// for one to start; idle workers cost a parked task each.
-pub const DEFAULT_MIN_EXECUTORS: usize = 4;
+pub(crate) const DEFAULT_MIN_EXECUTORS: usize = 4;
 
 /// Default upper bound of the pool. Steps wait on remote models, so a worker costs a parked task
 /// and a few KiB while its step waits: 512 lets hundreds of runs have their steps in flight at
 /// once (10,000 runs of a 3-step plan finish in ~3 s at this size in `stepwise bench
 /// concurrency`), while a burst of wide plans still cannot become thousands of simultaneous
 /// model requests and tool calls.
-pub const DEFAULT_MAX_EXECUTORS: usize = 512;
+pub(crate) const DEFAULT_MAX_EXECUTORS: usize = 512;
 
 /// Default time the pool must have had more workers than steps before it shrinks: long enough
 /// to ride out the gaps between the waves of a busy service (plans, replans, synthesis), short
 /// enough to give back a burst's workers within a minute.
-pub const DEFAULT_SHRINK_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_SHRINK_AFTER: Duration = Duration::from_secs(30);
 
 /// The largest pool ractor's factory accepts (it silently caps larger requests).
-pub const MAX_EXECUTORS_LIMIT: usize = 1_000_000;
+pub(crate) const MAX_EXECUTORS_LIMIT: usize = 1_000_000;
 
 /// Why a step could not be handed to the pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PoolError {
+pub(crate) enum PoolError {
     /// The factory actor has stopped (the runtime is shutting down).
     #[error("the executor pool has stopped: the step was not started")]
     Stopped,
@@ -61,8 +61,8 @@ pub struct PoolBounds {
 }
 
 impl PoolBounds {
-    /// Bounds with `min` raised to 1 and `max` to `min` (both capped at
-    /// [`MAX_EXECUTORS_LIMIT`]), so that any input gives a usable pool.
+    /// Bounds with `min` raised to 1 and `max` to `min` (both capped at a million), so that any
+    /// input gives a usable pool.
     pub fn new(min: usize, max: usize, shrink_after: Duration) -> Self {
         let min = min.clamp(1, MAX_EXECUTORS_LIMIT);
         Self { min, max: max.clamp(min, MAX_EXECUTORS_LIMIT), shrink_after }
@@ -92,7 +92,12 @@ impl Default for PoolBounds {
 /// Demand above `current` grows the pool at once, to at least twice its size so a burst costs a
 /// few resizes rather than one per step. A pool larger than `demand` for `bounds.shrink_after`
 /// shrinks to `demand`; otherwise the size stays. The result is always within `bounds`.
-pub fn target_size(current: usize, demand: usize, bounds: &PoolBounds, oversized_for: Duration) -> usize {
+pub(crate) fn target_size(
+    current: usize,
+    demand: usize,
+    bounds: &PoolBounds,
+    oversized_for: Duration,
+) -> usize {
     let wanted = if demand > current {
         demand.max(current.saturating_mul(2))
     } else if demand < current && oversized_for >= bounds.shrink_after {
@@ -267,7 +272,7 @@ pub(crate) struct ExecutorPool {
 impl ExecutorPool {
     /// Starts the pool's factory, linked to `supervisor`, with `bounds.min` workers, and
     /// registers its gauges with the process metrics.
-    pub async fn spawn(
+    pub(crate) async fn spawn(
         shared: Arc<Shared>,
         bounds: PoolBounds,
         supervisor: ActorCell,
@@ -291,7 +296,7 @@ impl ExecutorPool {
 
     /// Hands a step attempt to the pool, growing it first if the steps busy or queued now
     /// outnumber its workers.
-    pub fn dispatch(&self, key: JobKey, msg: ExecutorMsg) -> Result<(), PoolError> {
+    pub(crate) fn dispatch(&self, key: JobKey, msg: ExecutorMsg) -> Result<(), PoolError> {
         let demand = self.gauges.queue_one();
         self.grow_for(demand);
         self.factory.dispatch(key, msg).map_err(|_| {
@@ -321,17 +326,17 @@ impl ExecutorPool {
     }
 
     /// The factory's actor id (the supervisor recognises the pool's death by it).
-    pub fn get_id(&self) -> ActorId {
+    pub(crate) fn get_id(&self) -> ActorId {
         self.factory.get_id()
     }
 
     /// The pool's load now.
-    pub fn load(&self) -> ExecutorLoad {
+    pub(crate) fn load(&self) -> ExecutorLoad {
         self.gauges.load()
     }
 
     /// Records that the pool stopped, so its gauges stop reporting workers.
-    pub fn stopped(&self) {
+    pub(crate) fn stopped(&self) {
         self.gauges.stopped();
     }
 }

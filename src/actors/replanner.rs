@@ -15,7 +15,7 @@ use crate::run::{Decision, ReplanDecision};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 /// The replanner actor.
-pub struct Replanner {
+pub(crate) struct Replanner {
     pub(crate) shared: Arc<Shared>,
 }
 

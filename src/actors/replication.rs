@@ -66,7 +66,7 @@ pub(crate) enum ControlRequest {
 
 impl ControlRequest {
     /// The tracker message that carries this request.
-    pub fn into_message(self, reply: ractor::RpcReplyPort<Result<(), ControlError>>) -> TrackerMsg {
+    pub(crate) fn into_message(self, reply: ractor::RpcReplyPort<Result<(), ControlError>>) -> TrackerMsg {
         match self {
             ControlRequest::Approve { edited } => TrackerMsg::Approve(edited, reply),
             ControlRequest::Reject { reason } => TrackerMsg::Reject(reason, reply),

@@ -35,7 +35,7 @@ impl RunSpending {
 
     /// The tracker's record after a transition: its state counts `settled`; attempts not in
     /// `running` have ended (their cost is in `settled` now). A run that ended is dropped.
-    pub fn settle(&self, run: &RunId, settled: Cost, running: &[(StepId, u32)], ended: bool) {
+    pub(crate) fn settle(&self, run: &RunId, settled: Cost, running: &[(StepId, u32)], ended: bool) {
         let mut runs = self.lock();
         if ended {
             runs.remove(run);
@@ -47,14 +47,14 @@ impl RunSpending {
     }
 
     /// Drops the run's ledger (its tracker stopped).
-    pub fn forget(&self, run: &RunId) {
+    pub(crate) fn forget(&self, run: &RunId) {
         self.lock().remove(run);
     }
 
     /// The check before a model call of `step`'s `attempt`, which has spent `spent` and whose
     /// call may cost up to `most`: against `step_cap` and the run's cap in `run`. Allowed, the
     /// call's `most` stays reserved until the attempt's next check or its end.
-    pub fn check_and_reserve(
+    pub(crate) fn check_and_reserve(
         &self,
         (run_id, step, attempt): (&RunId, &StepId, u32),
         run: &RunSpend,

@@ -22,17 +22,17 @@ use super::{Services, Shared};
 use crate::run::RunId;
 
 /// How often one run's tracker may be respawned after crashing.
-pub const MAX_TRACKER_RESTARTS: u32 = 3;
+pub(crate) const MAX_TRACKER_RESTARTS: u32 = 3;
 
 /// The supervisor actor.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     pub(crate) shared: Arc<Shared>,
     /// Bounds of the executor pool it starts.
     pub(crate) executor_bounds: PoolBounds,
 }
 
 /// The supervisor's bookkeeping.
-pub struct SupervisorState {
+pub(crate) struct SupervisorState {
     trackers: HashMap<ActorId, RunId>,
     restarts: HashMap<RunId, u32>,
     services: Services,

@@ -10,7 +10,7 @@ use crate::run::Usage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 /// The synthesizer actor.
-pub struct Synthesizer {
+pub(crate) struct Synthesizer {
     pub(crate) shared: Arc<Shared>,
 }
 

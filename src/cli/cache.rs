@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use super::text::one_line;
 use anyhow::Context;
 use stepwise::store::plan_cache::PlanCacheEntry;
-use stepwise::text::one_line;
 
 use super::{CacheArgs, CacheCommand};
 

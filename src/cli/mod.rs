@@ -8,6 +8,7 @@ pub mod progress;
 pub mod run;
 pub mod runs;
 pub mod serve;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

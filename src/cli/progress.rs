@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use super::text::one_line;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stepwise::plan::StepSpec;
 use stepwise::run::{EventKind, RunEvent};
-use stepwise::text::one_line;
 
 /// Renders events as they arrive.
 pub struct Progress {

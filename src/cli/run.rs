@@ -7,12 +7,12 @@
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
+use super::text::one_line;
 use anyhow::Context;
 use futures::StreamExt;
+use stepwise::ControlError;
 use stepwise::RunHandle;
-use stepwise::actors::messages::ControlError;
 use stepwise::run::{EventKind, PendingCall, RunStatus, ToolDecision};
-use stepwise::text::clip;
 
 use super::{Backing, RunArgs, build_runtime, load_config};
 
@@ -85,7 +85,7 @@ async fn ask_tool_call(handle: &RunHandle, step: &str, call: &PendingCall) -> an
     let question = format!(
         "Step {step} wants to call {} with {}\nRun it? [y/N, or a reason to reject] ",
         call.tool,
-        clip(&call.arguments.to_string(), 500)
+        one_line(&call.arguments.to_string(), 500)
     );
     let answer = read_answer(question).await?;
     let decision = match answer.trim() {

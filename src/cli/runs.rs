@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
+use super::text::one_line;
 use anyhow::{Context, bail};
 use stepwise::run::{RunId, RunResult, RunState, RunStatus};
 use stepwise::store::{ListQuery, RunSummary};
-use stepwise::text::one_line;
 
 use super::{RunsArgs, RunsCommand};
 

@@ -84,7 +84,7 @@ pub(crate) struct Inherited {
 impl Inherited {
     /// The base URL: the inherited one, else the environment variable `var`, else `default`;
     /// normalised (no trailing slash, no credentials).
-    pub fn base_url(
+    pub(super) fn base_url(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
         var: &str,
@@ -100,7 +100,7 @@ impl Inherited {
 
     /// The name of the variable holding the key (`default_var` unless configured) and the key
     /// it holds, if set and not blank.
-    pub fn api_key(
+    pub(super) fn api_key(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
         default_var: &str,

@@ -174,7 +174,12 @@ pub struct ChatResponse {
 pub enum LlmError {
     /// The provider answered with an error status that retries did not fix.
     #[error("provider returned HTTP {status}: {message}")]
-    Status { status: u16, message: String },
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The provider's error message.
+        message: String,
+    },
     /// No answer within the request timeout (after retries).
     #[error("model request timed out after {0:?}")]
     Timeout(std::time::Duration),
@@ -202,7 +207,12 @@ pub enum LlmError {
     InvalidResponse(String),
     /// Structured output still invalid after the repair round-trip.
     #[error("{schema} output invalid after repair: {error}")]
-    Structured { schema: String, error: String },
+    Structured {
+        /// The schema's name (`plan`, `replan_decision`, `step_verdict`).
+        schema: String,
+        /// Why the last answer did not fit.
+        error: String,
+    },
     /// The scripted provider's script had no answer for this call, or said to fail.
     #[error("scripted model: {0}")]
     Script(String),
@@ -215,6 +225,32 @@ pub enum LlmError {
 pub type TextSink<'a> = dyn Fn(&str) + Send + Sync + 'a;
 
 /// A chat model. Implementations must be cheap to share (`Arc`) and safe to call concurrently.
+///
+/// The built-in providers live in [`openai`], [`anthropic`] and [`scripted`]; a model of your
+/// own (a gateway, a local engine, a wrapper that adds caching) implements this:
+///
+/// ```
+/// use stepwise::llm::{ChatModel, ChatRequest, ChatResponse, LlmError, Usage};
+///
+/// /// Answers every call with the last user message, reversed.
+/// struct Mirror;
+///
+/// #[async_trait::async_trait]
+/// impl ChatModel for Mirror {
+///     fn model_name(&self) -> &str { "mirror-1" }
+///     fn provider(&self) -> &str { "mirror" }
+///     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+///         let last = request.messages.last().map(|m| m.content.as_str()).unwrap_or_default();
+///         Ok(ChatResponse {
+///             content: last.chars().rev().collect(),
+///             tool_calls: vec![],
+///             usage: Usage::of_tokens(last.len() as u64 / 4, last.len() as u64 / 4),
+///             model: self.model_name().into(),
+///         })
+///     }
+/// }
+/// # let _: std::sync::Arc<dyn ChatModel> = std::sync::Arc::new(Mirror);
+/// ```
 #[async_trait::async_trait]
 pub trait ChatModel: Send + Sync + 'static {
     /// The model name, as reported in spans (`gen_ai.request.model`).

@@ -278,12 +278,12 @@ pub(crate) struct ProbeGuard<'a> {
 
 impl<'a> ProbeGuard<'a> {
     /// Guards the probe of `gate` when `probe` is true.
-    pub fn new(gate: &'a ProviderGate, probe: bool) -> Self {
+    pub(crate) fn new(gate: &'a ProviderGate, probe: bool) -> Self {
         Self { gate, armed: probe }
     }
 
     /// The probe answered: nothing to release.
-    pub fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.armed = false;
     }
 }

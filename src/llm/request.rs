@@ -1,18 +1,4 @@
 //! Building a [`ChatRequest`]: who calls (the [`CallContext`]) and what it sends, in one chain.
-//!
-//! ```
-//! use stepwise::llm::{AgentRole, CallContext, ChatRequest};
-//! use stepwise::telemetry::TraceContext;
-//!
-//! let context = CallContext::new(AgentRole::Executor, "run-1", TraceContext::default()).step("s1", 2);
-//! let request = ChatRequest::builder(context)
-//!     .system("You work one step of a plan.")
-//!     .user("Your step (s1): count the files")
-//!     .max_tokens(512)
-//!     .build();
-//! assert_eq!(request.messages.len(), 2);
-//! assert_eq!(request.context.attempt, 2);
-//! ```
 
 use std::sync::Arc;
 
@@ -35,7 +21,7 @@ impl CallContext {
 }
 
 impl ChatRequest {
-    /// A request made in `context`, with no messages yet.
+    /// A request made in `context`, with no messages yet; see [`ChatRequestBuilder`] for an example.
     pub fn builder(context: CallContext) -> ChatRequestBuilder {
         ChatRequestBuilder {
             request: ChatRequest {
@@ -49,7 +35,21 @@ impl ChatRequest {
     }
 }
 
-/// Assembles a [`ChatRequest`]; see the [module docs](self) for an example.
+/// Assembles a [`ChatRequest`] (who calls, then what it sends):
+///
+/// ```
+/// use stepwise::llm::{AgentRole, CallContext, ChatRequest};
+/// use stepwise::telemetry::TraceContext;
+///
+/// let context = CallContext::new(AgentRole::Executor, "run-1", TraceContext::default()).step("s1", 2);
+/// let request = ChatRequest::builder(context)
+///     .system("You work one step of a plan.")
+///     .user("Your step (s1): count the files")
+///     .max_tokens(512)
+///     .build();
+/// assert_eq!(request.messages.len(), 2);
+/// assert_eq!(request.context.attempt, 2);
+/// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build`"]
 pub struct ChatRequestBuilder {

@@ -155,13 +155,13 @@ impl<T> Default for PerRoleBuilder<T> {
 
 impl<T: Default> PerRoleBuilder<T> {
     /// The role a key names; an unknown key is serde's "unknown field" error listing the roles.
-    pub fn role<E: de::Error>(&self, key: &str) -> Result<AgentRole, E> {
+    pub(super) fn role<E: de::Error>(&self, key: &str) -> Result<AgentRole, E> {
         use strum::VariantNames;
         AgentRole::from_name(key).ok_or_else(|| E::unknown_field(key, AgentRole::VARIANTS))
     }
 
     /// Sets `role`'s value; a second value for one role is an error.
-    pub fn set<E: de::Error>(&mut self, role: AgentRole, value: T) -> Result<(), E> {
+    pub(super) fn set<E: de::Error>(&mut self, role: AgentRole, value: T) -> Result<(), E> {
         match self.0.get_mut(role).replace(value) {
             Some(_) => Err(E::duplicate_field(role.as_str())),
             None => Ok(()),
@@ -169,7 +169,7 @@ impl<T: Default> PerRoleBuilder<T> {
     }
 
     /// The values read, `T::default()` for the roles not given.
-    pub fn finish(self) -> PerRole<T> {
+    pub(super) fn finish(self) -> PerRole<T> {
         PerRole(self.0.0.map(Option::unwrap_or_default))
     }
 }

@@ -47,7 +47,7 @@ pub struct Script {
     pub strict: bool,
     /// Sleep this long before every answer, in milliseconds (to exercise concurrency and timeouts).
     pub latency_ms: u64,
-    /// Model name reported by [`ChatModel::model_name`] (default `scripted`).
+    /// Model name reported by [`ChatModel::model_name`](super::ChatModel::model_name) (default `scripted`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Answers per role, in order, under the role's name. The verifier's and executor's lists
@@ -237,7 +237,7 @@ struct RunCursor {
     tool_call_ids: u64,
 }
 
-/// The scripted [`ChatModel`]. Share it (`Arc`) between any number of concurrent runs.
+/// The scripted [`ChatModel`](super::ChatModel). Share it (`Arc`) between any number of concurrent runs.
 #[derive(Debug)]
 pub struct ScriptedModel {
     script: Script,

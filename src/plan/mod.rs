@@ -10,8 +10,8 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub mod stream;
-pub use stream::StepStream;
+pub(crate) mod stream;
+pub(crate) use stream::StepStream;
 
 /// A step's id, unique within a run across every plan revision.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -79,22 +79,48 @@ pub enum PlanError {
     Empty,
     /// An id that is blank or too long to be an id.
     #[error("step #{index} has an invalid id {id:?}: ids are 1-64 characters of [A-Za-z0-9_.-]")]
-    InvalidId { index: usize, id: String },
+    InvalidId {
+        /// The step's position in the plan (0-based).
+        index: usize,
+        /// The id as written.
+        id: String,
+    },
     /// Two steps (or a new step and a completed one) share an id.
     #[error("step {step}: duplicate step id")]
-    DuplicateId { step: StepId },
+    DuplicateId {
+        /// The id used twice.
+        step: StepId,
+    },
     /// A `depends_on` entry names no step.
     #[error("step {step}: depends_on names unknown step {dependency}")]
-    UnknownDependency { step: StepId, dependency: StepId },
+    UnknownDependency {
+        /// The step.
+        step: StepId,
+        /// The id it names.
+        dependency: StepId,
+    },
     /// The dependencies form a cycle; `steps` is one cycle, in order.
     #[error("step {}: dependency cycle {}", .steps[0], join_ids(.steps))]
-    Cycle { steps: Vec<StepId> },
+    Cycle {
+        /// The steps of the cycle, in order.
+        steps: Vec<StepId>,
+    },
     /// The tool hint names a tool that is not registered.
     #[error("step {step}: unknown tool {tool:?} (available: {available})")]
-    UnknownTool { step: StepId, tool: String, available: String },
+    UnknownTool {
+        /// The step.
+        step: StepId,
+        /// The tool it names.
+        tool: String,
+        /// The registered tools, comma-separated.
+        available: String,
+    },
     /// A step with an empty description.
     #[error("step {step}: description is empty")]
-    EmptyDescription { step: StepId },
+    EmptyDescription {
+        /// The step.
+        step: StepId,
+    },
 }
 
 fn join_ids(ids: &[StepId]) -> String {

@@ -14,7 +14,7 @@ use super::StepSpec;
 /// where each step object ends; each step's text is then parsed with serde. Structural bytes are
 /// ASCII, which never occurs inside a multi-byte UTF-8 sequence, so scanning bytes is sound.
 #[derive(Debug, Default)]
-pub struct StepStream {
+pub(crate) struct StepStream {
     text: String,
     /// Next byte of `text` to scan.
     pos: usize,
@@ -35,19 +35,20 @@ pub struct StepStream {
 
 impl StepStream {
     /// A scanner with nothing read yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The plan's `goal`, once it has streamed in (models usually write it first).
-    pub fn goal(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn goal(&self) -> Option<&str> {
         self.goal.as_deref()
     }
 
     /// Reads the next piece of text and returns the steps it completed, in order. Text before
     /// the plan's opening brace (a code fence, a preamble) is skipped; a step whose text does
     /// not parse as a step is left out (the whole plan's validation will name it).
-    pub fn push(&mut self, piece: &str) -> Vec<StepSpec> {
+    pub(crate) fn push(&mut self, piece: &str) -> Vec<StepSpec> {
         self.text.push_str(piece);
         let mut found = Vec::new();
         while self.pos < self.text.len() {

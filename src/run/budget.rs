@@ -17,7 +17,7 @@ use crate::llm::price::cap_nanos;
 /// the attempt's money budget.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
-pub struct RunSpend {
+pub(crate) struct RunSpend {
     /// The run's cost before this attempt.
     pub spent: Cost,
     /// `run_budget.max_cost` (0: no limit).
@@ -26,7 +26,7 @@ pub struct RunSpend {
 
 /// Whether a call that may cost up to `most` fits under `cap` (0: no cap) after `spent`.
 /// `Err` carries the message of the refusal; unknown costs always fit.
-pub fn check_cost(limit: &str, spent: Cost, most: Cost, cap: f64) -> Result<(), String> {
+pub(crate) fn check_cost(limit: &str, spent: Cost, most: Cost, cap: f64) -> Result<(), String> {
     let (Some(spent_n), Some(most_n)) = (spent.nanos(), most.nanos()) else { return Ok(()) };
     if cap <= 0.0 || spent_n.saturating_add(most_n) <= cap_nanos(cap) {
         return Ok(());
@@ -40,7 +40,12 @@ pub fn check_cost(limit: &str, spent: Cost, most: Cost, cap: f64) -> Result<(), 
 /// The check before each model call of a step attempt: the step's cap (`step_budget.max_cost`)
 /// on what the attempt spent, then the run's cap on what the run spent. A refusal is a
 /// `budget_exhausted` error; the run's, marked so the run ends.
-pub fn check_step_call(step_spent: Cost, step_cap: f64, run: &RunSpend, most: Cost) -> Result<(), StepError> {
+pub(crate) fn check_step_call(
+    step_spent: Cost,
+    step_cap: f64,
+    run: &RunSpend,
+    most: Cost,
+) -> Result<(), StepError> {
     check_cost("max_cost", step_spent, most, step_cap)
         .map_err(|m| StepError::new(StepErrorKind::BudgetExhausted, m))?;
     check_cost("run_budget.max_cost", run.spent + step_spent, most, run.max_cost)

@@ -8,12 +8,12 @@
 //! - `event`: what can happen ([`EventKind`], [`RunEvent`]) and the model answers it carries.
 //! - `state`: the fold ([`RunState`]) and what it shows ([`RunResult`], [`RunStatus`]).
 //! - `policy`: what a failure or a success leads to.
-//! - [`machine`]: the run as a state machine: an input in, events and commands out.
+//! - `machine` (internal): the run as a state machine: an input in, events and commands out.
 
 pub mod approval;
-pub mod budget;
+pub(crate) mod budget;
 mod event;
-pub mod machine;
+pub(crate) mod machine;
 mod policy;
 mod state;
 #[cfg(test)]
@@ -26,9 +26,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::llm::{Cost, Usage};
 pub use approval::{PausedStep, PendingApproval, PendingCall, StepCheckpoint, ToolDecision};
-pub use budget::RunSpend;
+pub(crate) use budget::RunSpend;
 pub use event::{Decision, EventKind, ReplanDecision, RunEvent, StepVerdict};
-pub use policy::{FailureAction, on_step_failure, replan_after_success};
+pub use machine::Refusal;
+pub(crate) use policy::{FailureAction, on_step_failure, replan_after_success};
 pub use state::{PlanRevision, ProviderWait, RunResult, RunState, RunStatus, StateError};
 
 /// A run's id (a UUIDv7: unique and sortable by creation time).

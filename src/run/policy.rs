@@ -6,7 +6,7 @@ use crate::plan::{StepId, StepStatus};
 
 /// What to do after a step attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FailureAction {
+pub(crate) enum FailureAction {
     /// Run the step again.
     Retry,
     /// Skip it and carry on.
@@ -21,7 +21,7 @@ pub enum FailureAction {
 ///
 /// `failures` counts the step's failed attempts including this one; `replans` the revisions made
 /// so far. A cancelled attempt is never retried.
-pub fn on_step_failure(
+pub(crate) fn on_step_failure(
     policy: &Policy,
     step: &StepId,
     failures: u32,
@@ -59,7 +59,7 @@ pub fn on_step_failure(
 /// Whether to consult the replanner after a step completed (`replan = after_each_step`).
 ///
 /// Not when nothing remains to revise, nor when the replan budget is used up.
-pub fn replan_after_success(policy: &Policy, state: &RunState) -> bool {
+pub(crate) fn replan_after_success(policy: &Policy, state: &RunState) -> bool {
     policy.replan == ReplanMode::AfterEachStep
         && state.replans() < policy.max_replans
         && state.plan.steps.iter().any(|s| s.status == StepStatus::Pending)

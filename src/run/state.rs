@@ -125,13 +125,34 @@ pub struct RunResult {
 pub enum StateError {
     /// `seq` is not the next number.
     #[error("run {run}: event seq {got} where {expected} was expected")]
-    Sequence { run: RunId, expected: u64, got: u64 },
+    Sequence {
+        /// The run.
+        run: RunId,
+        /// The next seq.
+        expected: u64,
+        /// The event's seq.
+        got: u64,
+    },
     /// The event belongs to another run.
     #[error("event of run {got} applied to run {run}")]
-    WrongRun { run: RunId, got: RunId },
+    WrongRun {
+        /// The run whose state it is.
+        run: RunId,
+        /// The event's run.
+        got: RunId,
+    },
     /// The event makes no sense in the current state.
     #[error("run {run}, event {seq} ({event}): {message}")]
-    Transition { run: RunId, seq: u64, event: &'static str, message: String },
+    Transition {
+        /// The run.
+        run: RunId,
+        /// The event's seq.
+        seq: u64,
+        /// The event's kind.
+        event: &'static str,
+        /// What does not fit.
+        message: String,
+    },
 }
 
 /// A run's state: the fold of its events.

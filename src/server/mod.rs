@@ -53,7 +53,7 @@ mod body;
 mod error;
 mod openapi;
 mod routes;
-pub mod ui;
+pub(crate) mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -225,7 +225,27 @@ fn mcp_service(
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, ends open
-/// SSE streams and waits for in-flight requests to finish.
+/// SSE streams and waits for in-flight requests to finish. To mount the API inside an axum
+/// application of your own, use [`router`] (`examples/embed_in_axum.rs`).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use stepwise::Stepwise;
+/// use stepwise::server::{ServerState, serve};
+/// # let model = Arc::new(stepwise::llm::scripted::ScriptedModel::from_json(serde_json::json!({}))?);
+///
+/// let runtime = Arc::new(Stepwise::builder().model(model).build().await?);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let server = tokio::spawn(serve(listener, ServerState::new(runtime), async {
+///     let _ = stopped.await;
+/// }));
+/// // … the API answers on the listener's address until:
+/// let _ = stop.send(());
+/// server.await??;
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ServerState,

@@ -5,7 +5,7 @@
 //! embedders who don't need durability).
 //!
 //! Backends: [`MemoryStore`], [`sqlite::SqliteStore`] (the default, one file) and, with the
-//! `postgres` feature, [`postgres::PostgresStore`] (shared by replicas). [`open_store`] picks
+//! `postgres` feature, `postgres::PostgresStore` (shared by replicas). [`open_store`] picks
 //! one from a URL. All of them pass the same suite (`tests/store_suite.rs`).
 
 use std::collections::HashMap;
@@ -29,11 +29,25 @@ use plan_cache::{PlanCache, PlanCacheBounds, PlanCacheEntry};
 pub enum StoreError {
     /// An append whose seq is not the next one for its run (a second writer, or a bug).
     #[error("run {run}: append of seq {got} where {expected} was expected")]
-    Conflict { run: RunId, expected: u64, got: u64 },
+    Conflict {
+        /// The run.
+        run: RunId,
+        /// The next seq.
+        expected: u64,
+        /// The seq appended.
+        got: u64,
+    },
     /// The run's lease is no longer the writer's: another replica took the run over (or the
     /// writer never held it). Nothing was written.
     #[error("run {run}: lease epoch {epoch} was taken over (owner now {owner:?})")]
-    Fenced { run: RunId, owner: Option<String>, epoch: i64 },
+    Fenced {
+        /// The run.
+        run: RunId,
+        /// The replica that holds the lease now, if any.
+        owner: Option<String>,
+        /// The writer's lease epoch.
+        epoch: i64,
+    },
     /// No such run.
     #[error("unknown run {0}")]
     UnknownRun(RunId),
@@ -46,10 +60,22 @@ pub enum StoreError {
     Unavailable(String),
     /// A stored event could not be decoded.
     #[error("corrupt event in run {run} at seq {seq}: {message}")]
-    Corrupt { run: RunId, seq: u64, message: String },
+    Corrupt {
+        /// The run.
+        run: RunId,
+        /// The event's seq.
+        seq: u64,
+        /// Why it does not decode.
+        message: String,
+    },
     /// A store URL that names no usable backend (see [`open_store`]).
     #[error("store url {url:?}: {message}")]
-    InvalidUrl { url: String, message: String },
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// A run as listed: enough to pick one without loading its events.

@@ -49,6 +49,17 @@ pub enum Durability {
 }
 
 /// Run events in a SQLite file (see the module docs for the durability promise).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use stepwise::{RunStore, SqliteStore};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = SqliteStore::open_path(&dir.path().join("stepwise.db")).await?;
+/// let unfinished = store.unfinished().await?; // what a restart resumes
+/// assert!(unfinished.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,

@@ -80,7 +80,12 @@ pub enum ToolError {
     Cancelled,
     /// No tool by that name.
     #[error("unknown tool {name:?} (available: {available})")]
-    Unknown { name: String, available: String },
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The registered tools, comma-separated.
+        available: String,
+    },
     /// The tool panicked; the panic was contained.
     #[error("tool panicked: {0}")]
     Panicked(String),

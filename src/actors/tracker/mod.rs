@@ -30,7 +30,7 @@ use crate::store::StoreError;
 use crate::tools::check::check_arguments;
 
 /// The tracker actor (stateless; its state is [`TrackerState`]).
-pub struct Tracker {
+pub(crate) struct Tracker {
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -44,7 +44,7 @@ struct Attempt {
 }
 
 /// The tracker's state: the machine, and the handles that only a live driver has.
-pub struct TrackerState {
+pub(crate) struct TrackerState {
     machine: RunMachine,
     channels: RunChannels,
     cancel: CancellationToken,
@@ -71,7 +71,7 @@ fn store_backoff(failures: u32) -> std::time::Duration {
 
 /// A failure that stops the tracker; the supervisor restarts it from the stored log.
 #[derive(Debug, thiserror::Error)]
-pub enum TrackerError {
+pub(crate) enum TrackerError {
     /// The store refused or failed the append.
     #[error("run {run}: could not store event: {source}")]
     Store { run: RunId, source: Arc<StoreError> },

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use stepwise::run::RunStatus;
 
-use stepwise::actors::pool::PoolBounds;
+use stepwise::PoolBounds;
 use stepwise::store::plan_cache::PlanCacheBounds;
 
 use super::{Setup, pool_report};

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use stepwise::actors::pool::PoolBounds;
+use stepwise::PoolBounds;
 use stepwise::llm::Models;
 use stepwise::llm::config::ProviderKind;
 use stepwise::llm::scripted::ScriptedModel;

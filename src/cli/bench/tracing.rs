@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use stepwise::PoolBounds;
 use stepwise::Stepwise;
-use stepwise::actors::pool::PoolBounds;
 use stepwise::llm::scripted::ScriptedModel;
 use stepwise::run::RunStatus;
 

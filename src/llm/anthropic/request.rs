@@ -32,7 +32,7 @@ pub(super) struct Body<'a> {
 
 impl<'a> Body<'a> {
     /// The body for `request`, unstreamed; the caller sets `temperature`.
-    pub fn new(model: &'a str, max_tokens: u32, request: &'a ChatRequest) -> Self {
+    pub(super) fn new(model: &'a str, max_tokens: u32, request: &'a ChatRequest) -> Self {
         let system: Vec<&str> = request
             .messages
             .iter()

@@ -40,7 +40,7 @@ pub(super) struct Body<'a> {
 
 impl<'a> Body<'a> {
     /// The body for `request` in structured-output `mode` (not `auto`), unstreamed.
-    pub fn new(model: &'a str, request: &'a ChatRequest, mode: StructuredMode) -> Self {
+    pub(super) fn new(model: &'a str, request: &'a ChatRequest, mode: StructuredMode) -> Self {
         let structured = request.structured.as_ref();
         let instruction = structured
             .filter(|_| matches!(mode, StructuredMode::JsonObject | StructuredMode::Prompt))
@@ -75,7 +75,7 @@ impl<'a> Body<'a> {
     }
 
     /// Asks for a stream (or, with `false`, for the whole answer again).
-    pub fn streamed(&mut self, stream: bool) {
+    pub(super) fn streamed(&mut self, stream: bool) {
         self.stream = stream;
         self.stream_options = stream.then_some(StreamOptions { include_usage: true });
     }

@@ -59,7 +59,7 @@ pub(crate) enum Content {
 
 impl Content {
     /// The text of the content, parts joined.
-    pub fn text(self) -> String {
+    pub(crate) fn text(self) -> String {
         match self {
             Content::Text(text) => text,
             Content::Parts(parts) => parts.into_iter().filter_map(|p| p.text).collect(),

@@ -15,7 +15,7 @@ use crate::run::{
 
 /// A model-backed service call that failed, with what it spent before failing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceFailure {
+pub(crate) struct ServiceFailure {
     /// What went wrong, in words (it becomes the run's error).
     pub error: String,
     /// Usage of the calls that were made: a failed plan still cost tokens.
@@ -23,11 +23,11 @@ pub struct ServiceFailure {
 }
 
 /// What a planner, replanner or synthesizer call produced.
-pub type ServiceResult<T> = Result<(T, Usage), ServiceFailure>;
+pub(crate) type ServiceResult<T> = Result<(T, Usage), ServiceFailure>;
 
 /// A dependency's result, handed to the steps that depend on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepInput {
+pub(crate) struct StepInput {
     /// The dependency's id.
     pub id: StepId,
     /// What it was to do.
@@ -38,7 +38,7 @@ pub struct StepInput {
 
 impl StepInput {
     /// A step's result as the steps after it (and the synthesis) see it.
-    pub fn of(step: &crate::plan::Step) -> Self {
+    pub(crate) fn of(step: &crate::plan::Step) -> Self {
         Self { id: step.id.clone(), description: step.description.clone(), output: step.output.clone() }
     }
 }
@@ -46,7 +46,7 @@ impl StepInput {
 /// How a step attempt that did not fail ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StepEnd {
+pub(crate) enum StepEnd {
     /// The step's final answer.
     Answer(String),
     /// The attempt paused: these calls wait for a person; it resumes from the checkpoint.
@@ -72,7 +72,7 @@ impl From<&str> for StepEnd {
 
 /// How a step attempt ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepReport {
+pub(crate) struct StepReport {
     /// Step.
     pub step: StepId,
     /// Attempt.
@@ -86,7 +86,7 @@ pub struct StepReport {
 /// The model-backed services a run asks for work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Service {
+pub(crate) enum Service {
     /// Writes the plan.
     Planner,
     /// Revises the rest of the plan.
@@ -97,7 +97,7 @@ pub enum Service {
 
 impl Service {
     /// The snake_case name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Service::Planner => "planner",
             Service::Replanner => "replanner",
@@ -109,7 +109,7 @@ impl Service {
 /// A request to a service; kept by the machine while it is outstanding, so that a lost request
 /// can be sent again as it was.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ServiceRequest {
+pub(crate) enum ServiceRequest {
     /// Write the plan (`stream`: send steps as they are parsed).
     Plan {
         /// Stream the plan's steps as they arrive.
@@ -126,7 +126,7 @@ pub enum ServiceRequest {
 
 impl ServiceRequest {
     /// The service that answers this request.
-    pub fn service(&self) -> Service {
+    pub(crate) fn service(&self) -> Service {
         match self {
             ServiceRequest::Plan { .. } => Service::Planner,
             ServiceRequest::Replan { .. } => Service::Replanner,
@@ -137,7 +137,7 @@ impl ServiceRequest {
 
 /// The run's timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timer {
+pub(crate) enum Timer {
     /// The run's wall-clock budget (`run_budget.timeout_ms`).
     Run,
     /// How long a plan may wait for approval (`policy.approval_timeout_secs`).
@@ -157,7 +157,7 @@ pub enum Timer {
 
 /// Something that happened to a run, fed to [`RunMachine::handle`](super::RunMachine::handle).
 #[derive(Debug, Clone)]
-pub enum Input {
+pub(crate) enum Input {
     /// The driver started: begin, or resume wherever the stored log ends.
     Start,
     /// Steps parsed from a plan that is still streaming in, in plan order.
@@ -205,7 +205,7 @@ pub enum Input {
 impl Input {
     /// An event of a running step attempt as the machine takes it: a provider wait, or a tool
     /// event.
-    pub fn from_step_event(kind: EventKind) -> Self {
+    pub(crate) fn from_step_event(kind: EventKind) -> Self {
         match kind {
             EventKind::ProviderWaiting { .. } | EventKind::ProviderResumed { .. } => Input::Provider(kind),
             kind => Input::Tool(kind),
@@ -216,7 +216,7 @@ impl Input {
 /// One step attempt to start: everything an executor needs, apart from the driver's own
 /// handles (trace context, cancellation token).
 #[derive(Debug, Clone, PartialEq)]
-pub struct StepAssignment {
+pub(crate) struct StepAssignment {
     /// The step as planned.
     pub step: StepSpec,
     /// Attempt number, 1-based.
@@ -241,7 +241,7 @@ pub struct StepAssignment {
 
 /// A paused attempt to carry on: its checkpoint, and what to do with each call it paused on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepResume {
+pub(crate) struct StepResume {
     /// Where to resume.
     pub checkpoint: StepCheckpoint,
     /// Each pending call and its answer, in the model's order.
@@ -250,7 +250,7 @@ pub struct StepResume {
 
 /// An effect for the driver to carry out, after the transition's events are stored.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Start a step attempt on an executor.
     StartStep(StepAssignment),
     /// Stop an attempt whose step the whole plan left out.
@@ -276,7 +276,7 @@ pub enum Command {
 /// What one input led to: events to append (already applied to the machine's state, in order)
 /// and commands to carry out once they are stored.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Transition {
+pub(crate) struct Transition {
     /// Events to append, in order.
     pub events: Vec<RunEvent>,
     /// Effects to carry out after the events are stored, in order.

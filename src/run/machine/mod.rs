@@ -29,8 +29,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use io::{
-    Command, Input, Refusal, Service, ServiceFailure, ServiceRequest, ServiceResult, StepAssignment, StepEnd,
+pub use io::Refusal;
+pub(crate) use io::{
+    Command, Input, Service, ServiceFailure, ServiceRequest, ServiceResult, StepAssignment, StepEnd,
     StepInput, StepReport, StepResume, Timer, Transition,
 };
 
@@ -38,11 +39,11 @@ use super::{EventKind, RunEvent, RunState, RunStatus, StateError, StepError, Usa
 use crate::plan::StepId;
 
 /// How often a lost service request is sent again before the run fails.
-pub const MAX_SERVICE_LOSSES: u32 = 8;
+pub(crate) const MAX_SERVICE_LOSSES: u32 = 8;
 
 /// Why a transition could not be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum MachineError {
+pub(crate) enum MachineError {
     /// A control request the run's state does not allow; nothing changed.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -62,7 +63,7 @@ enum ReplanCause {
 
 /// A run's state machine. See the module docs.
 #[derive(Debug, Clone)]
-pub struct RunMachine {
+pub(crate) struct RunMachine {
     run: RunState,
     tools: Arc<[String]>,
     /// Attempts started and not yet reported, by step.
@@ -84,27 +85,28 @@ struct Step<'a> {
 
 impl RunMachine {
     /// A machine over a run's folded state; `tools` are the names plans may use.
-    pub fn new(run: RunState, tools: Arc<[String]>) -> Self {
+    pub(crate) fn new(run: RunState, tools: Arc<[String]>) -> Self {
         Self { run, tools, in_flight: BTreeMap::new(), waiting: None, replan_due: None, approval_timer: None }
     }
 
     /// The run's state (the fold of every event so far).
-    pub fn run(&self) -> &RunState {
+    pub(crate) fn run(&self) -> &RunState {
         &self.run
     }
 
     /// The attempt of `step` in flight, if any.
-    pub fn in_flight(&self, step: &StepId) -> Option<u32> {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self, step: &StepId) -> Option<u32> {
         self.in_flight.get(step).copied()
     }
 
     /// The service the run waits for, if any.
-    pub fn waiting_for(&self) -> Option<Service> {
+    pub(crate) fn waiting_for(&self) -> Option<Service> {
         self.waiting.as_ref().map(|(r, _)| r.service())
     }
 
     /// Takes one input at time `now`.
-    pub fn handle(&mut self, input: Input, now: DateTime<Utc>) -> Result<Transition, MachineError> {
+    pub(crate) fn handle(&mut self, input: Input, now: DateTime<Utc>) -> Result<Transition, MachineError> {
         let ended_before = self.run.status.is_terminal();
         // A driver started on an ended run only has to publish its result.
         let starting = matches!(input, Input::Start);

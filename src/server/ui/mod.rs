@@ -24,7 +24,7 @@ use super::{ServerError, ServerState};
 
 /// The policy of the page and its assets: same-origin only, no inline script or style element,
 /// no plugins, no framing (clickjacking of the approve button), no `<base>` rewriting.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self'; connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 

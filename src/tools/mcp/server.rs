@@ -92,7 +92,7 @@ enum Outcome {
 
 impl Core {
     /// The server's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.cfg.name
     }
 
@@ -140,7 +140,7 @@ impl Core {
     /// Calls the server's tool `tool`, within the call timeout, cancelled (with the protocol's
     /// `notifications/cancelled`) when `cancel` fires. Records the session and request ids on
     /// the current span.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         tool: &str,
         arguments: serde_json::Map<String, serde_json::Value>,

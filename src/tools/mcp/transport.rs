@@ -29,7 +29,7 @@ pub(crate) struct SessionId(Arc<Mutex<Option<Arc<str>>>>);
 
 impl SessionId {
     /// The id, once the server has assigned one.
-    pub fn get(&self) -> Option<Arc<str>> {
+    pub(crate) fn get(&self) -> Option<Arc<str>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
