@@ -6,15 +6,16 @@
 //! The model is a local server speaking the OpenAI Chat Completions wire format that answers
 //! from the conversation alone, so it answers the same whichever `stepwise` process asks.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::routing::post;
 use serde_json::{Value, json};
+
+mod support_serve;
 
 fn completion(message: Value) -> Value {
     json!({
@@ -66,26 +67,15 @@ fn write_config(dir: &Path) {
 
 /// Starts `stepwise serve`; returns it and its base URL.
 fn start(dir: &Path, model: SocketAddr) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stepwise"));
+    command
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", "data", "--config", "config.toml"])
         .args(["--provider", "openai", "--model", "fake-model"])
         .env("OPENAI_BASE_URL", format!("http://{model}/v1"))
         .env("OPENAI_API_KEY", "x")
         .current_dir(dir)
-        .env_remove("STEPWISE_API_TOKENS")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("serve exited before listening").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+        .env_remove("STEPWISE_API_TOKENS");
+    let (child, url) = support_serve::spawn_serve(command);
     (child, url)
 }
 

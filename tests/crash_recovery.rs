@@ -5,12 +5,14 @@
 //! awaiting approval is still waiting after the restart.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+mod support_serve;
 
 const STEPS: [&str; 3] = ["s1", "s2", "s3"];
 
@@ -40,7 +42,8 @@ fn write_fixture(dir: &Path) {
 
 /// Starts `stepwise serve` in its own process group; returns it and its base URL.
 fn start(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stepwise"));
+    command
         .args([
             "serve",
             "--bind",
@@ -53,21 +56,8 @@ fn start(dir: &Path) -> (Child, String) {
             "script.json",
         ])
         .current_dir(dir)
-        .env_remove("STEPWISE_API_TOKENS")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("serve exited before listening").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+        .env_remove("STEPWISE_API_TOKENS");
+    let (child, url) = support_serve::spawn_serve(command);
     (child, url)
 }
 

@@ -6,12 +6,14 @@
 //! Checks that do not apply to one operation are turned off for it, with why, in
 //! `tests/schemathesis.toml`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+
+mod support_serve;
 
 const TOKEN: &str = "schemathesis-token-0123456789";
 /// Test cases per operation and phase: enough to reach every field, few enough for about a
@@ -47,24 +49,12 @@ impl Serve {
             "synthesizer": ["final answer"]
         });
         std::fs::write(dir.join("script.json"), script.to_string()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stepwise"));
+        command
             .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", "data", "--script", "script.json"])
             .current_dir(dir)
-            .env("STEPWISE_API_TOKENS", TOKEN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start stepwise serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().expect("serve exited before listening").unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+            .env("STEPWISE_API_TOKENS", TOKEN);
+        let (child, url) = support_serve::spawn_serve(command);
         (Serve(child), url)
     }
 }

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod support_serve;
+
 /// How long the model server stays down in the outage test (the issue's 30 s).
 const OUTAGE: Duration = Duration::from_secs(30);
 /// Latency of every fake answer: a 2 × 2 run with a replan after each step takes about 6 of them.
@@ -126,26 +128,15 @@ impl Serve {
              request_timeout_secs = 10\noutage_max_wait_secs = {max_wait_secs}\n{extra}"
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stepwise"));
+        command
             .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", "data", "--config", "config.toml"])
             .current_dir(dir)
             .env_remove("STEPWISE_API_TOKENS")
             .env_remove("OPENAI_API_KEY")
             .env_remove("OPENAI_BASE_URL")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().expect("serve exited before listening").unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+            .env("RUST_LOG", "info");
+        let (child, url) = support_serve::spawn_serve(command);
         Self { child, url }
     }
 

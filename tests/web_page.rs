@@ -5,13 +5,15 @@
 //!
 //! Needs what `scripts/deps/browser.sh` installs; without it the tests fail saying so.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+mod support_serve;
 
 /// One browser at a time: Chromium is heavy, and the machine may have two cores.
 static BROWSER: Mutex<()> = Mutex::new(());
@@ -70,23 +72,11 @@ impl Serve {
             .args(["--provider", "scripted", "--script", "script.json"])
             .current_dir(dir.path())
             .env_remove("STEPWISE_API_TOKENS")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("NO_COLOR", "1");
         if let Some(t) = tokens {
             cmd.env("STEPWISE_API_TOKENS", t);
         }
-        let mut child = cmd.spawn().expect("start stepwise serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let base = loop {
-            let line = lines.next().expect("serve exited before listening").unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, base) = support_serve::spawn_serve(cmd);
         Serve { child, base, _dir: dir }
     }
 }
