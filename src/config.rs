@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::pool::{
+use crate::executors::{
     DEFAULT_MAX_EXECUTORS, DEFAULT_MIN_EXECUTORS, DEFAULT_SHRINK_AFTER, MAX_EXECUTORS_LIMIT,
 };
 use crate::llm::config::LlmConfig;
@@ -263,7 +263,7 @@ impl Default for TelemetryConfig {
 pub struct RuntimeConfig {
     /// Planner, replanner and synthesizer calls in flight at once across all runs (executors'
     /// model calls are bounded by `executors.max_workers`). Default
-    /// [`crate::runtime::DEFAULT_LLM_CONCURRENCY`]: a run has at most one such call in flight,
+    /// [`crate::llm::DEFAULT_LLM_CONCURRENCY`]: a run has at most one such call in flight,
     /// so 2,048 never delays 2,000 concurrent runs.
     pub llm_concurrency: usize,
     /// Where the run store (SQLite) and, by default, workspaces live.
@@ -277,7 +277,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            llm_concurrency: crate::runtime::DEFAULT_LLM_CONCURRENCY,
+            llm_concurrency: crate::llm::DEFAULT_LLM_CONCURRENCY,
             data_dir: PathBuf::from("stepwise-data"),
             workspace_root: None,
         }
@@ -757,7 +757,7 @@ mod tests {
         );
         assert_eq!(
             config.runtime.llm_concurrency,
-            crate::runtime::DEFAULT_LLM_CONCURRENCY,
+            crate::llm::DEFAULT_LLM_CONCURRENCY,
             "unset keys keep their defaults"
         );
     }

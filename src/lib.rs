@@ -47,6 +47,7 @@ pub(crate) mod actors;
 #[cfg(feature = "postgres")]
 pub mod cluster;
 pub mod config;
+pub(crate) mod executors;
 pub mod llm;
 pub mod options;
 pub mod plan;
@@ -60,10 +61,10 @@ pub(crate) mod text;
 pub mod tools;
 
 pub use actors::messages::ControlError;
-pub use actors::pool::{ExecutorLoad, PoolBounds};
 #[cfg(feature = "postgres")]
 pub use cluster::Replica;
 pub use config::Config;
+pub use executors::{ExecutorLoad, PoolBounds};
 pub use llm::{AgentRole, ChatModel, ChatRequest, ChatResponse, Cost, LlmError, Models, Usage};
 pub use options::{FailurePolicy, Policy, ReplanMode, RunBudget, RunOptions, StepBudget};
 pub use plan::{PlanSpec, StepId, StepSpec, StepStatus};

@@ -13,10 +13,10 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::Semaphore;
 
 use crate::actors::messages::{ControlError, Refusal, SupervisorMsg, TrackerMsg};
-use crate::actors::pool::{ExecutorLoad, PoolBounds};
 use crate::actors::replication::ControlRequest;
 use crate::actors::supervisor::Supervisor;
 use crate::actors::{RunChannels, RunTable, Shared};
+use crate::executors::{ExecutorLoad, PoolBounds};
 use crate::llm::price::PriceTable;
 use crate::llm::{Models, SharedModel};
 use crate::options::RunOptions;
@@ -76,11 +76,7 @@ impl Stepwise {
     }
 }
 
-/// Default of [`RuntimeBuilder::llm_concurrency`] (`runtime.llm_concurrency`). A run has at most
-/// one planner, replanner or synthesizer call in flight, so this bound only delays runs when more
-/// runs than this are live: 2,048 lets 2,000 concurrent runs all plan at once (at 100 ms per call,
-/// 512 permits would queue them in four waves), and still caps a runaway burst.
-pub const DEFAULT_LLM_CONCURRENCY: usize = 2048;
+pub use crate::llm::DEFAULT_LLM_CONCURRENCY;
 
 /// Configures and starts a [`Runtime`].
 ///

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::Shared;
 use super::messages::{ExecutorMsg, StepEnd, StepJob, StepReport, StepResume};
 use super::outage::{BudgetElapsed, TrackerWatch, WaitClock, within_budget};
-use super::pool::PoolGauges;
+use crate::executors::PoolGauges;
 use crate::llm::{AgentRole, CallContext, ChatRequest, ChatResponse, Message, ToolCall, ToolSpec};
 use crate::options::StepBudget;
 use crate::plan::strip_code_fence;

@@ -95,7 +95,7 @@ pub struct LlmConfig {
     pub price_currency: String,
     /// What each provider's model costs (`[[llm.prices]]`); a model without an entry has an
     /// unknown cost. There are no built-in prices.
-    pub prices: Vec<super::price::Price>,
+    pub prices: Vec<Price>,
 }
 
 impl Default for LlmConfig {
@@ -136,12 +136,21 @@ pub struct RoleModelConfig {
     pub api_key_env: Option<String>,
 }
 
-impl LlmConfig {
-    /// The price table of `[[llm.prices]]`, with `max_tokens` as the output cap of calls that
-    /// set none.
-    pub fn price_table(&self) -> Result<super::price::PriceTable, super::price::PriceError> {
-        super::price::PriceTable::new(&self.price_currency, &self.prices, self.max_tokens)
-    }
+/// One `[[llm.prices]]` entry: what a provider's model costs per million tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// The provider (`openai`, `anthropic`, `scripted`).
+    pub provider: ProviderKind,
+    /// The model name as configured (`[llm] model` or a role's `model`).
+    pub model: String,
+    /// Price of a million prompt tokens.
+    pub input_per_mtok: f64,
+    /// Price of a million completion tokens.
+    pub output_per_mtok: f64,
+    /// Price of a million prompt tokens read from the provider's cache; absent: `input_per_mtok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<f64>,
 }
 
 #[cfg(test)]

@@ -33,6 +33,12 @@ pub use usage::{Cost, Usage};
 
 pub use role::{AgentRole, PerRole};
 
+/// Default of [`RuntimeBuilder::llm_concurrency`](crate::RuntimeBuilder::llm_concurrency) (`runtime.llm_concurrency`). A run has at most
+/// one planner, replanner or synthesizer call in flight, so this bound only delays runs when more
+/// runs than this are live: 2,048 lets 2,000 concurrent runs all plan at once (at 100 ms per call,
+/// 512 permits would queue them in four waves), and still caps a runaway burst.
+pub const DEFAULT_LLM_CONCURRENCY: usize = 2048;
+
 /// Where a call comes from: routing for the scripted provider, attributes for telemetry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallContext {

@@ -7,9 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-
-use super::config::ProviderKind;
+use super::config::LlmConfig;
+pub use super::config::Price;
 use super::usage::{Cost, Usage, to_nanos};
 
 /// Output tokens assumed for a call that no `max_tokens` caps, when checking whether it fits a
@@ -18,23 +17,6 @@ pub const DEFAULT_OUTPUT_ALLOWANCE: u64 = 4096;
 
 /// Nano-units of cost per token at a price of 1 per million tokens (1e9 / 1e6).
 const NANOS_PER_TOKEN_AT_ONE_PER_MTOK: f64 = 1_000.0;
-
-/// One `[[llm.prices]]` entry: what a provider's model costs per million tokens.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    /// The provider (`openai`, `anthropic`, `scripted`).
-    pub provider: ProviderKind,
-    /// The model name as configured (`[llm] model` or a role's `model`).
-    pub model: String,
-    /// Price of a million prompt tokens.
-    pub input_per_mtok: f64,
-    /// Price of a million completion tokens.
-    pub output_per_mtok: f64,
-    /// Price of a million prompt tokens read from the provider's cache; absent: `input_per_mtok`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cached_input_per_mtok: Option<f64>,
-}
 
 impl Price {
     fn cached_per_mtok(&self) -> f64 {
@@ -105,10 +87,8 @@ impl PriceTable {
         default_max_output: Option<u32>,
     ) -> Result<Self, PriceError> {
         validate(currency, entries)?;
-        let prices = entries
-            .iter()
-            .map(|p| ((provider_name(p.provider).to_owned(), p.model.clone()), p.clone()))
-            .collect();
+        let prices =
+            entries.iter().map(|p| ((p.provider.name().to_owned(), p.model.clone()), p.clone())).collect();
         Ok(Self {
             currency: currency.to_owned(),
             prices,
@@ -163,15 +143,6 @@ impl PriceTable {
     }
 }
 
-/// The name a model reports as its provider (`ChatModel::provider`).
-pub fn provider_name(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Openai => "openai",
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::Scripted => "scripted",
-    }
-}
-
 /// Checks the currency and every entry: prices finite and ≥ 0, a model name, no entry twice.
 pub fn validate(currency: &str, entries: &[Price]) -> Result<(), PriceError> {
     let err = |key: String, message: String| Err(PriceError { key, message });
@@ -194,7 +165,7 @@ pub fn validate(currency: &str, entries: &[Price]) -> Result<(), PriceError> {
                 return err(at(field), format!("must be a number ≥ 0, got {v}"));
             }
         }
-        let name = format!("{}/{}", provider_name(p.provider), p.model);
+        let name = format!("{}/{}", p.provider.name(), p.model);
         if !seen.insert(name.clone()) {
             return err(at("model"), format!("{name} is priced twice; keep one entry"));
         }
@@ -231,9 +202,19 @@ pub fn cap_nanos(amount: f64) -> u64 {
     to_nanos(amount)
 }
 
+// Here rather than in `config` so that the config module need not know about pricing.
+impl LlmConfig {
+    /// The price table of `[[llm.prices]]`, with `max_tokens` as the output cap of calls that
+    /// set none.
+    pub fn price_table(&self) -> Result<PriceTable, PriceError> {
+        PriceTable::new(&self.price_currency, &self.prices, self.max_tokens)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::config::ProviderKind;
 
     fn price(model: &str, input: f64, output: f64, cached: Option<f64>) -> Price {
         Price {

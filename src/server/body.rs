@@ -97,7 +97,13 @@ async fn read(req: Request, state: &Arc<ServerState>) -> Result<Bytes, ServerErr
 }
 
 /// Parses `bytes` as `T`, telling syntax errors (400) from shape errors (422, with the path).
+/// Every body of the API is a JSON object: serde would also read a struct from an array of its
+/// fields (`[]` for one whose fields all have defaults), which the document does not allow.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ServerError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        return Err(ServerError::Unprocessable("request body: expected a JSON object".into()));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(shape_error)?;
     de.end().map_err(|e| ServerError::InvalidJson(format!("request body is not valid JSON: {e}")))?;
@@ -137,5 +143,17 @@ mod tests {
         assert!(e.to_string().contains("unknown field `polcy`"), "{e}");
         let e = decode::<RunOptions>(b"{} x").unwrap_err();
         assert_eq!(e.code(), "invalid_json", "{e}");
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused_even_where_serde_would_read_it() {
+        // Every field of RunOptions has a default, so serde alone would take `[]` for `{}`.
+        for body in [&b"[]"[..], b" [] ", b"null", b"3", b"\"x\""] {
+            let e = decode::<RunOptions>(body).unwrap_err();
+            assert_eq!(e.code(), "unprocessable", "{}: {e}", String::from_utf8_lossy(body));
+            assert!(e.to_string().contains("expected a JSON object"), "{e}");
+        }
+        assert_eq!(decode::<RunOptions>(b"[").unwrap_err().code(), "invalid_json");
+        assert!(decode::<RunOptions>(b" {} ").is_ok());
     }
 }

@@ -38,7 +38,7 @@ use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality, exporter::PushMetricExporter,
 };
 
-use crate::actors::pool::{ExecutorLoad, PoolGauges};
+use crate::executors::{ExecutorLoad, PoolGauges};
 use crate::llm::Usage;
 
 /// Bucket bounds of the latency histograms, in seconds: from a fast tool to a slow model.

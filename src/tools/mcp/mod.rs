@@ -12,6 +12,7 @@
 //! and a run may be narrowed to some of them (`RunOptions::mcp_servers`).
 
 pub mod config;
+mod connection;
 pub mod content;
 pub mod expose;
 pub mod server;

@@ -8,8 +8,8 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::McpError;
+use super::connection::Core;
 use super::content;
-use super::server::Core;
 use crate::tools::{Tool, ToolContext, ToolError, ToolHints};
 
 /// Longest tool name providers accept.

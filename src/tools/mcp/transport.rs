@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::stream::BoxStream;
 use reqwest::header::{HeaderName, HeaderValue};
-use rmcp::RoleClient;
 use rmcp::model::ClientJsonRpcMessage;
+use rmcp::service::NotificationContext;
 use rmcp::service::{RunningService, ServiceExt};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::async_rw::AsyncRwTransport;
@@ -15,12 +15,25 @@ use rmcp::transport::streamable_http_client::{
     SseError, StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
     StreamableHttpPostResponse, StreamableHttpResponseLimits,
 };
+use rmcp::{ClientHandler, RoleClient};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
+use tokio::sync::Notify;
 
 use super::McpError;
 use super::config::{Endpoint, McpServerConfig};
-use super::server::Handler;
+
+/// The client side of a connection: hears `notifications/tools/list_changed`.
+#[derive(Clone)]
+pub(crate) struct Handler {
+    pub(super) tools_changed: Arc<Notify>,
+}
+
+impl ClientHandler for Handler {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.tools_changed.notify_one();
+    }
+}
 
 /// The MCP session id of a connection, as far as the transport knows it: streamable HTTP
 /// servers assign one at initialisation; stdio has none.
