@@ -441,3 +441,44 @@ async fn a_cached_plan_has_a_plan_span_marked_cached_without_a_chat() {
     assert_eq!(attr(hit, "stepwise.plan.steps").as_deref(), Some("1"));
     assert_eq!(chats, 0, "no chat span under a cached plan");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn waiting_for_a_tool_calls_approval_is_its_own_span_under_the_step() {
+    let capture = Capture::install();
+    let script = json!({
+        "planner": [{"json": {"goal": "g", "steps": [step("s1", &[])]}}],
+        "steps": {"s1": [{"tool_calls": [{"id": "call-7", "name": "echo", "arguments": {}}]}, "done"]},
+        "synthesizer": ["merged"]
+    });
+    let mut options = stepwise::RunOptions::default();
+    options.policy.approve_tools = vec!["echo".into()];
+    let runtime = Stepwise::builder()
+        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
+        .options(options)
+        .tool(typed_tool("echo", "Echoes", |_: Value, _ctx| async { Ok("echoed".to_owned()) }))
+        .workspace_root(tempfile::tempdir().unwrap().keep())
+        .build()
+        .await
+        .unwrap();
+    let handle = runtime.submit("t").await.unwrap();
+    let pending = loop {
+        let p = handle.pending_approvals().await.unwrap();
+        if !p.is_empty() {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    handle.resolve_tool_call(&pending[0].approval_id, stepwise::ToolDecision::Approve).await.unwrap();
+    assert_eq!(handle.result().await.unwrap().status, RunStatus::Completed);
+    runtime.shutdown().await;
+
+    let spans = capture.spans();
+    let wait = one(&spans, "stepwise.approval echo");
+    let step_span = one(&spans, "stepwise.step s1");
+    assert_eq!(wait.parent_span_id, step_span.span_context.span_id(), "the wait hangs under its step");
+    assert_eq!(attr(wait, "stepwise.approval.id"), Some(pending[0].approval_id.clone()));
+    assert_eq!(attr(wait, "gen_ai.tool.name").as_deref(), Some("echo"));
+    assert_eq!(attr(wait, "gen_ai.tool.call.id").as_deref(), Some("call-7"));
+    assert_eq!(attr(wait, "stepwise.approval.outcome").as_deref(), Some("approved"));
+    assert!(children(&spans, step_span).iter().any(|s| s.name == "execute_tool echo"), "the call ran after");
+}

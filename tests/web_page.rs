@@ -170,6 +170,18 @@ fn approving_a_plan_runs_it_and_the_dag_turns_completed_live() {
     }
 }
 
+#[test]
+fn tool_calls_waiting_for_approval_are_answered_from_the_run_page() {
+    let call = |path: &str| json!({"tool_calls": [{"name": "write_file", "arguments": {"path": path, "content": "x"}}]});
+    let script = json!({
+        "planner": [plan(json!([step("s1", "Write the first note", &[]), step("s2", "Write the second note", &[])]))],
+        "steps": {"s1": [call("a.md"), "s1 done"], "s2": [call("b.md"), "s2 done"]},
+        "synthesizer": ["both answered"]
+    });
+    let serve = Serve::start(&script, None, "");
+    scenario("tool_approval", &serve.base, &[]);
+}
+
 /// 10 layers of 5 steps, each depending on every step of the layer before.
 fn fifty_step_script() -> Value {
     let steps: Vec<Value> = (0..50)

@@ -51,7 +51,7 @@ pub use metrics::prometheus_text;
 
 use crate::config::TelemetryConfig;
 use crate::llm::price::PriceTable;
-use crate::llm::{ChatModel, ChatRequest, ChatResponse, LlmError, Models, SharedModel, TextSink};
+use crate::llm::{ChatRequest, ChatResponse, LlmError, Models, SharedModel, SinkModel, TextSink};
 
 /// The OTel span context of `span` (invalid when tracing is off), e.g. to link to it later.
 pub fn span_context(span: &tracing::Span) -> SpanContext {
@@ -113,35 +113,31 @@ impl Traced {
 }
 
 #[async_trait::async_trait]
-impl ChatModel for Traced {
-    fn model_name(&self) -> &str {
+impl SinkModel for Traced {
+    fn model_id(&self) -> &str {
         self.inner.model_name()
     }
 
-    fn provider(&self) -> &str {
+    fn provider_id(&self) -> &str {
         self.inner.provider()
     }
 
-    fn run_finished(&self, run_id: &str) {
+    fn on_run_finished(&self, run_id: &str) {
         self.inner.run_finished(run_id);
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.call(request, None).await
-    }
-
-    async fn chat_streaming(
+    async fn call(
         &self,
         request: ChatRequest,
-        sink: &TextSink<'_>,
+        sink: Option<&TextSink<'_>>,
     ) -> Result<ChatResponse, LlmError> {
-        self.call(request, Some(sink)).await
+        self.traced_call(request, sink).await
     }
 }
 
 impl Traced {
     /// One call, streamed into `sink` when there is one, inside its `chat` span.
-    async fn call(
+    async fn traced_call(
         &self,
         request: ChatRequest,
         sink: Option<&TextSink<'_>>,
