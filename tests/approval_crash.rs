@@ -75,8 +75,7 @@ fn start(dir: &Path, model: SocketAddr) -> (Child, String) {
         .env("OPENAI_API_KEY", "x")
         .current_dir(dir)
         .env_remove("STEPWISE_API_TOKENS");
-    let (child, url) = support_serve::spawn_serve(command);
-    (child, url)
+    support_serve::spawn_serve(command)
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Value {

@@ -57,8 +57,7 @@ fn start(dir: &Path) -> (Child, String) {
         ])
         .current_dir(dir)
         .env_remove("STEPWISE_API_TOKENS");
-    let (child, url) = support_serve::spawn_serve(command);
-    (child, url)
+    support_serve::spawn_serve(command)
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Value {

@@ -1,18 +1,21 @@
 //! The actor system end to end, offline: real actors, real tools, the scripted model.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+use stepwise::llm::AgentRole;
 use stepwise::llm::scripted::ScriptedModel;
-use stepwise::llm::{AgentRole, ChatModel, ChatRequest, ChatResponse, LlmError};
 use stepwise::options::{FailurePolicy, ReplanMode, RunOptions};
 use stepwise::plan::StepStatus;
 use stepwise::run::{EventKind, RunEvent, RunResult, RunStatus};
 use stepwise::store::RunStore;
 use stepwise::tools::{ToolError, typed_tool};
 use stepwise::{Runtime, Stepwise};
+
+mod support_spy;
+use support_spy::Spy;
 
 fn plan(steps: Value) -> Value {
     json!({"json": {"goal": "test goal", "steps": steps}})
@@ -27,26 +30,6 @@ fn options(on_failure: FailurePolicy, retries: u32) -> RunOptions {
     o.policy.on_step_failure = on_failure;
     o.policy.max_retries = retries;
     o
-}
-
-/// Records every request, so tests can look at what the model was shown.
-struct Spy {
-    inner: ScriptedModel,
-    seen: Mutex<Vec<ChatRequest>>,
-}
-
-#[async_trait::async_trait]
-impl ChatModel for Spy {
-    fn model_name(&self) -> &str {
-        "spy"
-    }
-    fn provider(&self) -> &str {
-        "scripted"
-    }
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.seen.lock().unwrap().push(request.clone());
-        self.inner.chat(request).await
-    }
 }
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -109,7 +92,7 @@ async fn independent_steps_overlap_and_dependents_see_their_outputs() {
         },
         "synthesizer": ["final answer"]
     });
-    let spy = Arc::new(Spy { inner: ScriptedModel::from_json(script).unwrap(), seen: Mutex::new(vec![]) });
+    let spy = Arc::new(Spy::new(script));
     let rt = Stepwise::builder().model(spy.clone()).build().await.unwrap();
     let (r, events) = run_collecting(&rt, "parallel").await;
     assert_eq!(r.status, RunStatus::Completed, "{r:#?}");
@@ -826,7 +809,7 @@ async fn user_message_templates_from_the_prompts_dir_change_what_each_role_is_to
         "steps": {"s1": ["one"]},
         "synthesizer": ["final"]
     });
-    let spy = Arc::new(Spy { inner: ScriptedModel::from_json(script).unwrap(), seen: Mutex::new(vec![]) });
+    let spy = Arc::new(Spy::new(script));
     let rt = Stepwise::builder().model(spy.clone()).prompts(config.prompts().unwrap()).build().await.unwrap();
     let (r, _) = run_collecting(&rt, "templated").await;
     assert_eq!(r.status, RunStatus::Completed, "{r:#?}");

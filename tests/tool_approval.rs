@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use stepwise::llm::Role;
 use stepwise::llm::scripted::ScriptedModel;
-use stepwise::llm::{ChatModel, ChatRequest, ChatResponse, LlmError, Role};
 use stepwise::options::RunOptions;
 use stepwise::plan::StepStatus;
 use stepwise::run::{EventKind, PendingApproval, RunStatus, ToolDecision};
@@ -15,25 +15,8 @@ use stepwise::server::{ServerState, serve};
 use stepwise::tools::typed_tool;
 use stepwise::{RunHandle, Runtime, Stepwise};
 
-/// Records every request, so the test can look at what the model was shown.
-struct Spy {
-    inner: ScriptedModel,
-    seen: Mutex<Vec<ChatRequest>>,
-}
-
-#[async_trait::async_trait]
-impl ChatModel for Spy {
-    fn model_name(&self) -> &str {
-        "spy"
-    }
-    fn provider(&self) -> &str {
-        "scripted"
-    }
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.seen.lock().unwrap().push(request.clone());
-        self.inner.chat(request).await
-    }
-}
+mod support_spy;
+use support_spy::Spy;
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -84,7 +67,7 @@ async fn runtime(spy: Arc<Spy>, deployed: Arc<Mutex<Vec<String>>>) -> Runtime {
 }
 
 fn spy() -> Arc<Spy> {
-    Arc::new(Spy { inner: ScriptedModel::from_json(script()).unwrap(), seen: Mutex::new(vec![]) })
+    Arc::new(Spy::new(script()))
 }
 
 /// Waits until `n` calls are pending and returns them.
